@@ -1,0 +1,55 @@
+"""Command-line entry point.
+
+Each sub-command lives in its own module under ``cifarzoo.cli`` with two functions,
+``register(subparsers)`` and ``run(args) -> int``. This package only parses, calls
+the library and prints: a :class:`~cifarzoo.errors.CifarzooError` becomes one line on
+stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from cifarzoo import __version__
+from cifarzoo.errors import CifarzooError
+
+# Order is the order shown by --help.
+COMMANDS = ["data", "models", "train", "evaluate", "predict", "doctor", "benchmark", "export"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cifarzoo",
+        description="Train, evaluate and compare classic CNNs on CIFAR-10.",
+    )
+    parser.add_argument("--version", action="version", version=f"cifarzoo {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"cifarzoo.cli.{name}")
+        except ModuleNotFoundError as exc:  # a command not built yet
+            if exc.name == f"cifarzoo.cli.{name}":
+                continue
+            raise
+        p = module.register(sub)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except CifarzooError as exc:
+        print(f"cifarzoo {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"cifarzoo {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""Self-describing checkpoints, written atomically, readable with ``weights_only=True``.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so that
+``torch.load(path, weights_only=True)`` reads it (no pickled classes):
+
+    format        "cifarzoo.checkpoint"
+    version       1
+    model         {"name": str, "kwargs": {"num_classes": int, "width_mult": float, ...}}
+    classes       [str, ...]
+    normalization {"mean": [r, g, b], "std": [r, g, b]}  # [0, 255] units, training-set stats
+    config        TrainConfig as a dict
+    metrics       [ {epoch row as in metrics.csv}, ... ]
+    epoch         number of finished epochs
+    state_dict    model weights (the un-wrapped, un-compiled module's)
+    optimizer     optimizer.state_dict() or None
+    scheduler     scheduler state or None
+    rng           {"torch": ByteTensor, "cuda": [ByteTensor] | None, "loader": int, ...}
+    finished      bool, True once the run has completed every epoch
+
+``predict``, ``evaluate`` and ``export`` rebuild the model from ``model`` alone, as
+nanoGPT's ``sample.py`` does from ``model_args``.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cifarzoo.errors import CifarzooError
+
+FORMAT = "cifarzoo.checkpoint"
+VERSION = 1
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def atomic_write_bytes(path: str | os.PathLike, write) -> None:
+    """Call ``write(fileobj)`` on a temp file beside ``path``, fsync, then rename over ``path``.
+
+    A crash or Ctrl-C mid-write leaves the previous file intact and no partial file
+    under the final name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
+    """Write ``payload`` (see module doc) atomically to ``path``."""
+    payload = {"format": FORMAT, "version": VERSION, **payload}
+    atomic_write_bytes(path, lambda f: torch.save(payload, f))
+
+
+def resolve_checkpoint_path(run_or_checkpoint: str | os.PathLike) -> Path:
+    """Accept a run folder (containing checkpoint.pt) or a checkpoint file."""
+    p = Path(run_or_checkpoint)
+    if p.is_dir():
+        p = p / CHECKPOINT_NAME
+        if not p.exists():
+            raise CifarzooError(f"{run_or_checkpoint}: not a run folder (no {CHECKPOINT_NAME} inside)")
+    elif not p.exists():
+        raise CifarzooError(f"{run_or_checkpoint}: no such run folder or checkpoint file")
+    return p
+
+
+def load_checkpoint(run_or_checkpoint: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Load and validate a checkpoint with ``weights_only=True``."""
+    path = resolve_checkpoint_path(run_or_checkpoint)
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated zip, not a torch file, forbidden global ...
+        raise CifarzooError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CifarzooError(f"{path}: not a cifarzoo checkpoint (missing format marker {FORMAT!r})")
+    if ckpt.get("version") != VERSION:
+        raise CifarzooError(f"{path}: checkpoint version {ckpt.get('version')!r}; this cifarzoo reads {VERSION}")
+    for key in ("model", "classes", "normalization", "state_dict"):
+        if key not in ckpt:
+            raise CifarzooError(f"{path}: checkpoint lacks {key!r}")
+    ckpt["path"] = str(path)
+    return ckpt
+
+
+def build_model(ckpt: dict) -> nn.Module:
+    """Rebuild the model a checkpoint describes and load its weights; eval mode, on CPU."""
+    from cifarzoo import models
+
+    spec = ckpt["model"]
+    model = models.create(spec["name"], **spec.get("kwargs", {}))
+    missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
+    if missing or unexpected:
+        raise CifarzooError(
+            f"{ckpt.get('path', 'checkpoint')}: weights do not fit model {spec['name']!r} "
+            f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})"
+        )
+    return model.eval()
+
+
+def load_model(run_or_checkpoint: str | os.PathLike, map_location: str | torch.device = "cpu"):
+    """``(model, ckpt)`` for a run folder or checkpoint: the model in eval mode."""
+    ckpt = load_checkpoint(run_or_checkpoint, map_location=map_location)
+    return build_model(ckpt), ckpt
