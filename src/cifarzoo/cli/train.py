@@ -1,0 +1,149 @@
+"""`cifarzoo train MODEL [options]`: one model, one run folder."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cifarzoo.cli.common import add_data_argument
+
+
+class ConsoleReporter:
+    """A progress bar per epoch (only on a TTY) and one Keras-style line per epoch."""
+
+    def __init__(self, stream=None, quiet: bool = False):
+        self.stream = stream or sys.stdout
+        self.quiet = quiet
+        self.bar = None
+        self.epochs = 0
+        self.steps = 1
+        self.eval_name = "test"
+
+    def _print(self, text: str) -> None:
+        if not self.quiet:
+            print(text, file=self.stream, flush=True)
+
+    def on_start(self, info: dict) -> None:
+        c = info["config"]
+        self.epochs = c["epochs"]
+        self.eval_name = info["data"]["eval_split"]
+        d = info["data"]
+        self._print(
+            f"{c['model']} (width {c['width_mult']}, {info['parameters']:,} parameters) on {info['device_name']}, "
+            f"{info['precision']}{', compiled' if info['compiled'] else ''}; data: {d['source']} "
+            f"({d['train_images']:,} train / {d['eval_images']:,} {d['eval_split']}); run folder: {info['run_dir']}")
+
+    def on_epoch_start(self, epoch: int, steps: int) -> None:
+        self.steps = steps
+        if self.quiet or not self.stream.isatty():
+            return
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=steps, desc=f"epoch {epoch}/{self.epochs}", leave=False, file=self.stream,
+                        dynamic_ncols=True)
+
+    def on_step(self, epoch: int, step: int, steps: int, global_step: int) -> None:
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+
+    def on_epoch_end(self, row: dict) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        self._print(
+            f"epoch {row['epoch']:>3}/{self.epochs} - {row['epoch_seconds']:.1f}s "
+            f"- {1000 * row['epoch_seconds'] / max(1, self.steps):.0f}ms/step "
+            f"- {row['images_per_second']:,.0f} img/s - lr {row['lr']:.2e} "
+            f"- loss {row['train_loss']:.4f} - acc {100 * row['train_acc']:.2f}% "
+            f"- {self.eval_name}_loss {row['eval_loss']:.4f} - {self.eval_name}_acc {100 * row['eval_acc']:.2f}%"
+        )
+
+    def on_end(self, summary: dict) -> None:
+        self._print(
+            f"test accuracy {100 * summary['test_acc']:.2f}% (flip TTA {100 * summary['test_acc_tta']:.2f}%), "
+            f"test loss {summary['test_loss']:.4f}; trained {summary['train_seconds']:.1f}s at "
+            f"{summary['images_per_second']:,.0f} img/s")
+
+
+def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "train", help="train one model and write a run folder",
+        description="Train one model. Unset options come from the model's recipe (see cifarzoo/train/config.py).")
+    p.add_argument("model", nargs="?", help="model name (see `cifarzoo models`); omit with --resume")
+    add_data_argument(p)
+    p.add_argument("--preset", choices=["quick", "standard", "full", "seed"],
+                   help="start from a study preset's settings for this model")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help="default sgd (Nesterov momentum)")
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--momentum", type=float)
+    p.add_argument("--weight-decay", type=float, help="on conv/linear weights; never on BN or biases")
+    p.add_argument("--schedule", choices=["onecycle", "cosine", "step", "constant"])
+    p.add_argument("--warmup-epochs", type=float)
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--augment", help="comma list of crop, flip, cutout; or none (default crop,flip)")
+    p.add_argument("--cutout-size", type=int)
+    p.add_argument("--width-mult", type=float, help="channel multiplier (1.0 = paper width)")
+    p.add_argument("--subset", type=int, help="first N training images, class-balanced")
+    p.add_argument("--val-split", type=int, help="hold N training images out as the validation set")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--compile", choices=["auto", "on", "off"])
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--seed", type=int)
+    p.add_argument("--allow-stall", action="store_true", default=None,
+                   help="do not stop a run whose loss stays at ln(C) with chance accuracy")
+    p.add_argument("--stall-steps", type=int, help="check for a stall after N steps (default: after epoch 1)")
+    p.add_argument("--sync-bn", action="store_true", default=None, help="SyncBatchNorm under torchrun/DDP")
+    p.add_argument("--out", help="run folder (default runs/<model>-<time>)")
+    p.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR")
+    p.add_argument("--quiet", action="store_true", help="print only the final line")
+    return p
+
+
+OPTION_FIELDS = ("data", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule",
+                 "warmup_epochs", "label_smoothing", "augment", "cutout_size", "width_mult", "subset",
+                 "val_split", "precision", "channels_last", "compile", "device", "seed", "allow_stall",
+                 "stall_steps", "sync_bn")
+
+
+def config_from_args(args) -> "TrainConfig":  # noqa: F821
+    from cifarzoo.train import make_config
+
+    return make_config(args.model, preset=args.preset, **{f: getattr(args, f) for f in OPTION_FIELDS})
+
+
+def run(args) -> int:
+    from cifarzoo.errors import CifarzooError
+    from cifarzoo.train import fit
+    from cifarzoo.train.distributed import current
+
+    is_main = current().is_main
+    reporter = ConsoleReporter(quiet=args.quiet or not is_main)
+    if args.resume:
+        if args.model:
+            raise CifarzooError("give either MODEL or --resume DIR, not both (a resumed run keeps its settings)")
+        out_dir = args.resume
+        try:
+            result = fit(resume=args.resume, reporter=reporter)
+        except KeyboardInterrupt:
+            print(f"interrupted; a resumable checkpoint is in {out_dir}: cifarzoo train --resume {out_dir}",
+                  file=sys.stderr)
+            return 130
+    else:
+        if not args.model:
+            raise CifarzooError("missing MODEL (see `cifarzoo models`), or --resume DIR")
+        config = config_from_args(args)
+        from cifarzoo.train.rundir import new_run_dir
+
+        out_dir = args.out or str(new_run_dir(config.model))
+        try:
+            result = fit(config, out_dir=out_dir, reporter=reporter)
+        except KeyboardInterrupt:
+            print(f"interrupted; a resumable checkpoint is in {out_dir}: cifarzoo train --resume {out_dir}",
+                  file=sys.stderr)
+            return 130
+    if args.quiet and is_main:
+        s = result.summary
+        print(f"{result.run_dir}: test accuracy {100 * s['test_acc']:.2f}% (flip TTA {100 * s['test_acc_tta']:.2f}%)")
+    return 0

@@ -1,0 +1,193 @@
+"""`cifarzoo doctor MODEL`: the checks a careful practitioner runs before a long training.
+
+Each check returns a :class:`Check` with a plain-words finding. Every one of them
+would have caught a failure of the original study before its 50 epochs:
+- the train and test images come out of the *same* normalization (it divided train
+  by 225 and test by 255);
+- the labels are balanced and aligned (a model can fit them at all);
+- at initialization the loss is close to ln(C) and the outputs are logits, not
+  probabilities or ReLU'd values;
+- the model can overfit one batch (a missing shortcut, a ReLU on the logits or a
+  crushed 32x32 input shows up here);
+- a short learning-rate range test (Smith 2017) shows where the loss diverges.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cifarzoo.data import Dataset
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    finding: str  # one or two plain sentences
+    details: dict = field(default_factory=dict)
+
+
+@dataclass
+class DoctorReport:
+    model: str
+    checks: list[Check]
+    suggested_lr: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+
+def check_normalization(ds: Dataset) -> Check:
+    """Normalize train and test with the *training* statistics; both should come out near mean 0, std 1."""
+    from cifarzoo.data.loader import normalize
+
+    stats = {}
+    for split, images in (("train", ds.train_images), ("test", ds.test_images)):
+        x = normalize(torch.from_numpy(images[:10000]), ds.mean, ds.std)
+        stats[split] = {"mean": x.mean(dim=(0, 2, 3)).tolist(), "std": x.std(dim=(0, 2, 3)).tolist()}
+    worst_mean = max(abs(m) for s in stats.values() for m in s["mean"])
+    worst_std = max(abs(math.log(v)) for s in stats.values() for v in s["std"])
+    ok = worst_mean < 0.25 and worst_std < math.log(1.3)
+    fmt = lambda v: "/".join(f"{x:+.2f}" for x in v)  # noqa: E731
+    finding = (f"after normalizing with the training mean/std, train has per-channel mean {fmt(stats['train']['mean'])}, "
+               f"std {fmt(stats['train']['std'])}; test has mean {fmt(stats['test']['mean'])}, "
+               f"std {fmt(stats['test']['std'])}.")
+    finding += (" Both splits go through the same transform." if ok else
+                " The splits do not look alike after one normalization: check the data source.")
+    return Check("normalization", ok, finding, stats)
+
+
+def check_balance(ds: Dataset) -> Check:
+    details, worst = {}, 1.0
+    for split, labels in (("train", ds.train_labels), ("test", ds.test_labels)):
+        counts = np.bincount(labels, minlength=ds.num_classes)
+        details[split] = dict(zip(ds.classes, counts.tolist()))
+        if counts.min() == 0:
+            worst = math.inf
+        else:
+            worst = max(worst, counts.max() / counts.min())
+    ok = worst <= 1.5
+    finding = (f"labels are balanced (largest/smallest class ratio {worst:.2f})." if ok else
+               f"labels are imbalanced (largest/smallest class ratio {worst:.2f}); accuracy will favour large classes.")
+    return Check("label balance", ok, finding, details)
+
+
+def check_initial_outputs(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> Check:
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+    loss = F.cross_entropy(out, y).item()
+    ln_c = math.log(num_classes)
+    sums_to_one = torch.allclose(out.sum(1), torch.ones(len(out)), atol=1e-3) and bool((out >= 0).all())
+    nonneg = bool((out >= 0).all())
+    problems = []
+    if sums_to_one:
+        problems.append("the outputs already sum to 1: the model ends in a softmax, but the loss applies its own")
+    elif nonneg:
+        problems.append("every output is >= 0: an activation (ReLU?) sits on the logits")
+    if not (0.5 * ln_c < loss < 2.5 * ln_c):
+        problems.append(f"the initial loss {loss:.3f} is far from ln({num_classes}) = {ln_c:.3f}: "
+                        "the initial logits are too large")
+    ok = not problems
+    finding = (f"initial loss {loss:.3f} (ln {num_classes} = {ln_c:.3f}); outputs are unconstrained logits."
+               if ok else "; ".join(problems) + ".")
+    return Check("initial outputs", ok, finding, {"initial_loss": loss})
+
+
+def check_overfit_batch(model, x, y, *, steps: int = 300, lr: float = 1e-3, target: float = 0.1) -> Check:
+    """Adam at lr 1e-3 (the seed study's setting) should drive one batch's loss below ``target``."""
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    losses = []
+    for step in range(1, steps + 1):
+        out = model(x)
+        logits = out[0] if isinstance(out, (tuple, list)) else out
+        loss = F.cross_entropy(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if not math.isfinite(losses[-1]):
+            break
+        if losses[-1] < target:
+            return Check("overfit one batch", True,
+                         f"the model fits one batch of {len(y)} images (loss {losses[-1]:.3f} < {target}) "
+                         f"in {step} steps of Adam at lr {lr:g}.", {"steps": step, "losses": losses})
+    return Check("overfit one batch", False,
+                 f"the model did NOT fit one batch of {len(y)} images in {steps} steps (loss went "
+                 f"{losses[0]:.3f} -> {losses[-1]:.3f}). A network that cannot memorize 64 images will not learn "
+                 "50,000: look for a missing shortcut, an activation on the logits, or strides that shrink "
+                 "the image to nothing.", {"steps": steps, "losses": losses})
+
+
+def lr_range_test(model, ds: Dataset, config, *, steps: int = 60, lo: float = 1e-5, hi: float = 10.0,
+                  batch_size: int = 64, seed: int = 0) -> Check:
+    """Raise the lr exponentially from ``lo`` to ``hi`` over ``steps`` batches; report where the loss diverges."""
+    from cifarzoo.data.loader import DeviceLoader
+    from cifarzoo.train.loop import _model_loss, make_optimizer
+
+    loader = DeviceLoader(ds.train_images, ds.train_labels, batch_size=batch_size, mean=ds.mean, std=ds.std,
+                          train=True, augment="none", seed=seed)
+    loader.set_epoch(0)
+    opt = make_optimizer(model, config, torch.device("cpu"))
+    model.train()
+    lrs, losses, smooth = [], [], None
+    it = iter(loader)
+    for i in range(steps):
+        try:
+            x, y = next(it)
+        except StopIteration:
+            loader.set_epoch(i)
+            it = iter(loader)
+            x, y = next(it)
+        lr = lo * (hi / lo) ** (i / max(1, steps - 1))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        loss, _ = _model_loss(model(x), y, config)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        v = loss.item()
+        smooth = v if smooth is None else 0.7 * smooth + 0.3 * v
+        lrs.append(lr)
+        losses.append(smooth)
+        if not math.isfinite(v) or smooth > 4 * min(losses):
+            break
+    best = int(np.argmin(losses))
+    suggested = lrs[best] / 10
+    diverged = lrs[-1] if len(lrs) < steps else None
+    finding = (f"with {config.optimizer}, the loss was lowest at lr {lrs[best]:.2g}"
+               + (f" and diverged at lr {diverged:.2g}" if diverged else "")
+               + f"; a peak lr near {suggested:.2g} is a safe start (the recipe uses {config.lr:g}).")
+    return Check("learning-rate range test", True, finding,
+                 {"lrs": lrs, "losses": losses, "suggested_lr": suggested, "diverged_at": diverged})
+
+
+def run_doctor(model_name: str, ds: Dataset, *, width_mult: float = 1.0, seed: int = 0,
+               overfit_steps: int = 300, lr_steps: int = 60) -> DoctorReport:
+    from cifarzoo import models
+    from cifarzoo.data.loader import normalize
+    from cifarzoo.train.config import make_config
+
+    name = models.resolve(model_name)
+    config = make_config(name, width_mult=width_mult, seed=seed)
+    checks = [check_normalization(ds), check_balance(ds)]
+
+    torch.manual_seed(seed)
+    model = models.create(name, num_classes=ds.num_classes, width_mult=width_mult, **config.model_kwargs)
+    idx = np.arange(min(64, len(ds.train_labels)))
+    x = normalize(torch.from_numpy(ds.train_images[idx]), ds.mean, ds.std)
+    y = torch.from_numpy(ds.train_labels[idx]).long()
+    checks.append(check_initial_outputs(model, x, y, ds.num_classes))
+    checks.append(check_overfit_batch(model, x, y, steps=overfit_steps))
+
+    torch.manual_seed(seed)
+    fresh = models.create(name, num_classes=ds.num_classes, width_mult=width_mult, **config.model_kwargs)
+    lr_check = lr_range_test(fresh, ds, config, steps=lr_steps, seed=seed)
+    checks.append(lr_check)
+    return DoctorReport(name, checks, lr_check.details.get("suggested_lr"))

@@ -1,0 +1,125 @@
+"""`cifarzoo evaluate`: test accuracy, loss, per-class accuracy and confusion matrix of a run.
+
+Reads a run folder or checkpoint only (never the trainer's internals); the model is
+rebuilt from the checkpoint and fed with the checkpoint's own normalization.
+"""
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cifarzoo.data import Dataset
+from cifarzoo.errors import CifarzooError
+from cifarzoo.inference import confusion_matrix, loss_and_accuracy, predict_logits
+from cifarzoo.train.checkpoint import atomic_write_bytes, load_model
+from cifarzoo.train.loop import resolve_device
+from cifarzoo.train.rundir import write_json
+
+
+@dataclass
+class EvalResult:
+    accuracy: float  # top-1 in [0, 1]
+    loss: float  # mean cross-entropy, no smoothing
+    per_class_accuracy: list[float]  # recall of each class, in class order
+    confusion: np.ndarray  # (C, C) int64, rows = true class, columns = predicted
+    classes: list[str]
+    logits: torch.Tensor  # (N, C) float32, CPU
+    labels: np.ndarray  # (N,) int64
+    tta: bool
+    data_source: str
+    checkpoint: str
+
+    def to_dict(self) -> dict:
+        return {
+            "accuracy": self.accuracy, "loss": self.loss, "tta": self.tta, "classes": self.classes,
+            "per_class_accuracy": dict(zip(self.classes, self.per_class_accuracy)),
+            "confusion": self.confusion.tolist(), "images": int(len(self.labels)),
+            "data_source": self.data_source, "checkpoint": self.checkpoint,
+        }
+
+
+def evaluate(
+    run_or_checkpoint: str | os.PathLike,
+    *,
+    data: str | None = None,
+    dataset: Dataset | None = None,
+    tta: bool = False,
+    device: str = "auto",
+    batch_size: int = 1024,
+    save: bool = True,
+) -> EvalResult:
+    """Evaluate a trained model on the test split of ``dataset`` (or of ``data``, default: the run's own source).
+
+    ``save`` writes ``confusion.json`` and ``confusion.png`` (``*-tta`` with ``tta``) next to the checkpoint.
+    """
+    from cifarzoo import data as data_mod
+
+    model, ckpt = load_model(run_or_checkpoint)
+    if dataset is None:
+        dataset = data_mod.load(data if data is not None else ckpt.get("config", {}).get("data"))
+    classes = list(ckpt["classes"])
+    if list(dataset.classes) != classes:
+        raise CifarzooError(
+            f"{ckpt['path']}: the model was trained on classes {classes}, but {dataset.source} has "
+            f"{list(dataset.classes)}")
+    dev = resolve_device(device)
+    model.to(dev)
+    norm = ckpt["normalization"]
+    logits = predict_logits(model, dataset.test_images, norm["mean"], norm["std"], device=dev,
+                            batch_size=batch_size, tta=tta)
+    loss, acc = loss_and_accuracy(logits, dataset.test_labels)
+    preds = logits.argmax(1).numpy()
+    cm = confusion_matrix(preds, dataset.test_labels, len(classes))
+    per_class = (np.diag(cm) / np.maximum(1, cm.sum(1))).tolist()
+    result = EvalResult(acc, loss, per_class, cm, classes, logits, np.asarray(dataset.test_labels), tta,
+                        dataset.source, ckpt["path"])
+    if save:
+        folder = Path(ckpt["path"]).parent
+        stem = "confusion-tta" if tta else "confusion"
+        write_json(folder / f"{stem}.json", result.to_dict())
+        plot_confusion(folder / f"{stem}.png", cm, classes,
+                       title=f"{ckpt['model']['name']}: test accuracy {100 * acc:.2f}%{' (flip TTA)' if tta else ''}")
+    return result
+
+
+def plot_confusion(path: str | os.PathLike, cm: np.ndarray, classes: list[str], title: str = "") -> None:
+    """A confusion matrix as a PNG: rows true, columns predicted, cells in % of the true class."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pct = 100 * cm / np.maximum(1, cm.sum(1, keepdims=True))
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * n, 0.8 + 0.5 * n))
+    ax.imshow(pct, cmap="Blues", vmin=0, vmax=100)
+    ax.set_xticks(range(n), classes, rotation=45, ha="right")
+    ax.set_yticks(range(n), classes)
+    ax.set_xlabel("predicted"), ax.set_ylabel("true")
+    for i in range(n):
+        for j in range(n):
+            if cm[i, j]:
+                ax.text(j, i, f"{pct[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                        color="white" if pct[i, j] > 50 else "black")
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(path, lambda f: f.write(buf.getvalue()))
+
+
+def format_confusion(cm: np.ndarray, classes: list[str]) -> str:
+    """The confusion matrix as a fixed-width text table (rows true, columns predicted)."""
+    short = [c[:6] for c in classes]
+    w = max(6, len(str(int(cm.max()))) + 1)
+    lines = [" " * 12 + "".join(f"{s:>{w + 1}}" for s in short)]
+    for name, row in zip(classes, cm):
+        lines.append(f"{name[:11]:<12}" + "".join(f"{int(v):>{w + 1}}" for v in row))
+    return "\n".join(lines)

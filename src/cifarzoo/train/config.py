@@ -1,0 +1,202 @@
+"""Training configuration, per-model recipes and study presets — all as data, in one place.
+
+``TrainConfig`` is frozen: a run is described by one value that is saved into
+``config.json``, every checkpoint and every report. Recipes and presets are
+dictionaries of overrides applied in this order (later wins)::
+
+    TrainConfig defaults  <  RECIPES[model]  <  PRESETS[preset]["all"]  <  PRESETS[preset][model]  <  user flags
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from cifarzoo.errors import CifarzooError
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("onecycle", "cosine", "step", "constant")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+COMPILE_MODES = ("auto", "on", "off")
+DEVICES = ("auto", "cpu", "cuda")
+AUGMENTS = ("crop", "flip", "cutout")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str = "resnet18"  # registered model name (see `cifarzoo models`)
+    width_mult: float = 1.0  # channel multiplier; 1.0 is the paper's width
+    model_kwargs: dict = field(default_factory=dict)  # extra builder kwargs, e.g. {"aux_logits": True}
+    data: str | None = None  # --data spec: None (default cache), "sample", or a path
+    subset: int | None = None  # use only the first N training images, class-balanced
+    val_split: int = 0  # hold N training images out as the per-epoch evaluation set (0: evaluate on test)
+    epochs: int = 30  # full passes over the training set
+    batch_size: int = 512  # images per optimizer step (the global batch under DDP)
+    eval_batch_size: int = 1024  # images per evaluation forward pass
+    optimizer: str = "sgd"  # sgd (Nesterov momentum) | adam | adamw
+    lr: float = 0.2  # peak learning rate for this batch size (reached after warm-up)
+    momentum: float = 0.9  # SGD momentum / Adam beta1
+    weight_decay: float = 5e-4  # L2 on conv/linear weights only; never on BN or bias parameters
+    schedule: str = "onecycle"  # onecycle | cosine | step | constant (each after linear warm-up)
+    warmup_epochs: float = 1.0  # linear warm-up from lr/10 (onecycle: 25% of the run, see loop)
+    label_smoothing: float = 0.1  # cross-entropy label smoothing, 0..1
+    augment: str = "crop,flip"  # comma list of crop, flip, cutout; or "none"
+    cutout_size: int = 12  # side in pixels of the cutout square
+    aux_weight: float = 0.3  # weight of auxiliary-classifier losses (Inception), as in the paper
+    precision: str = "auto"  # auto (bf16 autocast on capable GPUs, fp32 on CPU) | fp32 | bf16 | fp16
+    channels_last: bool = False  # NHWC memory format (faster convolutions on tensor-core GPUs)
+    compile: str = "auto"  # torch.compile: auto (on for long GPU runs) | on | off
+    device: str = "auto"  # auto | cpu | cuda
+    seed: int = 0  # seeds weights, shuffling, augmentation and dropout
+    allow_stall: bool = False  # do not stop a run whose loss stays at ln(C) with chance accuracy
+    stall_steps: int | None = None  # check for a stall after this many steps (None: after the first epoch)
+    nan_check_every: int = 20  # steps between (cheap, batched) host checks for a non-finite loss on GPU
+    ema: bool = False  # keep an exponential moving average of weights for evaluation (fastnet recipe)
+    whiten_init: bool = False  # initialize a model's `whiten` conv from data patches (fastnet)
+    sync_bn: bool = False  # under DDP, convert BatchNorm to SyncBatchNorm (statistics over the global batch)
+
+    def __post_init__(self):
+        validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **overrides) -> "TrainConfig":
+        return dataclasses.replace(self, **overrides)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise CifarzooError(f"unknown training settings: {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+    @property
+    def augmentations(self) -> tuple[str, ...]:
+        a = self.augment.strip().lower()
+        if a in ("", "none"):
+            return ()
+        return tuple(p.strip() for p in a.split(",") if p.strip())
+
+
+def validate(c: TrainConfig) -> None:
+    def bad(field_name, value, expected):
+        raise CifarzooError(f"invalid {field_name} {value!r}: expected {expected}")
+
+    if c.optimizer not in OPTIMIZERS:
+        bad("--optimizer", c.optimizer, " | ".join(OPTIMIZERS))
+    if c.schedule not in SCHEDULES:
+        bad("--schedule", c.schedule, " | ".join(SCHEDULES))
+    if c.precision not in PRECISIONS:
+        bad("--precision", c.precision, " | ".join(PRECISIONS))
+    if c.compile not in COMPILE_MODES:
+        bad("--compile", c.compile, " | ".join(COMPILE_MODES))
+    if c.device not in DEVICES:
+        bad("--device", c.device, " | ".join(DEVICES))
+    for a in c.augmentations:
+        if a not in AUGMENTS:
+            bad("--augment", c.augment, "a comma list of crop, flip, cutout, or none")
+    if not (isinstance(c.epochs, int) and c.epochs >= 1):
+        bad("--epochs", c.epochs, "an integer >= 1")
+    if not (isinstance(c.batch_size, int) and c.batch_size >= 1):
+        bad("--batch-size", c.batch_size, "an integer >= 1")
+    if not (c.lr > 0 and math.isfinite(c.lr)):
+        bad("--lr", c.lr, "a positive number")
+    if not (c.weight_decay >= 0):
+        bad("--weight-decay", c.weight_decay, "a number >= 0")
+    if not (0 <= c.label_smoothing < 1):
+        bad("--label-smoothing", c.label_smoothing, "a number in [0, 1)")
+    if c.subset is not None and c.subset < 1:
+        bad("--subset", c.subset, "a positive integer")
+    if c.val_split < 0:
+        bad("--val-split", c.val_split, "an integer >= 0")
+    if c.warmup_epochs < 0:
+        bad("--warmup-epochs", c.warmup_epochs, "a number >= 0")
+
+
+# Per-model recipes: what `cifarzoo train MODEL` uses unless told otherwise, and the
+# base of the `standard` preset. SGD + Nesterov, one-cycle, label smoothing 0.1,
+# crop+flip, batch 512, bf16 on GPU: the simple recipe of ../shared/data/README.md
+# (VGG16 89.1%, ResNet18 90.7%, ResNet50 88.8% on the JPEG copy). Peak lr and epochs
+# per model follow that recipe; see benchmarks/RESULTS.md for what has been measured.
+RECIPES: dict[str, dict[str, Any]] = {
+    "vgg16": dict(epochs=40, lr=0.1, batch_size=512),
+    "vgg19": dict(epochs=40, lr=0.1, batch_size=512),
+    "resnet18": dict(epochs=40, lr=0.2, batch_size=512),
+    "resnet50": dict(epochs=30, lr=0.2, batch_size=512, model_kwargs={"zero_init_residual": True}),
+    "inception": dict(epochs=30, lr=0.1, batch_size=512, model_kwargs={"aux_logits": True}),
+    "xception": dict(epochs=30, lr=0.1, batch_size=512),
+    "fastnet": dict(epochs=10, lr=0.2, batch_size=1024, weight_decay=5e-4, label_smoothing=0.2,
+                    ema=True, whiten_init=True, warmup_epochs=0.5),
+}
+
+STUDY_MODELS = ("vgg16", "vgg19", "resnet50", "inception", "xception")
+
+# Study presets. "all" applies to every model; a model's own entry wins over "all".
+PRESETS: dict[str, dict[str, Any]] = {
+    # 2-core CPU or laptop: narrow models on the bundled 5k/1k sample, a few epochs.
+    "quick": {
+        "description": "narrow widths, bundled 5,000/1,000-image sample, a few epochs (CPU-sized)",
+        "data": "sample",
+        "all": dict(width_mult=0.125, epochs=6, batch_size=128, lr=0.1, warmup_epochs=1.0,
+                    precision="fp32", compile="off"),
+        "vgg16": dict(width_mult=0.25), "vgg19": dict(width_mult=0.25),
+    },
+    # One GPU: full widths, full CIFAR-10, each model's tuned recipe.
+    "standard": {
+        "description": "full-width models, full CIFAR-10, each model's recipe, meant for one GPU",
+        "data": None,
+        "all": dict(precision="auto", channels_last=True, compile="auto"),
+    },
+    # Longer schedules for the best accuracy.
+    "full": {
+        "description": "full-width models, full CIFAR-10, schedules twice as long as standard",
+        "data": None,
+        "all": dict(precision="auto", channels_last=True, compile="auto"),
+        "epoch_factor": 2.0,
+    },
+    # The original study's own settings, on correctly built networks.
+    "seed": {
+        "description": "the original study's settings: Adam lr 1e-3, batch 32, no augmentation, 50 epochs",
+        "data": None,
+        "all": dict(optimizer="adam", lr=1e-3, batch_size=32, augment="none", epochs=50, schedule="constant",
+                    warmup_epochs=0.0, label_smoothing=0.0, weight_decay=0.0, momentum=0.9,
+                    ema=False, whiten_init=False, model_kwargs={}),
+    },
+}
+
+# What the original Keras study reported, for the seed preset's report.
+ORIGINAL_STUDY = {
+    "vgg16": "10.0% (loss stuck at ln 10)",
+    "vgg19": "10.0% (loss stuck at ln 10)",
+    "resnet50": "10.0% (loss stuck at ln 10)",
+    "inception": "not finished",
+    "xception": "75.3%",
+}
+
+
+def recipe(model: str) -> dict[str, Any]:
+    from cifarzoo.models import resolve
+
+    return dict(RECIPES.get(resolve(model), {}))
+
+
+def make_config(model: str, preset: str | None = None, **overrides) -> TrainConfig:
+    """The TrainConfig for ``model``: defaults < recipe < preset < ``overrides`` (None values ignored)."""
+    from cifarzoo.models import resolve
+
+    name = resolve(model)
+    values: dict[str, Any] = {"model": name, **recipe(name)}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise CifarzooError(f"unknown preset {preset!r}; known presets: {', '.join(PRESETS)}")
+        p = PRESETS[preset]
+        values["data"] = p.get("data")
+        values.update(p.get("all", {}))
+        values.update(p.get(name, {}))
+        if "epoch_factor" in p:
+            values["epochs"] = max(1, int(round(values.get("epochs", TrainConfig.epochs) * p["epoch_factor"])))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig.from_dict(values)

@@ -1,0 +1,53 @@
+"""Failing fast: a run that cannot succeed says so in its first epoch, not after 50.
+
+The original study trained three networks for 50 epochs with the loss frozen at
+2.3026 = ln 10 and accuracy at 10%: the signature of a network that outputs the same
+distribution for every image. That is detectable after one epoch.
+"""
+from __future__ import annotations
+
+import math
+
+from cifarzoo.errors import TrainingError
+
+STALL_DIAGNOSIS = """\
+The training loss stays at ln(num_classes) and accuracy at chance: the network predicts
+the same thing for every image. Usual causes, most likely first:
+  - learning rate too high for the optimizer (Adam usually wants ~1e-3; SGD 0.05-0.4 with warm-up);
+  - inputs not normalized, or normalized differently for train and test (e.g. /225 vs /255);
+  - an activation (ReLU, softmax) on the logits before a loss that applies its own softmax;
+  - probabilities fed to a loss that expects logits, or logits to one that expects probabilities;
+  - labels misaligned with images (shuffled separately) or all one class;
+  - a deep plain network without batch normalization;
+  - ImageNet strides/pooling that shrink a 32x32 image to nothing.
+Run `cifarzoo doctor MODEL` for checks; pass --allow-stall to train on regardless."""
+
+
+def nonfinite_error(step: int, epoch: int, loss: float) -> TrainingError:
+    return TrainingError(
+        f"loss became {loss} at step {step} (epoch {epoch}); stopped at once. "
+        "The last good checkpoint (end of the previous epoch) is kept. "
+        "Lower --lr, use --precision fp32, or check the data for corrupt values.",
+        kind="nan",
+        diagnosis="non-finite loss: usually a learning rate too high for the optimizer, or fp16 overflow",
+    )
+
+
+def is_stalled(loss: float, acc: float, num_classes: int) -> bool:
+    """Loss within 2% of ln(C) (or above it: diverged) and accuracy no better than chance.
+
+    Chance is 1/C; "no better" allows a quarter of chance on top (12.5% for C=10) since
+    a short window of a few hundred images fluctuates by a few points.
+    """
+    chance = 1.0 / num_classes
+    return (not math.isfinite(loss) or loss >= 0.98 * math.log(num_classes)) and acc <= 1.25 * chance
+
+
+def stall_error(step: int, loss: float, acc: float, num_classes: int) -> TrainingError:
+    return TrainingError(
+        f"not learning after {step} steps: training loss {loss:.4f} (ln {num_classes} = "
+        f"{math.log(num_classes):.4f}) and accuracy {100 * acc:.1f}% (chance {100 / num_classes:.1f}%).\n"
+        + STALL_DIAGNOSIS,
+        kind="stall",
+        diagnosis=STALL_DIAGNOSIS,
+    )
