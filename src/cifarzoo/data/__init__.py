@@ -1,4 +1,20 @@
-"""Data layer: one function in (``load``), one in-memory form out (:class:`Dataset`)."""
-from cifarzoo.data.dataset import Dataset
+"""Data layer: one function in (``load``), one in-memory form out (:class:`Dataset`).
 
-__all__ = ["Dataset"]
+``load(spec)`` reads any supported source (see :mod:`cifarzoo.data.sources`);
+:class:`DeviceLoader` keeps a split on the device and makes augmented, normalized
+batches there; :func:`normalize` is the one transform shared by train, evaluate,
+predict and export.
+"""
+from cifarzoo.data.dataset import Dataset
+from cifarzoo.data.sources import build_dataset, channel_stats, load, load_image_file
+
+__all__ = ["Dataset", "DeviceLoader", "build_dataset", "channel_stats", "load", "load_image_file", "normalize"]
+
+
+def __getattr__(name: str):
+    # The loader imports torch (a second or two); `cifarzoo data info` does not need it.
+    if name in ("DeviceLoader", "normalize"):
+        from cifarzoo.data import loader
+
+        return getattr(loader, name)
+    raise AttributeError(f"module 'cifarzoo.data' has no attribute {name!r}")

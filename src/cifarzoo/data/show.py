@@ -1,0 +1,70 @@
+"""A picture of a dataset: a grid of example images, one labelled row per class."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from cifarzoo.data.dataset import Dataset
+from cifarzoo.errors import CifarzooError
+
+CELL_IN = 0.62  # inches per image cell: 32 px shown at ~52 px, big enough to read
+LABEL_IN = 1.15  # left margin for the class names
+
+
+def draw_class_grid(dataset: Dataset, out_path: str | os.PathLike, per_class: int = 10,
+                    seed: int = 0, split: str = "train") -> Path:
+    """Draw ``per_class`` random images of each class of ``split``, one row per class.
+
+    Rows follow ``dataset.classes`` and carry the class name; images are drawn
+    pixel-exact (nearest-neighbour). The same ``seed`` picks the same images. The file
+    (PNG unless ``out_path`` ends in .pdf or .svg) is written to a temp file beside it
+    and renamed, so a crash never leaves a half-written image. Returns the path.
+    """
+    # The object-oriented Figure API renders with Agg without touching pyplot's global
+    # state or backend, so this works headless and inside other programs alike.
+    from matplotlib.figure import Figure
+
+    if per_class < 1:
+        raise CifarzooError(f"--per-class must be at least 1, got {per_class}")
+    if split not in ("train", "test"):
+        raise CifarzooError(f"split must be 'train' or 'test', got {split!r}")
+    images = dataset.train_images if split == "train" else dataset.test_images
+    labels = dataset.train_labels if split == "train" else dataset.test_labels
+    out = Path(out_path)
+    fmt = out.suffix.lower().lstrip(".") or "png"
+    if fmt not in ("png", "pdf", "svg"):
+        raise CifarzooError(f"{out}: cannot write .{fmt} images; use .png, .pdf or .svg")
+
+    rng = np.random.default_rng(seed)
+    rows, cols = dataset.num_classes, per_class
+    fig = Figure(figsize=(LABEL_IN + cols * CELL_IN, 0.45 + rows * CELL_IN), dpi=100)
+    width, height = fig.get_size_inches()
+    fig.subplots_adjust(left=LABEL_IN / width, right=1 - 0.05 / width, bottom=0.05 / height,
+                        top=1 - 0.4 / height, wspace=0.06, hspace=0.06)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for r, name in enumerate(dataset.classes):
+        members = np.flatnonzero(labels == r)
+        picked = np.sort(rng.choice(members, size=min(cols, len(members)), replace=False))
+        for c, ax in enumerate(axes[r]):
+            ax.set_axis_off()
+            if c < len(picked):
+                ax.imshow(images[picked[c]], interpolation="nearest")
+        axes[r, 0].text(-0.12, 0.5, name, transform=axes[r, 0].transAxes, ha="right", va="center",
+                        fontsize=11)
+    shown = min(cols, int(np.bincount(labels, minlength=rows).max()) if len(labels) else 0)
+    fig.suptitle(f"{split} images, {shown} per class", fontsize=11,
+                 x=0.5, y=1 - 0.08 / height, va="top")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format=fmt)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out

@@ -1,0 +1,223 @@
+"""Shared fixtures: small fake CIFAR-10 datasets, written on the fly in every source format.
+
+Fixtures (all function-scoped, a few ms each):
+
+``fake_cifar``        FakeCifar: the arrays (60 train / 20 test images, 10 classes, CIFAR
+                      names) from which every fake source below is written.
+``fake_batches_dir``  ``tmp_path/cifar-10-batches-py`` in the official format.
+``fake_archive``      ``tmp_path/cifar-10-python.tar.gz`` holding that folder.
+``fake_image_folder`` ``tmp_path/images`` with ``train/<class>/NNNN.png`` + ``test/<class>/``.
+``small_dataset``     a Dataset built from ``fake_cifar`` in memory (no files), with stats.
+``bundled_sample``    session-scoped: ``cifarzoo.data.load("sample")`` (real CIFAR-10, 5,000
+                      train / 1,000 test), decoded once per test run. Do not modify its arrays.
+``fake_files``        the writers themselves, for tests that need a variant (a bad
+                      label, a missing file): ``fake_files.write_batches(folder, fake)``,
+                      ``.write_archive(path, fake)``, ``.write_image_folder(root, fake)``,
+                      ``.dump_py2_pickle(path, obj)``, ``.make(train_per_class=..)``.
+
+Each class has its own base colour plus noise, so a model can learn the fake data
+and a bug that mixes up labels and images shows. The official files are written by
+``Py2Pickler`` exactly as /work/shared/tools/cifar10_from_jpeg.py (and the real
+cifar-10-python.tar.gz) write them: Python 2 ``str`` for bytes, arrays under
+``numpy.core``, so the restricted unpickler is tested against the true format.
+"""
+from __future__ import annotations
+
+import io
+import pickle
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+                 "dog", "frog", "horse", "ship", "truck")
+
+
+@dataclass
+class FakeCifar:
+    train_images: np.ndarray  # (N, 32, 32, 3) uint8
+    train_labels: np.ndarray  # (N,) int64
+    test_images: np.ndarray  # (M, 32, 32, 3) uint8
+    test_labels: np.ndarray  # (M,) int64
+    classes: tuple[str, ...]
+
+
+def make_fake_cifar(train_per_class: int = 6, test_per_class: int = 2,
+                    classes: tuple[str, ...] = CIFAR_CLASSES, seed: int = 0) -> FakeCifar:
+    """Class-coloured noisy 32x32 images, shuffled like the official batches."""
+    rng = np.random.default_rng(seed)
+    k = len(classes)
+    colours = rng.integers(30, 226, size=(k, 3))
+
+    def split(per_class: int) -> tuple[np.ndarray, np.ndarray]:
+        labels = np.repeat(np.arange(k), per_class)
+        noise = rng.integers(-30, 31, size=(len(labels), 32, 32, 3))
+        images = np.clip(colours[labels][:, None, None, :] + noise, 0, 255).astype(np.uint8)
+        order = rng.permutation(len(labels))
+        return images[order], labels[order].astype(np.int64)
+
+    train, test = split(train_per_class), split(test_per_class)
+    return FakeCifar(*train, *test, tuple(classes))
+
+
+class Py2Pickler(pickle._Pickler):
+    """Writes bytes as Python 2 str and numpy under numpy.core, as the official files do.
+
+    Copied from /work/shared/tools/cifar10_from_jpeg.py.
+    """
+
+    def save_bytes(self, obj):
+        n = len(obj)
+        if n < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([n]) + obj)
+        else:
+            self.write(pickle.BINSTRING + n.to_bytes(4, "little") + obj)
+        self.memoize(obj)
+
+    dispatch = dict(pickle._Pickler.dispatch)
+    dispatch[bytes] = save_bytes
+
+    def save_global(self, obj, name=None):
+        module = getattr(obj, "__module__", "")
+        if module.startswith("numpy._core"):
+            name = name or obj.__qualname__
+            self.write(pickle.GLOBAL + module.replace("numpy._core", "numpy.core").encode()
+                       + b"\n" + name.encode() + b"\n")
+            self.memoize(obj)
+            return
+        super().save_global(obj, name)
+
+    dispatch[type] = save_global
+
+
+def py2_pickle_bytes(obj) -> bytes:
+    buf = io.BytesIO()
+    Py2Pickler(buf, protocol=2).dump(obj)
+    return buf.getvalue()
+
+
+def dump_py2_pickle(path: Path, obj) -> Path:
+    Path(path).write_bytes(py2_pickle_bytes(obj))
+    return Path(path)
+
+
+def official_files(fake: FakeCifar, n_batches: int = 5) -> dict[str, object]:
+    """{file name: unpickled content} as in cifar-10-batches-py (rows channel-major)."""
+    def rows(images):  # (N, 32, 32, 3) -> (N, 3072): R plane, G plane, B plane
+        return np.ascontiguousarray(images.transpose(0, 3, 1, 2).reshape(len(images), -1))
+
+    files: dict[str, object] = {}
+    parts = np.array_split(np.arange(len(fake.train_labels)), n_batches)
+    for b, idx in enumerate(parts, start=1):
+        files[f"data_batch_{b}"] = {
+            b"batch_label": f"training batch {b} of {n_batches}".encode(),
+            b"labels": fake.train_labels[idx].tolist(),  # a list of ints, as in the real files
+            b"data": rows(fake.train_images[idx]),
+            b"filenames": [f"train_{i}.png".encode() for i in idx],
+        }
+    files["test_batch"] = {
+        b"batch_label": b"testing batch 1 of 1",
+        b"labels": fake.test_labels.tolist(),
+        b"data": rows(fake.test_images),
+        b"filenames": [f"test_{i}.png".encode() for i in range(len(fake.test_labels))],
+    }
+    files["batches.meta"] = {b"label_names": [c.encode() for c in fake.classes],
+                             b"num_cases_per_batch": len(parts[0]), b"num_vis": 3072}
+    return files
+
+
+def write_batches(folder: Path, fake: FakeCifar, *, overrides: dict | None = None,
+                  skip: tuple[str, ...] = ()) -> Path:
+    """Write the official folder layout into ``folder``.
+
+    ``overrides`` maps file name -> content to pickle instead (bad shapes, labels...),
+    or -> raw bytes to write as is; ``skip`` names files to leave out.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {**official_files(fake), **(overrides or {})}
+    for name, content in files.items():
+        if name in skip:
+            continue
+        data = content if isinstance(content, bytes) else py2_pickle_bytes(content)
+        (folder / name).write_bytes(data)
+    return folder
+
+
+def write_archive(path: Path, fake: FakeCifar, *, overrides: dict | None = None,
+                  skip: tuple[str, ...] = ()) -> Path:
+    """Write a cifar-10-python.tar.gz-style archive (members cifar-10-batches-py/<name>)."""
+    path = Path(path)
+    files = {**official_files(fake), **(overrides or {})}
+    with tarfile.open(path, "w:gz") as tar:
+        for name, content in files.items():
+            if name in skip:
+                continue
+            data = content if isinstance(content, bytes) else py2_pickle_bytes(content)
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def write_image_folder(root: Path, fake: FakeCifar, ext: str = ".png") -> Path:
+    """Write ROOT/{train,test}/<class>/NNNN<ext>; NNNN is the image's rank within its class."""
+    root = Path(root)
+    for split, images, labels in (("train", fake.train_images, fake.train_labels),
+                                  ("test", fake.test_images, fake.test_labels)):
+        for k, name in enumerate(fake.classes):
+            d = root / split / name
+            d.mkdir(parents=True, exist_ok=True)
+            for j, i in enumerate(np.flatnonzero(labels == k)):
+                Image.fromarray(images[i]).save(d / f"{j:04d}{ext}")
+    return root
+
+
+@pytest.fixture
+def fake_cifar() -> FakeCifar:
+    return make_fake_cifar()
+
+
+@pytest.fixture
+def fake_batches_dir(tmp_path, fake_cifar) -> Path:
+    return write_batches(tmp_path / "cifar-10-batches-py", fake_cifar)
+
+
+@pytest.fixture
+def fake_archive(tmp_path, fake_cifar) -> Path:
+    return write_archive(tmp_path / "cifar-10-python.tar.gz", fake_cifar)
+
+
+@pytest.fixture
+def fake_image_folder(tmp_path, fake_cifar) -> Path:
+    return write_image_folder(tmp_path / "images", fake_cifar)
+
+
+@pytest.fixture
+def small_dataset(fake_cifar):
+    """A Dataset of the fake arrays (60 train / 20 test, 10 classes), stats computed."""
+    from cifarzoo.data import build_dataset
+
+    f = fake_cifar
+    return build_dataset(f.train_images, f.train_labels, f.test_images, f.test_labels,
+                         f.classes, "fake (tests/conftest.py)")
+
+
+@pytest.fixture(scope="session")
+def bundled_sample():
+    """The real bundled sample, loaded once for the whole session (about 1 s)."""
+    from cifarzoo.data import load
+
+    return load("sample")
+
+
+@pytest.fixture
+def fake_files() -> SimpleNamespace:
+    return SimpleNamespace(make=make_fake_cifar, write_batches=write_batches, write_archive=write_archive,
+                           write_image_folder=write_image_folder, dump_py2_pickle=dump_py2_pickle,
+                           py2_pickle_bytes=py2_pickle_bytes, official_files=official_files)

@@ -1,0 +1,357 @@
+"""Every --data source yields the same Dataset; bad input fails by name, leaving nothing behind."""
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cifarzoo.data import Dataset, channel_stats, load, load_image_file, sources
+from cifarzoo.errors import DataError
+
+
+def tree(root: Path) -> set[str]:
+    """Every file and folder under ``root``, relative: to prove nothing was left behind."""
+    return {str(p.relative_to(root)) for p in Path(root).rglob("*")}
+
+
+def assert_same_as_fake(ds: Dataset, fake) -> None:
+    assert ds.classes == fake.classes
+    np.testing.assert_array_equal(ds.train_images, fake.train_images)
+    np.testing.assert_array_equal(ds.train_labels, fake.train_labels)
+    np.testing.assert_array_equal(ds.test_images, fake.test_images)
+    np.testing.assert_array_equal(ds.test_labels, fake.test_labels)
+    assert ds.train_images.dtype == np.uint8 and ds.train_images.flags.c_contiguous
+    assert ds.train_labels.dtype == np.int64
+
+
+# --------------------------------------------------------------------------- good sources
+
+
+def test_archive_is_read_in_place(fake_archive, fake_cifar, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    before = tree(tmp_path)
+    ds = load(str(fake_archive))
+    assert_same_as_fake(ds, fake_cifar)
+    assert ds.source == f"archive {fake_archive}"
+    assert tree(tmp_path) == before  # nothing unpacked anywhere
+
+
+def test_batches_folder_itself_its_parent_and_a_folder_with_the_archive(fake_batches_dir, fake_cifar,
+                                                                        fake_files, tmp_path):
+    assert_same_as_fake(load(fake_batches_dir), fake_cifar)
+    assert_same_as_fake(load(fake_batches_dir.parent), fake_cifar)
+    other = tmp_path / "dl"
+    other.mkdir()
+    fake_files.write_archive(other / "cifar-10-python.tar.gz", fake_cifar)
+    ds = load(other)
+    assert_same_as_fake(ds, fake_cifar)
+    assert ds.source.startswith("archive ")
+
+
+def test_archive_under_another_name_is_recognized(fake_archive, fake_cifar, tmp_path):
+    renamed = tmp_path / "cifar.bin"
+    fake_archive.rename(renamed)
+    assert_same_as_fake(load(renamed), fake_cifar)
+
+
+def test_image_folder_reads_pixels_exactly_with_sorted_class_names(tmp_path, fake_files):
+    fake = fake_files.make(classes=("zebra", "apple", "mango"), train_per_class=4, test_per_class=2)
+    root = fake_files.write_image_folder(tmp_path / "imgs", fake)
+    ds = load(root)
+    assert ds.classes == ("apple", "mango", "zebra")  # sorted folder names
+    assert ds.source == f"image folder {root}"
+    for split in ("train", "test"):
+        images, labels = getattr(ds, f"{split}_images"), getattr(ds, f"{split}_labels")
+        f_images, f_labels = getattr(fake, f"{split}_images"), getattr(fake, f"{split}_labels")
+        for new_label, name in enumerate(ds.classes):
+            old_label = fake.classes.index(name)
+            # files are NNNN.png in within-class order, so order is kept too
+            np.testing.assert_array_equal(images[labels == new_label], f_images[f_labels == old_label])
+
+
+def test_image_folder_resizes_odd_images_with_one_warning_and_accepts_jpg(tmp_path, fake_files):
+    fake = fake_files.make(train_per_class=2, test_per_class=1, classes=("a", "b"))
+    root = fake_files.write_image_folder(tmp_path / "imgs", fake)
+    Image.new("RGB", (64, 48), (200, 10, 10)).save(root / "train" / "a" / "big.JPG")
+    Image.new("L", (16, 16), 128).save(root / "test" / "b" / "small.jpeg")
+    Image.new("RGBA", (32, 32), (0, 0, 255, 255)).save(root / "train" / "b" / "alpha.png")  # same size: no resize
+    (root / "train" / "a" / "notes.txt").write_text("not an image")
+    (root / "train" / "a" / ".DS_Store").write_bytes(b"\0")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = load(root)
+    messages = [str(w.message) for w in caught]
+    assert any("resized 2 of 9 images to 32x32" in m for m in messages), messages
+    assert any("skipped 1 files" in m and "notes.txt" in m for m in messages), messages
+    assert len(ds.train_labels) == 6 and len(ds.test_labels) == 3
+    red = ds.train_images[ds.train_labels == 0][-1]  # big.JPG sorts after 0000.png, 0001.png
+    assert red.shape == (32, 32, 3) and abs(int(red[..., 0].mean()) - 200) < 4
+    grey = ds.test_images[ds.test_labels == 1][-1]  # small.jpeg sorts after 0000.png
+    assert np.all(np.abs(grey.astype(int) - 128) <= 2)
+
+
+def test_load_image_file_any_size_and_mode(tmp_path):
+    photo = tmp_path / "photo.jpg"
+    Image.new("RGB", (640, 480), (10, 200, 30)).save(photo)
+    x = load_image_file(photo)
+    assert x.shape == (32, 32, 3) and x.dtype == np.uint8
+    assert np.all(np.abs(x.astype(int) - [10, 200, 30]) <= 3)
+    grey = tmp_path / "g.png"
+    Image.new("L", (100, 100), 77).save(grey)
+    assert np.all(load_image_file(grey) == 77)
+    transparent = tmp_path / "t.png"
+    Image.new("RGBA", (40, 40), (0, 0, 0, 0)).save(transparent)
+    assert np.all(load_image_file(transparent) == 255)  # composited onto white
+    exact = tmp_path / "e.png"
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(exact)
+    np.testing.assert_array_equal(load_image_file(exact), pixels)
+
+
+def test_load_image_file_unreadable_names_the_file(tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(DataError, match=f"^{bad}: cannot read this image"):
+        load_image_file(bad)
+    with pytest.raises(DataError, match="missing.png"):
+        load_image_file(tmp_path / "missing.png")
+
+
+def test_bundled_sample_is_balanced_real_cifar_and_fast():
+    start = time.process_time()
+    ds = load("sample")
+    cpu_seconds = time.process_time() - start
+    assert cpu_seconds < 2.0, f"decoding the sample took {cpu_seconds:.2f} s of CPU"
+    assert ds.classes == ("airplane", "automobile", "bird", "cat", "deer",
+                          "dog", "frog", "horse", "ship", "truck")
+    assert ds.train_images.shape == (5000, 32, 32, 3) and ds.test_images.shape == (1000, 32, 32, 3)
+    assert np.bincount(ds.train_labels).tolist() == [500] * 10
+    assert np.bincount(ds.test_labels).tolist() == [100] * 10
+    # Real CIFAR-10 statistics (full set: mean ~(125.3, 123.0, 113.9), std ~(63.0, 62.1, 66.7)).
+    np.testing.assert_allclose(ds.mean, (124.771, 122.577, 113.071), atol=1e-3)
+    np.testing.assert_allclose(ds.std, (62.058, 61.485, 66.122), atol=1e-3)
+    # Stored in shuffled order: any prefix is roughly balanced (training subsets rely on it).
+    assert np.bincount(ds.train_labels[:500], minlength=10).min() >= 30
+    assert sources.SAMPLE_PATH.stat().st_size < 3_000_000
+
+
+def test_channel_stats_match_float64_numpy(fake_cifar):
+    x = fake_cifar.train_images
+    mean, std = channel_stats(x, chunk=7)  # odd chunk size: chunking must not matter
+    ref = x.reshape(-1, 3).astype(np.float64)
+    np.testing.assert_allclose(mean, ref.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(std, ref.std(0), rtol=1e-12)
+    assert all(type(v) is float for v in (*mean, *std))
+
+
+def test_dataset_stats_are_of_the_training_images_only(fake_cifar, fake_archive):
+    ds = load(fake_archive)
+    assert ds.mean == channel_stats(fake_cifar.train_images)[0]
+    assert ds.mean != channel_stats(fake_cifar.test_images)[0]
+
+
+# --------------------------------------------------------------------------- default + download
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """An empty $CIFARZOO_DATA; downloads point at a local copy of the fake archive."""
+    root = tmp_path / "cache"
+    monkeypatch.setenv("CIFARZOO_DATA", str(root))
+    return root
+
+
+def _serve(monkeypatch, archive: Path, md5: str | None = None) -> None:
+    monkeypatch.setattr(sources, "DOWNLOAD_URL", archive.resolve().as_uri())
+    monkeypatch.setattr(sources, "DOWNLOAD_MD5", md5 or hashlib.md5(archive.read_bytes()).hexdigest())
+
+
+def test_default_downloads_verifies_and_then_reuses(cache, fake_cifar, fake_files, tmp_path, monkeypatch):
+    served = fake_files.write_archive(tmp_path / "served.tar.gz", fake_cifar)
+    _serve(monkeypatch, served)
+    ds = load(None, progress=False)
+    assert_same_as_fake(ds, fake_cifar)
+    assert tree(cache) == {"cifar-10-python.tar.gz"}  # no temp file left
+    assert (cache / "cifar-10-python.tar.gz").read_bytes() == served.read_bytes()
+    # Second time: read from the cache, no network (the URL now leads nowhere).
+    monkeypatch.setattr(sources, "DOWNLOAD_URL", (tmp_path / "gone.tar.gz").as_uri())
+    assert_same_as_fake(load("default"), fake_cifar)
+
+
+def test_default_uses_an_unpacked_folder_without_downloading(cache, fake_cifar, fake_files, monkeypatch):
+    fake_files.write_batches(cache / "cifar-10-batches-py", fake_cifar)
+    monkeypatch.setattr(sources, "DOWNLOAD_URL", "http://127.0.0.1:1/never")
+    assert_same_as_fake(load(None), fake_cifar)
+
+
+def test_default_root_falls_back_to_home_cache(monkeypatch, tmp_path):
+    monkeypatch.delenv("CIFARZOO_DATA", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert sources.default_root() == tmp_path / ".cache" / "cifarzoo"
+
+
+def test_md5_mismatch_keeps_nothing(cache, fake_archive, monkeypatch):
+    _serve(monkeypatch, fake_archive, md5="0" * 32)
+    with pytest.raises(DataError, match=r"md5 [0-9a-f]{32}, expected 0{32}; the corrupt download was deleted"):
+        load(None, progress=False)
+    assert tree(cache) == set()
+
+
+def test_offline_names_both_ways_out_and_keeps_nothing(cache, monkeypatch):
+    with socket.socket() as s:  # a port nobody listens on: connection refused, like offline
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(sources, "DOWNLOAD_URL", f"http://127.0.0.1:{port}/cifar-10-python.tar.gz")
+    with pytest.raises(DataError) as err:
+        load(None, progress=False)
+    message = str(err.value)
+    assert "could not download CIFAR-10" in message
+    assert "--data PATH" in message and "--data sample" in message
+    assert "\n" not in message
+    assert tree(cache) == set()
+
+
+def test_interrupted_download_leaves_no_partial_file(cache, fake_archive, monkeypatch):
+    _serve(monkeypatch, fake_archive)
+
+    class Dropping:
+        headers = {"Content-Length": "1000000"}
+
+        def __init__(self):
+            self.calls = 0
+
+        def read(self, n):
+            self.calls += 1
+            if self.calls > 1:
+                raise KeyboardInterrupt  # Ctrl-C in the middle of the transfer
+            return b"x" * 1000
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(sources.urllib.request, "urlopen", lambda url, timeout: Dropping())
+    with pytest.raises(KeyboardInterrupt):
+        load(None, progress=False)
+    assert tree(cache) == set()
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _fails(spec, match: str, watched: Path) -> DataError:
+    """Load ``spec``; it must raise a DataError matching ``match`` and change nothing under ``watched``."""
+    before = tree(watched)
+    with pytest.raises(DataError, match=match) as err:
+        load(spec)
+    assert tree(watched) == before
+    assert "\n" not in str(err.value)
+    return err.value
+
+
+def test_truncated_archive(fake_archive, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = fake_archive.read_bytes()
+    fake_archive.write_bytes(data[: len(data) // 2])
+    _fails(fake_archive, f"^{fake_archive}: cannot read the archive, it is truncated or corrupt", tmp_path)
+
+
+def test_corrupt_archive(fake_archive, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = bytearray(fake_archive.read_bytes())
+    data[100:400] = os.urandom(300)  # gzip CRC / deflate stream broken
+    fake_archive.write_bytes(bytes(data))
+    _fails(fake_archive, f"^{fake_archive}: cannot read the archive", tmp_path)
+
+
+def test_archive_missing_a_batch(tmp_path, fake_cifar, fake_files):
+    path = fake_files.write_archive(tmp_path / "cifar-10-python.tar.gz", fake_cifar, skip=("test_batch",))
+    _fails(path, f"^{path}: archive lacks test_batch", tmp_path)
+
+
+def test_folder_missing_a_batch(tmp_path, fake_cifar, fake_files):
+    folder = fake_files.write_batches(tmp_path / "cifar-10-batches-py", fake_cifar, skip=("data_batch_3",))
+    _fails(folder, f"^{folder}: missing data_batch_3", tmp_path)
+
+
+def _batch(fake_files, changes: dict) -> dict:
+    """The fake data_batch_2 with some keys replaced (keys given as str, stored as Py2 bytes)."""
+    batch = dict(fake_files.official_files(fake_files.make())["data_batch_2"])
+    batch.update({k.encode(): v for k, v in changes.items()})
+    return batch
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(data=np.zeros((12, 3000), np.uint8)), r"'data' is shape \(12, 3000\) uint8, expected an \(N, 3072\) uint8"),
+    (dict(data=np.zeros((12, 3072), np.float32)), r"'data' is shape \(12, 3072\) float32"),
+    (dict(data=[1, 2, 3]), r"'data' is list"),
+    (dict(labels=[0] * 11 + [10]), r"labels must lie in 0\.\.9 \(10 classes\), found 10"),
+    (dict(labels=[0] * 11 + [-1]), r"labels must lie in 0\.\.9 \(10 classes\), found -1"),
+    (dict(labels=[0] * 5), r"'labels' has shape \(5,\)"),
+])
+def test_malformed_batch_is_named(tmp_path, fake_cifar, fake_files, change, match):
+    folder = fake_files.write_batches(tmp_path / "cifar-10-batches-py", fake_cifar,
+                                      overrides={"data_batch_2": _batch(fake_files, change)})
+    _fails(folder, f"^{folder / 'data_batch_2'}: {match}", tmp_path)
+    archive = fake_files.write_archive(tmp_path / "a.tar.gz", fake_cifar,
+                                       overrides={"data_batch_2": _batch(fake_files, change)})
+    _fails(archive, f"^{archive}:cifar-10-batches-py/data_batch_2: {match}", tmp_path)
+
+
+def test_meta_without_label_names(tmp_path, fake_cifar, fake_files):
+    folder = fake_files.write_batches(tmp_path / "b", fake_cifar, overrides={"batches.meta": {b"num_vis": 3072}})
+    _fails(folder, f"^{folder / 'batches.meta'}: 'label_names' missing", tmp_path)
+
+
+def test_truncated_batch_file(tmp_path, fake_cifar, fake_files):
+    folder = fake_files.write_batches(tmp_path / "b", fake_cifar)
+    data = (folder / "test_batch").read_bytes()
+    (folder / "test_batch").write_bytes(data[:-500])
+    _fails(folder, f"^{folder / 'test_batch'}: not a readable CIFAR-10 pickle", tmp_path)
+
+
+def test_unreadable_image(fake_image_folder, tmp_path):
+    bad = fake_image_folder / "train" / "cat" / "0001.png"
+    bad.write_bytes(b"garbage")
+    _fails(fake_image_folder, f"^{bad}: cannot read this image", tmp_path)
+
+
+def test_empty_class_folder(fake_image_folder, tmp_path):
+    empty = fake_image_folder / "train" / "zebra"
+    empty.mkdir()
+    _fails(fake_image_folder, f"^{empty}: class folder holds no .png/.jpg/.jpeg images", tmp_path)
+
+
+def test_test_class_that_train_lacks(fake_image_folder, tmp_path):
+    extra = fake_image_folder / "test" / "unicorn"
+    extra.mkdir()
+    Image.new("RGB", (32, 32)).save(extra / "0.png")
+    _fails(fake_image_folder, f"^{extra}: class folder 'unicorn' has no counterpart in", tmp_path)
+
+
+def test_image_folder_without_test(fake_image_folder, tmp_path):
+    import shutil
+
+    shutil.rmtree(fake_image_folder / "test")
+    _fails(fake_image_folder, f"^{fake_image_folder / 'test'}: missing", tmp_path)
+
+
+@pytest.mark.parametrize("make", ["missing", "text file", "empty folder"])
+def test_unrecognized_spec_lists_the_accepted_forms(tmp_path, make):
+    target = tmp_path / "thing"
+    if make == "text file":
+        target.write_text("hello")
+    elif make == "empty folder":
+        target.mkdir()
+    err = _fails(str(target), f"^--data {target}: ", tmp_path)
+    for form in ("'sample'", "cifar-10-python.tar.gz", "cifar-10-batches-py/", "train/<class>/"):
+        assert form in str(err)
