@@ -50,7 +50,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     seed: int = 0  # seeds weights, shuffling, augmentation and dropout
     allow_stall: bool = False  # do not stop a run whose loss stays at ln(C) with chance accuracy
-    stall_steps: int | None = None  # check for a stall after this many steps (None: after the first epoch)
+    stall_steps: int | None = None  # check for a stall after this many steps (None: end of the first epoch, >= 30 steps)
     nan_check_every: int = 20  # steps between (cheap, batched) host checks for a non-finite loss on GPU
     ema: bool = False  # keep an exponential moving average of weights for evaluation (fastnet recipe)
     whiten_init: bool = False  # initialize a model's `whiten` conv from data patches (fastnet)

@@ -10,6 +10,10 @@ import math
 
 from cifarzoo.errors import TrainingError
 
+# A verdict on fewer steps than this is noise (a 640-image epoch is 10 steps): with
+# short epochs the check waits for the first epoch end at or after this many steps.
+MIN_STALL_STEPS = 30
+
 STALL_DIAGNOSIS = """\
 The training loss stays at ln(num_classes) and accuracy at chance: the network predicts
 the same thing for every image. Usual causes, most likely first:
