@@ -77,7 +77,13 @@ def _from_numpy(a: np.ndarray) -> torch.Tensor:
 def _stats_tensors(mean, std, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     if isinstance(mean, torch.Tensor) and isinstance(std, torch.Tensor):
         return (mean.to(device=device, dtype=torch.float32), std.to(device=device, dtype=torch.float32))
-    return _cached_stats(tuple(float(v) for v in mean), tuple(float(v) for v in std), device)
+    mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+    if torch.compiler.is_compiling():
+        # Under torch.compile/export tracing the tensors made here are fake: caching them
+        # would poison every later eager call in the process.
+        return (torch.tensor(mean, dtype=torch.float32, device=device),
+                torch.tensor(std, dtype=torch.float32, device=device))
+    return _cached_stats(mean, std, device)
 
 
 @functools.lru_cache(maxsize=32)

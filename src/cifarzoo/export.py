@@ -1,0 +1,540 @@
+"""Export a trained model to ONNX, verified against PyTorch, and run such a file.
+
+The exported graph takes **float32 RGB images with values in [0, 255]** — the raw
+pixel values, not rescaled to [0, 1] and not normalized — and returns logits
+``(batch, num_classes)`` (no softmax). The checkpoint's per-channel mean/std (the
+same pair :func:`cifarzoo.data.loader.normalize` uses in training and ``predict``)
+is folded into the graph as a subtract and a divide, so a caller never re-implements
+the preprocessing and never gets it subtly wrong (the classic /225 vs /255 bug). A
+caller holding uint8 images casts them (``images.astype(np.float32)``); values stay
+in [0, 255]. The input is float32 rather than uint8 because every ONNX consumer
+(ONNX Runtime, TensorRT, OpenCV DNN, onnxruntime-web) takes float32 inputs, while
+uint8 graph inputs are patchily supported.
+
+Layout is NCHW ``(batch, 3, 32, 32)`` by default, or NHWC ``(batch, 32, 32, 3)`` —
+the layout image decoders produce — with ``layout="nhwc"``. The batch axis is
+dynamic. Models with auxiliary heads (Inception) are exported in eval mode, where
+they return the main logits only; the graph is checked to have exactly one output.
+
+Everything a consumer needs is in the file's ``metadata_props`` (strings; JSON
+where structured): ``format`` = ``"cifarzoo.onnx"``, ``format_version``,
+``classes`` (JSON list), ``model_name``, ``model_kwargs`` (JSON), ``normalization``
+(JSON ``{"mean": [...], "std": [...]}``, [0, 255] units, already applied inside the
+graph), ``layout``, ``input`` (a sentence), ``input_dtype`` = ``"float32"``,
+``input_range`` = ``"[0, 255]"``, ``output``, ``epoch``, ``opset``, ``exporter`` and
+``cifarzoo_version``.
+
+The file is written to a temp file beside the target, loaded back with ONNX Runtime
+and compared with the PyTorch model on a batch of images (and on a batch of one,
+which exercises the dynamic batch axis); only when the logits agree within ``atol``
+is it renamed into place, atomically. A file that fails the check is deleted, so a
+file under the final name has always been verified.
+
+Exporter: ``torch.onnx.export(..., dynamo=True)`` (the ``torch.export``-based
+exporter, the default since torch 2.9; the TorchScript one is deprecated) at
+opset 18, the exporter's native opset (its operator library is written for 18; a
+lower request goes through a version converter that can silently keep 18) and one
+ONNX Runtime has supported since 1.14. ``exporter="legacy"`` selects the old
+TorchScript exporter, an escape hatch for a model the new one cannot capture.
+
+onnx, onnxruntime and onnxscript are an optional extra (``pip install
+'cifarzoo[onnx]'``), imported only inside these functions.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cifarzoo.errors import CifarzooError
+
+FORMAT = "cifarzoo.onnx"
+FORMAT_VERSION = 1
+ONNX_NAME = "model.onnx"
+DEFAULT_OPSET = 18
+MIN_OPSET = {"dynamo": 18, "legacy": 9}  # below 18 the dynamo exporter's converter is unreliable
+LAYOUTS = ("nchw", "nhwc")
+EXPORTERS = ("dynamo", "legacy")
+INPUT_NAME = "images"
+OUTPUT_NAME = "logits"
+IMAGE_SIZE = 32  # CIFAR; the exported graph's height and width are fixed
+NUM_CHECK_IMAGES = 16
+INSTALL_HINT = "pip install 'cifarzoo[onnx]'"
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path  # the verified .onnx file
+    max_abs_diff: float  # max |logits_onnxruntime - logits_pytorch| over the check images
+    top1_agreement: float  # fraction of check images whose argmax agrees, in [0, 1]
+    opset: int  # default-domain opset of the written file
+    seconds: float  # wall time of export + verification
+    layout: str = "nchw"
+    exporter: str = "dynamo"
+    num_check_images: int = 0
+    model_name: str = ""
+
+
+def _require(*names: str) -> dict[str, Any]:
+    """Import the optional ONNX packages, or say how to install them."""
+    import importlib
+
+    mods = {}
+    for name in names:
+        try:
+            mods[name] = importlib.import_module(name)
+        except ImportError as exc:
+            raise CifarzooError(
+                f"ONNX support needs the optional packages onnx, onnxruntime and onnxscript "
+                f"({name} is missing: {exc}); install them with: {INSTALL_HINT}"
+            ) from None
+    return mods
+
+
+def _image_wrapper(model, mean, std, layout: str):
+    """``model`` behind the preprocessing: float [0, 255] images in ``layout`` -> logits."""
+    import torch
+    from torch import nn
+
+    class ImageClassifier(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+            # (1, 3, 1, 1), [0, 255] units: the same arithmetic as data.loader.normalize
+            self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+            self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+        def forward(self, images):
+            if layout == "nhwc":
+                images = images.permute(0, 3, 1, 2)  # (B, H, W, 3) -> (B, 3, H, W)
+            return self.model((images - self.mean) / self.std)
+
+    return ImageClassifier().eval()
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """Keep the exporter's progress lines, log records and deprecation warnings off the
+    user's terminal (library functions do not print); errors still raise."""
+    names = ("torch.onnx", "torch.export", "torch._export", "torch.fx", "onnxscript")
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with contextlib.redirect_stdout(io.StringIO()):
+                yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _to_onnx_proto(wrapper, example, *, opset: int, exporter: str, onnx):
+    """Trace ``wrapper`` on ``example`` into an ``onnx.ModelProto`` with a dynamic batch axis."""
+    import inspect
+
+    import torch
+
+    if exporter == "dynamo":
+        if "dynamo" not in inspect.signature(torch.onnx.export).parameters:
+            raise CifarzooError(
+                f"torch {torch.__version__} has no dynamo ONNX exporter; upgrade torch (>= 2.6) "
+                "or use the legacy exporter (--exporter legacy)"
+            )
+        batch = torch.export.Dim("batch", min=1)
+        program = torch.onnx.export(
+            wrapper,
+            (example,),
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: batch},),
+            opset_version=opset,
+            external_data=False,
+            verbose=False,
+        )
+        return program.model_proto
+    buf = io.BytesIO()
+    torch.onnx.export(
+        wrapper,
+        (example,),
+        buf,
+        dynamo=False,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        opset_version=opset,
+    )
+    return onnx.load_model_from_string(buf.getvalue())
+
+
+def _first_line(exc: BaseException, limit: int = 300) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:limit]
+
+
+def _default_opset(model_proto) -> int:
+    for imp in model_proto.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    return -1
+
+
+def _default_check_images(n: int = NUM_CHECK_IMAGES) -> np.ndarray:
+    """Real images when the bundled sample is readable (argmax agreement means more on
+    them), else deterministic pseudo-random ones; uint8 ``(n, 32, 32, 3)``."""
+    try:
+        from cifarzoo import data
+
+        test = data.load("sample", progress=False).test_images
+        images = np.asarray(test[:: max(1, len(test) // n)][:n])  # spread over the set (and its classes)
+        if images.dtype == np.uint8 and images.shape[1:] == (IMAGE_SIZE, IMAGE_SIZE, 3) and len(images):
+            return np.ascontiguousarray(images)
+    except Exception:  # data layer absent or sample unreadable: the random batch checks the graph as well
+        pass
+    return np.random.default_rng(0).integers(0, 256, size=(n, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+
+
+def _check_images_array(images, what: str = "check_images") -> np.ndarray:
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
+        raise CifarzooError(
+            f"{what} must be uint8 images of shape (N, {IMAGE_SIZE}, {IMAGE_SIZE}, 3) (NHWC, RGB, 0-255); "
+            f"got dtype {images.dtype} shape {images.shape}"
+        )
+    return images
+
+
+def _to_layout(images_uint8_nhwc: np.ndarray, layout: str) -> np.ndarray:
+    """uint8 NHWC -> the graph's float32 [0, 255] input in ``layout``."""
+    x = images_uint8_nhwc.astype(np.float32)
+    if layout == "nchw":
+        x = x.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(x)
+
+
+def _torch_logits(wrapper, images_uint8_nhwc: np.ndarray, layout: str) -> np.ndarray:
+    """The PyTorch side of the comparison: the same wrapper the graph was traced from."""
+    import torch
+
+    with torch.no_grad():
+        out = wrapper(torch.from_numpy(_to_layout(images_uint8_nhwc, layout)))
+    if isinstance(out, (tuple, list)):
+        raise CifarzooError(
+            f"the model returns {len(out)} outputs in eval mode; an exported classifier must return logits only"
+        )
+    return out.float().numpy()
+
+
+def _metadata(ckpt: dict, *, layout: str, opset: int, exporter: str) -> dict[str, str]:
+    from cifarzoo import __version__
+
+    shape = "(batch, 3, 32, 32)" if layout == "nchw" else "(batch, 32, 32, 3)"
+    norm = ckpt["normalization"]
+    return {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "classes": json.dumps(list(ckpt["classes"]), ensure_ascii=False),
+        "model_name": str(ckpt["model"]["name"]),
+        "model_kwargs": json.dumps(ckpt["model"].get("kwargs", {})),
+        "normalization": json.dumps({"mean": [float(v) for v in norm["mean"]], "std": [float(v) for v in norm["std"]]}),
+        "layout": layout,
+        "input": (
+            f"float32 RGB images {shape}, values in [0, 255] (cast uint8 pixels to float32; "
+            "do not rescale or normalize: the normalization is inside the graph)"
+        ),
+        "input_dtype": "float32",
+        "input_range": "[0, 255]",
+        "output": "logits (batch, num_classes), no softmax",
+        "epoch": str(ckpt.get("epoch", "")),
+        "opset": str(opset),
+        "exporter": exporter,
+        "cifarzoo_version": __version__,
+    }
+
+
+def _write_temp_beside(target: Path, data: bytes) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        # mkstemp makes the file owner-only (0600); an exported model is meant to be
+        # shared, so give it the mode a plain open() would (0666 less the umask).
+        if hasattr(os, "fchmod"):  # POSIX
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(fd, 0o666 & ~umask)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
+
+
+def export_onnx(
+    run_or_checkpoint: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    opset: int | None = None,
+    layout: str = "nchw",
+    atol: float = 1e-4,
+    check_images: np.ndarray | None = None,
+    *,
+    exporter: str = "dynamo",
+) -> ExportResult:
+    """Export a run's (or checkpoint's) model to a verified ONNX file.
+
+    The graph takes float32 RGB images in [0, 255] (uint8 pixels cast to float32, not
+    rescaled or normalized), NCHW ``(B, 3, 32, 32)`` or, with ``layout="nhwc"``, NHWC
+    ``(B, 32, 32, 3)``; it returns logits ``(B, num_classes)``; ``B`` is dynamic.
+
+    ``out`` defaults to ``model.onnx`` in the run folder (the checkpoint's folder).
+    ``opset`` defaults to 18. ``check_images`` (uint8 ``(N, 32, 32, 3)``) defaults to
+    16 test images of the bundled sample, or deterministic random images. The file is
+    renamed into place only if ONNX Runtime's logits match PyTorch's within ``atol``;
+    otherwise it is deleted and :class:`CifarzooError` is raised.
+    """
+    started = time.perf_counter()
+    layout = str(layout).lower()
+    if layout not in LAYOUTS:
+        raise CifarzooError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    if exporter not in EXPORTERS:
+        raise CifarzooError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
+    if not (isinstance(atol, (int, float)) and np.isfinite(atol) and atol >= 0):
+        raise CifarzooError(f"atol must be a finite number >= 0, got {atol!r}")
+    mods = _require("onnx", "onnxruntime", *(("onnxscript",) if exporter == "dynamo" else ()))
+    onnx = mods["onnx"]
+    opset = DEFAULT_OPSET if opset is None else opset
+    max_opset = onnx.defs.onnx_opset_version()
+    if not isinstance(opset, int) or not MIN_OPSET[exporter] <= opset <= max_opset:
+        raise CifarzooError(
+            f"opset {opset!r} is not supported by the {exporter} exporter; use {MIN_OPSET[exporter]}..{max_opset} "
+            f"(default {DEFAULT_OPSET})"
+            + ("; for an older opset try --exporter legacy" if exporter == "dynamo" else "")
+        )
+    images = _default_check_images() if check_images is None else _check_images_array(check_images)
+    if len(images) == 0:
+        raise CifarzooError("check_images is empty; give at least one image")
+
+    from cifarzoo.train.checkpoint import load_model
+
+    model, ckpt = load_model(run_or_checkpoint)
+    name = str(ckpt["model"]["name"])
+    ckpt_path = Path(ckpt["path"])
+    target = Path(out) if out is not None else ckpt_path.parent / ONNX_NAME
+    if target.is_dir():
+        target = target / ONNX_NAME
+    if target.resolve() == ckpt_path.resolve():
+        raise CifarzooError(f"--out {target} is the checkpoint itself; choose another file name")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CifarzooError(f"{target}: cannot create its folder ({exc.strerror})") from None
+    norm = ckpt["normalization"]
+    try:
+        mean, std = [float(v) for v in norm["mean"]], [float(v) for v in norm["std"]]
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+            raise ValueError
+    except (KeyError, TypeError, ValueError):
+        raise CifarzooError(
+            f"{ckpt_path}: normalization must be {{'mean': [r, g, b], 'std': [r, g, b]}} with std > 0, got {norm!r}"
+        ) from None
+    wrapper = _image_wrapper(model, mean, std, layout)
+
+    import torch
+
+    # The reference comes first, so that an exporter which changed the module in
+    # passing (a buffer, a cache, train/eval mode) shows up as a mismatch.
+    ref = _torch_logits(wrapper, images, layout)  # (N, num_classes)
+    # An example batch of 2, not 1: torch.export specializes size-1 dimensions.
+    example = torch.from_numpy(_to_layout(images[:1].repeat(2, axis=0), layout))
+    try:
+        with _quiet_exporter():
+            proto = _to_onnx_proto(wrapper, example, opset=opset, exporter=exporter, onnx=onnx)
+    except CifarzooError:
+        raise
+    except Exception as exc:
+        other = "legacy" if exporter == "dynamo" else "dynamo"
+        hint = (
+            f"try the default --opset {DEFAULT_OPSET}"
+            if opset != DEFAULT_OPSET
+            else f"try --exporter {other}, or report this as a bug"
+        )
+        raise CifarzooError(
+            f"the {exporter} ONNX exporter failed on model {name!r} at opset {opset} "
+            f"({type(exc).__name__}: {_first_line(exc)}); {hint}"
+        ) from exc
+
+    got_opset = _default_opset(proto)
+    if got_opset != opset:
+        raise CifarzooError(
+            f"asked for opset {opset} but the {exporter} exporter produced opset {got_opset}; "
+            f"use --opset {got_opset}"
+        )
+    if len(proto.graph.output) != 1 or len(proto.graph.input) != 1:
+        raise CifarzooError(
+            f"the exported graph of {name!r} has {len(proto.graph.input)} inputs and "
+            f"{len(proto.graph.output)} outputs; expected one image input and one logits output "
+            "(auxiliary heads must be off in eval mode)"
+        )
+    for node in proto.graph.node:
+        # The dynamo exporter annotates every node with the Python stack that made it:
+        # absolute source paths of this machine, a third of a small file's bytes.
+        del node.metadata_props[:]
+        node.doc_string = ""
+    del proto.metadata_props[:]
+    for key, value in _metadata(ckpt, layout=layout, opset=got_opset, exporter=exporter).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.doc_string = f"cifarzoo {name}: float32 RGB [0, 255] {layout.upper()} images -> logits"
+    try:
+        onnx.checker.check_model(proto)
+    except Exception as exc:
+        raise CifarzooError(f"the exported graph of {name!r} is not valid ONNX ({exc}); report this as a bug") from exc
+
+    tmp = _write_temp_beside(target, proto.SerializeToString())
+    try:
+        try:
+            session = OnnxClassifier(tmp, threads=1)  # a handful of images: threads would only spin
+        except CifarzooError as exc:
+            cause = exc.__cause__ or exc
+            raise CifarzooError(
+                f"ONNX Runtime {mods['onnxruntime'].__version__} cannot load the exported {name!r} at opset "
+                f"{got_opset} ({type(cause).__name__}: {_first_line(cause)}); try --opset {DEFAULT_OPSET}"
+            ) from exc
+        got = session.predict_logits(images)
+        single = session.predict_logits(images[:1])  # batch of one: the dynamic axis works both ways
+        if got.shape != ref.shape or single.shape != ref[:1].shape:
+            raise CifarzooError(
+                f"ONNX Runtime returned logits of shape {got.shape} (and {single.shape} for one image); "
+                f"PyTorch returned {ref.shape}"
+            )
+        if not (np.isfinite(ref).all() and np.isfinite(got).all() and np.isfinite(single).all()):
+            raise CifarzooError("non-finite logits while checking the export (NaN or inf in the model's weights?)")
+        diff = float(max(np.abs(got - ref).max(), np.abs(single - ref[:1]).max()))
+        top1 = float((got.argmax(1) == ref.argmax(1)).mean())
+        if not diff <= atol:
+            scale = float(np.abs(ref).max())
+            hint = (
+                f"the logits are as large as {scale:.3g}, so this is float32 rounding "
+                f"(relative difference {diff / scale:.1g}; an untrained model in eval mode?): raise --atol"
+                if diff <= 1e-5 * scale
+                else "try another --opset or --exporter, or raise --atol if the difference is acceptable"
+            )
+            raise CifarzooError(
+                f"exported {name!r} disagrees with PyTorch: max abs logit difference {diff:.3g} > atol {atol:g} "
+                f"(top-1 agreement {top1:.1%} on {len(images)} images); nothing written to {target}; {hint}"
+            )
+        del session
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return ExportResult(
+        path=target,
+        max_abs_diff=diff,
+        top1_agreement=top1,
+        opset=got_opset,
+        seconds=time.perf_counter() - started,
+        layout=layout,
+        exporter=exporter,
+        num_check_images=len(images),
+        model_name=name,
+    )
+
+
+class OnnxClassifier:
+    """An ONNX file written by :func:`export_onnx`, run with ONNX Runtime on the CPU.
+
+    ``OnnxClassifier(path).predict_logits(images)`` takes uint8 RGB images
+    ``(B, 32, 32, 3)`` (NHWC, as decoders and the Dataset hold them) and does the
+    dtype/layout conversion the file's metadata asks for; normalization is inside
+    the graph. Attributes: ``classes``, ``model_name``, ``layout``,
+    ``normalization``, ``metadata`` (all metadata_props), ``path``. ``providers``
+    defaults to ONNX Runtime's CPU provider; ``threads`` caps its intra-op threads.
+    """
+
+    def __init__(self, path: str | os.PathLike, providers: list[str] | None = None, threads: int | None = None):
+        ort = _require("onnxruntime")["onnxruntime"]
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise CifarzooError(f"{self.path}: no such ONNX file")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        try:
+            self._session = ort.InferenceSession(
+                str(self.path), sess_options=options, providers=providers or ["CPUExecutionProvider"]
+            )
+        except Exception as exc:
+            raise CifarzooError(
+                f"{self.path}: not a readable ONNX model, corrupt or truncated "
+                f"({type(exc).__name__}: {_first_line(exc, 200)}); re-export it with `cifarzoo export`"
+            ) from exc
+        meta = dict(self._session.get_modelmeta().custom_metadata_map)
+        self.metadata = meta
+        if meta.get("format") != FORMAT:
+            raise CifarzooError(
+                f"{self.path}: an ONNX model but not one exported by cifarzoo (no metadata format={FORMAT!r}); "
+                "export it with `cifarzoo export RUN`"
+            )
+        try:
+            self.classes = [str(c) for c in json.loads(meta["classes"])]
+            self.model_name = meta["model_name"]
+            self.layout = meta["layout"]
+            self.normalization = json.loads(meta.get("normalization", "null"))
+        except (KeyError, ValueError, TypeError) as exc:
+            raise CifarzooError(f"{self.path}: cifarzoo metadata is incomplete or malformed ({exc!r})") from None
+        if self.layout not in LAYOUTS:
+            raise CifarzooError(f"{self.path}: metadata layout {self.layout!r} is not one of {', '.join(LAYOUTS)}")
+        inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise CifarzooError(
+                f"{self.path}: expected one input and one output, found {len(inputs)} and {len(outputs)}"
+            )
+        self._input = inputs[0].name
+        if inputs[0].type != "tensor(float)":
+            raise CifarzooError(f"{self.path}: input type {inputs[0].type}, expected tensor(float)")
+        shape = inputs[0].shape  # e.g. ['batch', 3, 32, 32]
+        self._hw = tuple(shape[2:4] if self.layout == "nchw" else shape[1:3])
+        n_out = outputs[0].shape[-1] if outputs[0].shape else None
+        if isinstance(n_out, int) and n_out != len(self.classes):
+            raise CifarzooError(
+                f"{self.path}: the graph outputs {n_out} logits but the metadata lists {len(self.classes)} classes"
+            )
+
+    def __repr__(self) -> str:
+        return f"OnnxClassifier({str(self.path)!r}, model={self.model_name!r}, layout={self.layout!r})"
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def predict_logits(self, images: np.ndarray) -> np.ndarray:
+        """uint8 ``(B, H, W, 3)`` RGB images -> float32 logits ``(B, num_classes)``."""
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise CifarzooError(
+                f"predict_logits takes uint8 RGB images of shape (B, H, W, 3); got dtype {images.dtype} "
+                f"shape {images.shape}"
+            )
+        hw = images.shape[1:3]
+        if all(isinstance(d, int) for d in self._hw) and hw != self._hw:
+            raise CifarzooError(
+                f"{self.path}: the model takes {self._hw[0]}x{self._hw[1]} images, got {hw[0]}x{hw[1]}"
+            )
+        if len(images) == 0:
+            return np.zeros((0, self.num_classes), dtype=np.float32)
+        (logits,) = self._session.run(None, {self._input: _to_layout(images, self.layout)})
+        return np.asarray(logits, dtype=np.float32)
