@@ -98,6 +98,10 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (default runs/<model>-<time>)")
     p.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR")
     p.add_argument("--quiet", action="store_true", help="print only the final line")
+    p.add_argument("--nproc-per-node", type=int, metavar="N",
+                   help="data-parallel training on N local processes (one per GPU; gloo on CPU): runs this "
+                        "command under `torchrun --standalone --nproc-per-node N`; --batch-size is the global batch")
+    p.set_defaults(_train_parser=p)
     return p
 
 
@@ -114,9 +118,48 @@ def config_from_args(args) -> "TrainConfig":  # noqa: F821
 
 
 def run(args) -> int:
+    from cifarzoo.train import distributed as D
+
+    if args.nproc_per_node is not None and not D.launched_by_torchrun():
+        return _launch(args)
+    if args.nproc_per_node is not None:
+        from cifarzoo.errors import CifarzooError
+
+        raise CifarzooError("--nproc-per-node: this process was already started by torchrun; drop the option")
+    with D.process_group():
+        return _run(args)
+
+
+def _launch(args) -> int:
+    """Check what can be checked here, then start the same command on N ranks under torchrun."""
+    from cifarzoo.errors import CifarzooError
+    from cifarzoo.train import distributed as D
+    from cifarzoo.train import launch
+
+    if args.resume and args.model:
+        raise CifarzooError("give either MODEL or --resume DIR, not both (a resumed run keeps its settings)")
+    if not (args.resume or args.model):
+        raise CifarzooError("missing MODEL (see `cifarzoo models`), or --resume DIR")
+    if args.resume:
+        from cifarzoo.train.checkpoint import load_checkpoint
+        from cifarzoo.train.config import TrainConfig
+
+        config = TrainConfig.from_dict(load_checkpoint(args.resume)["config"])
+    else:
+        config = config_from_args(args)
+    device_type = launch.check_nproc(args.nproc_per_node, config.device)
+    if args.nproc_per_node == 1:
+        with D.process_group():
+            return _run(args)
+    D.check_world(config.batch_size, args.nproc_per_node, sync_bn=config.sync_bn, device_type=device_type)
+    argv = ["train", *launch.unparse_args(args._train_parser, args, drop=("nproc_per_node",))]
+    return launch.launch(argv, args.nproc_per_node)
+
+
+def _run(args) -> int:
     from cifarzoo.errors import CifarzooError
     from cifarzoo.train import fit
-    from cifarzoo.train.distributed import current
+    from cifarzoo.train.distributed import broadcast_object, current
 
     is_main = current().is_main
     reporter = ConsoleReporter(quiet=args.quiet or not is_main)
@@ -127,8 +170,9 @@ def run(args) -> int:
         try:
             result = fit(resume=args.resume, reporter=reporter)
         except KeyboardInterrupt:
-            print(f"interrupted; a resumable checkpoint is in {out_dir}: cifarzoo train --resume {out_dir}",
-                  file=sys.stderr)
+            if is_main:
+                print(f"interrupted; a resumable checkpoint is in {out_dir}: cifarzoo train --resume {out_dir}",
+                      file=sys.stderr)
             return 130
     else:
         if not args.model:
@@ -136,12 +180,14 @@ def run(args) -> int:
         config = config_from_args(args)
         from cifarzoo.train.rundir import new_run_dir
 
-        out_dir = args.out or str(new_run_dir(config.model))
+        # One folder for all ranks: rank 0 names it (others would see its folder and add "-2").
+        out_dir = args.out or broadcast_object(str(new_run_dir(config.model)) if is_main else None)
         try:
             result = fit(config, out_dir=out_dir, reporter=reporter)
         except KeyboardInterrupt:
-            print(f"interrupted; a resumable checkpoint is in {out_dir}: cifarzoo train --resume {out_dir}",
-                  file=sys.stderr)
+            if is_main:
+                print(f"interrupted; a resumable checkpoint is in {out_dir}: cifarzoo train --resume {out_dir}",
+                      file=sys.stderr)
             return 130
     if args.quiet and is_main:
         s = result.summary
