@@ -25,6 +25,7 @@ class ModelEntry:
     builder: Callable[..., nn.Module]
     paper: str  # short citation, e.g. "He et al. 2016, Deep Residual Learning (CVPR)"
     family: str  # module the builder lives in: "vgg", "resnet", ...
+    aliases: tuple[str, ...] = ()  # other names ``create``/``resolve`` accept, e.g. ("googlenet",)
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -34,14 +35,20 @@ _ALIASES: dict[str, str] = {}
 def register_model(paper: str, aliases: tuple[str, ...] = ()):
     """Decorator: register ``fn`` under ``fn.__name__`` (and any aliases)."""
 
+    aliases = tuple(a.strip().lower() for a in aliases)
+
     def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         name = fn.__name__
+        if name != name.lower():  # resolve() lower-cases what the user types
+            raise CifarzooError(f"model builder {name!r} must have a lower-case name")
+        if len({name, *aliases}) != 1 + len(aliases):
+            raise CifarzooError(f"model {name!r} lists a repeated name among its aliases {aliases}")
         for key in (name, *aliases):
             if key in _REGISTRY or key in _ALIASES:
                 raise CifarzooError(
                     f"model name {key!r} is registered twice; known models: {', '.join(list_models())}"
                 )
-        _REGISTRY[name] = ModelEntry(name, fn, paper, fn.__module__.rsplit(".", 1)[-1])
+        _REGISTRY[name] = ModelEntry(name, fn, paper, fn.__module__.rsplit(".", 1)[-1], aliases)
         for alias in aliases:
             _ALIASES[alias] = name
         return fn
@@ -78,7 +85,12 @@ def create(name: str, num_classes: int = 10, width_mult: float = 1.0, **kwargs) 
     if not (isinstance(width_mult, (int, float)) and 0 < width_mult <= 8):
         raise CifarzooError(f"width_mult must be a number in (0, 8], got {width_mult!r}")
     entry = get_entry(name)
-    return entry.builder(num_classes=num_classes, width_mult=float(width_mult), **kwargs)
+    try:
+        return entry.builder(num_classes=num_classes, width_mult=float(width_mult), **kwargs)
+    except TypeError as exc:
+        if "unexpected keyword argument" in str(exc):
+            raise CifarzooError(f"model {entry.name!r} does not take that option: {exc}") from None
+        raise
 
 
 def scale_width(channels: int, width_mult: float, divisor: int = 8) -> int:
