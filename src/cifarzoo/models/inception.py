@@ -34,6 +34,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cifarzoo.models.init import init_weights
 from cifarzoo.models.registry import register_model, scale_width
 
 # Architectures as data: the paper's Table 1, one row per module,
@@ -133,18 +134,7 @@ class GoogLeNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(channels, num_classes)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_weights(self)
 
     def drop_aux(self) -> "GoogLeNet":
         """Remove the auxiliary classifiers (after training, before export); returns ``self``."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cifarzoo.models.init import init_weights
 from cifarzoo.models.registry import register_model, scale_width
 
 # Architectures as data: an int is a 3×3 conv with that many output channels
@@ -77,18 +78,10 @@ class VGG(nn.Module):
             nn.Dropout(dropout),
             nn.Linear(hidden, num_classes),
         )
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            # Linear layers keep PyTorch's default (Kaiming-uniform) init. The paper's
-            # N(0, 0.01) shrinks the signal ~10× per layer in this BN-free three-layer
-            # head, which is why the paper had to initialize deep nets from shallow ones.
+        # Linear layers keep PyTorch's default (Kaiming-uniform) init: the paper's
+        # N(0, 0.01) shrinks the signal ~10x per layer in this BN-free three-layer
+        # head, which is why the paper had to initialize deep nets from shallow ones.
+        init_weights(self, linear_std=None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (B, 3, 32, 32) → (B, 512·w, 1, 1) → (B, num_classes)

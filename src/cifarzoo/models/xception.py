@@ -31,6 +31,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cifarzoo.models.init import init_weights
 from cifarzoo.models.registry import register_model, scale_width
 
 # Architectures as data. Each block: (channels of its separable convs, stride, leading ReLU).
@@ -110,21 +111,7 @@ class Xception(nn.Module):
         self.head = nn.Sequential(*head)  # (B, 2048, 4, 4)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(channels, num_classes)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                # A depthwise filter sees one channel: PyTorch's fan_out (C·9) would make it
-                # tiny, so depthwise convs use fan_in (9) and the others fan_out.
-                mode = "fan_in" if m.groups > 1 else "fan_out"
-                nn.init.kaiming_normal_(m.weight, mode=mode, nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)  # (B, 64w, 32, 32)
