@@ -1,0 +1,150 @@
+"""`cifarzoo benchmark`: train several models under one rule and write the report comparing them."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from cifarzoo.cli.common import add_data_argument
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "time left unknown yet"
+    s = int(round(seconds))
+    if s < 60:
+        return f"~{s}s left"
+    if s < 3600:
+        return f"~{s // 60}m{s % 60:02d}s left"
+    return f"~{s // 3600}h{(s % 3600) // 60:02d}m left"
+
+
+class ConsoleStudyReporter:
+    """One line per event: which run of how many, what it does, and the time left for the study."""
+
+    def __init__(self, stream=None, quiet: bool = False):
+        self.stream = stream or sys.stdout
+        self.quiet = quiet
+        self.t0 = time.perf_counter()
+
+    def _print(self, text: str) -> None:
+        if not self.quiet:
+            print(text, file=self.stream, flush=True)
+
+    def on_study_start(self, plan, dataset) -> None:
+        n = len(plan.runs)
+        self._print(
+            f"study: {len(plan.models)} model{'s' if len(plan.models) != 1 else ''} "
+            f"({', '.join(plan.models)}) x {len(plan.seeds)} seed{'s' if len(plan.seeds) != 1 else ''} = {n} "
+            f"run{'s' if n != 1 else ''}, preset {plan.preset}; data: {dataset.source} "
+            f"({len(dataset.train_labels):,} train / {len(dataset.test_labels):,} test); folder: {plan.out_dir}")
+        self._print(f"rule: {plan.rule}")
+
+    def on_run_start(self, index, total, spec, action, eta_seconds) -> None:
+        c = spec.config
+        what = "resuming" if action == "resumed" else "training"
+        self._print(f"[{index}/{total}] {spec.name}: {what} (width {c.width_mult}, {c.epochs} epochs, "
+                    f"{c.optimizer} lr {c.lr:g}, batch {c.batch_size or 'auto'}); {_duration(eta_seconds)}")
+
+    def on_epoch_end(self, index, total, spec, row, eta_seconds) -> None:
+        self._print(f"[{index}/{total}] {spec.name} epoch {row['epoch']}/{spec.config.epochs} - "
+                    f"{row['epoch_seconds']:.1f}s - loss {row['train_loss']:.4f} - "
+                    f"acc {100 * row['train_acc']:.1f}% - eval_acc {100 * row['eval_acc']:.1f}%; "
+                    f"{_duration(eta_seconds)}")
+
+    def on_run_end(self, index, total, outcome, eta_seconds) -> None:
+        s, name = outcome.summary, outcome.spec.name
+        if outcome.action == "skipped":
+            extra = (f"test accuracy {100 * s['test_acc']:.2f}%" if outcome.status == "finished"
+                     else f"failed ({s.get('kind')}); --force to train it again")
+            self._print(f"[{index}/{total}] {name}: done earlier, kept: {extra}")
+        elif outcome.status == "finished":
+            self._print(f"[{index}/{total}] {name}: test accuracy {100 * s['test_acc']:.2f}% "
+                        f"(flip TTA {100 * s['test_acc_tta']:.2f}%) in {outcome.wall_seconds:.0f}s; "
+                        f"{_duration(eta_seconds)}")
+        else:
+            self._print(f"[{index}/{total}] {name}: FAILED ({s.get('kind')}): {s.get('reason')}; "
+                        f"{_duration(eta_seconds)}")
+
+    def on_report(self, paths) -> None:
+        self._print(f"report: {paths['report.html']} (also report.md, results.json, results.csv) "
+                    f"after {time.perf_counter() - self.t0:.0f}s")
+
+
+def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "benchmark", help="train several models under one rule and write a comparison report",
+        description="Train every model of a study (default: vgg16, vgg19, resnet50, inception, xception) "
+                    "under the same data, augmentation, seeds and budget rule, then write results.json, "
+                    "results.csv, report.md and a self-contained report.html into --out. Started again, it "
+                    "keeps finished runs and resumes interrupted ones.")
+    p.add_argument("--models", metavar="LIST",
+                   help="comma list of models (see `cifarzoo models`); default: the five of the study")
+    p.add_argument("--preset", choices=["quick", "standard", "full", "seed"], default="standard",
+                   help="quick: narrow models on the bundled sample, minutes on a CPU; standard: full CIFAR-10 "
+                        "on a GPU; full: twice as long; seed: the original study's settings (default standard)")
+    p.add_argument("--seeds", type=int, default=1, metavar="N", help="train seeds 0..N-1 of every model (default 1)")
+    add_data_argument(p, default_help="the preset's (quick: the bundled sample; others: full CIFAR-10 from "
+                                      "$CIFARZOO_DATA or ~/.cache/cifarzoo)")
+    p.add_argument("--out", metavar="DIR", default=None, help="study folder (default study/<preset>)")
+    p.add_argument("--epochs", type=int, help="override every model's epochs (the same budget for all)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto")
+    p.add_argument("--force", action="store_true", help="train every run again, replacing finished ones")
+    p.add_argument("--report-only", action="store_true", help="only (re)build the report from the runs in --out")
+    p.add_argument("--quiet", action="store_true", help="print only the final summary")
+    return p
+
+
+def _print_table(results_path) -> None:
+    import json
+
+    rows = json.loads(open(results_path).read())["models"]
+    print(f"{'model':<12} {'status':<11} {'test acc':>16} {'flip TTA':>16} {'train time':>11}")
+    for r in rows:
+        def pct(m, s):
+            if m is None:
+                return "-"
+            return f"{100 * m:.2f}" + (f" ± {100 * s:.2f}" if s is not None else "") + "%"
+
+        t = r["train_seconds_mean"]
+        print(f"{r['model']:<12} {r['status']:<11} {pct(r['test_acc_mean'], r['test_acc_std']):>16} "
+              f"{pct(r['test_acc_tta_mean'], r['test_acc_tta_std']):>16} {'-' if t is None else f'{t:.0f}s':>11}")
+
+
+def run(args) -> int:
+    from cifarzoo.cli.common import load_dataset
+    from cifarzoo.errors import CifarzooError
+    from cifarzoo.study import load_plan, plan_study
+    from cifarzoo.study.report import write_report
+    from cifarzoo.study.runner import execute
+
+    out = args.out or f"study/{args.preset}"
+    if args.report_only:
+        plan = load_plan(out)
+        dataset = None
+        try:
+            dataset = load_dataset(plan.data, "benchmark")
+        except CifarzooError as exc:
+            print(f"cifarzoo benchmark: warning: {exc}; the report leaves out the example images", file=sys.stderr)
+        paths = write_report(out, dataset=dataset, plan=plan)
+        print(f"report: {paths['report.html']} (also report.md, results.json, results.csv)")
+        _print_table(paths["results.json"])
+        return 0
+
+    plan = plan_study(args.models, preset=args.preset, seeds=args.seeds, data=args.data, out_dir=out,
+                      epochs=args.epochs, device=args.device)
+    dataset = load_dataset(plan.data, "benchmark")
+    reporter = ConsoleStudyReporter(quiet=args.quiet)
+    try:
+        result = execute(plan, force=args.force, reporter=reporter, dataset=dataset)
+    except KeyboardInterrupt:
+        print(f"interrupted; run the same command again to continue the study in {out} "
+              "(finished runs are kept, the interrupted one resumes)", file=sys.stderr)
+        return 130
+    _print_table(result.report["results.json"])
+    failed = result.failed
+    if failed:
+        print(f"{len(failed)} run{'s' if len(failed) != 1 else ''} failed: "
+              + ", ".join(f"{o.spec.name} ({o.summary.get('kind')})" for o in failed)
+              + f"; see {result.report['report.html']}", file=sys.stderr)
+    return 0

@@ -1,0 +1,169 @@
+"""The study report's figures, as PNG files written atomically.
+
+Drawn with matplotlib's object-oriented ``Figure`` API (the Agg canvas, no pyplot):
+no global state, no display needed, safe inside other programs. Each model keeps
+one colour in every figure (``model_colors``).
+"""
+from __future__ import annotations
+
+import io
+import math
+import os
+from typing import Sequence
+
+import numpy as np
+
+from cifarzoo.train.checkpoint import atomic_write_bytes
+
+DPI = 100
+
+
+def _figure(width: float, height: float, layout: str | None = None):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=DPI, layout=layout)
+
+
+def _save(fig, path: str | os.PathLike) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    atomic_write_bytes(path, lambda f: f.write(buf.getvalue()))
+
+
+def model_colors(models: Sequence[str]) -> dict[str, tuple]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    return {m: cmap(i % 10) for i, m in enumerate(models)}
+
+
+def _mean_curve(runs: list[list[dict]], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(epochs, mean, std) of ``key`` over the seeds' metrics, up to the shortest run."""
+    n = min(len(r) for r in runs)
+    vals = np.array([[row[key] for row in r[:n]] for r in runs], dtype=float)  # (seeds, epochs)
+    epochs = np.array([row["epoch"] for row in runs[0][:n]])
+    return epochs, vals.mean(0), vals.std(0)
+
+
+def plot_learning_curves(path: str | os.PathLike, curves: dict[str, list[list[dict]]],
+                         eval_name: str = "test") -> None:
+    """Accuracy against epoch (left) and against training wall-clock seconds (right), every model on both.
+
+    ``curves`` maps a model to its seeds' metrics.csv rows; lines are the mean over
+    seeds, the band one standard deviation.
+    """
+    fig = _figure(11, 4.2)
+    ax1, ax2 = fig.subplots(1, 2, sharey=True)
+    colors = model_colors(list(curves))
+    for model, runs in curves.items():
+        runs = [r for r in runs if r]
+        if not runs:
+            continue
+        epochs, acc, sd = _mean_curve(runs, "eval_acc")
+        _, secs, _ = _mean_curve(runs, "elapsed_seconds")
+        label = model + (f" ({len(runs)} seeds)" if len(runs) > 1 else "")
+        for ax, x in ((ax1, epochs), (ax2, secs)):
+            ax.plot(x, 100 * acc, "o-", ms=3, color=colors[model], label=label)
+            if len(runs) > 1:
+                ax.fill_between(x, 100 * (acc - sd), 100 * (acc + sd), color=colors[model], alpha=0.15, lw=0)
+    from matplotlib.ticker import MaxNLocator
+
+    ax1.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel(f"{eval_name} accuracy (%)")
+    ax1.set_title(f"{eval_name} accuracy by epoch")
+    ax2.set_xlabel("training time (s, evaluation not counted)")
+    ax2.set_title(f"{eval_name} accuracy by wall-clock time")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    ax1.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_tradeoffs(path: str | os.PathLike, rows: list[dict]) -> None:
+    """Test accuracy against training time (left) and parameters (right): one point per model.
+
+    ``rows`` are results.json model rows; error bars are the standard deviation over seeds.
+    """
+    fig = _figure(11, 4.2)
+    ax1, ax2 = fig.subplots(1, 2, sharey=True)
+    rows = [r for r in rows if r.get("test_acc_mean") is not None]
+    colors = model_colors([r["model"] for r in rows])
+    for r in rows:
+        y = 100 * r["test_acc_mean"]
+        err = 100 * r["test_acc_std"] if r.get("test_acc_std") is not None else None
+        for ax, x in ((ax1, r.get("train_seconds_mean")), (ax2, r.get("parameters"))):
+            if x is None or not (x > 0):
+                continue
+            ax.errorbar([x], [y], yerr=None if err is None else [err], fmt="o", ms=7, capsize=3,
+                        color=colors[r["model"]])
+            ax.annotate(r["model"], (x, y), textcoords="offset points", xytext=(6, 5), fontsize=9)
+    ax1.set_xlabel("training time per run (s)")
+    ax1.set_ylabel("test accuracy (%)")
+    ax1.set_title("accuracy against training time")
+    ax2.set_xlabel("parameters")
+    ax2.set_title("accuracy against model size")
+    for ax, key in ((ax1, "train_seconds_mean"), (ax2, "parameters")):
+        xs = [r[key] for r in rows if r.get(key)]
+        if xs and max(xs) > 4 * min(xs):  # a log axis only where the models differ by orders of magnitude
+            ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(_plain_formatter())
+        ax.xaxis.set_minor_formatter(_plain_formatter(minor=True))
+        ax.grid(alpha=0.3, which="both")
+        ax.margins(x=0.25, y=0.2)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _plain_formatter(minor: bool = False):
+    """Tick labels as 1.2k / 3.4M rather than 10^3 (minor ticks: only 2 and 5 x 10^n, to avoid crowding)."""
+    from matplotlib.ticker import FuncFormatter
+
+    def fmt(x, _pos):
+        if x <= 0:
+            return ""
+        if minor:
+            lead = x / 10 ** math.floor(math.log10(x) + 1e-9)
+            if round(lead) not in (2, 5) or abs(lead - round(lead)) > 1e-6:
+                return ""
+        for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+            if x >= div:
+                return f"{x / div:g}{unit}"
+        return f"{x:g}"
+
+    return FuncFormatter(fmt)
+
+
+def plot_top_losses(path: str | os.PathLike, images: np.ndarray, items: list[dict], classes: Sequence[str],
+                    title: str = "", cols: int = 8) -> None:
+    """The test images a model gets most confidently wrong (as fastai's ``plot_top_losses``).
+
+    ``images`` are the uint8 ``(k, 32, 32, 3)`` images of ``items`` (``{true, pred, prob, loss}``);
+    each cell is titled predicted class / probability, true class, loss.
+    """
+    k = max(1, len(items))
+    cols = min(cols, k)
+    rows = math.ceil(k / cols)
+    # constrained layout keeps the three-line titles inside the figure (tight_layout clips
+    # them above fixed-aspect images)
+    fig = _figure(1.5 * cols, 2.05 * rows + (0.3 if title else 0), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax in axes:
+        ax.set_axis_off()
+    for ax, img, it in zip(axes, images, items):
+        ax.imshow(img, interpolation="nearest")
+        ax.set_title(f"pred: {classes[it['pred']]} {100 * it['prob']:.0f}%\ntrue: {classes[it['true']]}\n"
+                     f"loss {it['loss']:.2f}", fontsize=8.5)
+    if not items:
+        axes[0].text(0.5, 0.5, "no wrong predictions", ha="center", va="center")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    _save(fig, path)
+
+
+def plot_confusion(path: str | os.PathLike, cm: np.ndarray, classes: Sequence[str], title: str = "") -> None:
+    """A confusion matrix (rows true, columns predicted, cells in % of the true class): evaluate's figure."""
+    from cifarzoo.evaluate import plot_confusion as _plot
+
+    _plot(path, np.asarray(cm), list(classes), title=title)

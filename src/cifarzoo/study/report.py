@@ -1,0 +1,649 @@
+"""A study's report, built from its run folders alone: results.json, results.csv, report.md, report.html.
+
+``write_report(DIR)`` reads ``DIR/study.json`` and every ``DIR/runs/<model>-s<seed>/``
+(so ``cifarzoo benchmark --report-only`` rebuilds it at any time, also from a study
+still in progress) and writes, atomically::
+
+    DIR/results.json   the schema below
+    DIR/results.csv    one row per model: RESULT_COLUMNS
+    DIR/report.md      references DIR/figures/*.png
+    DIR/report.html    self-contained: inline CSS, every image a base64 data: URI, no network
+    DIR/figures/       curves.png, tradeoffs.png, data-examples.png,
+                       confusion-<model>.png, top-losses-<model>.png
+
+results.json (accuracies are fractions in [0, 1]; times in seconds; memory in bytes;
+a value that does not exist is null)::
+
+    schema            "cifarzoo.study.results/1"
+    study             {preset, preset_description, models: [str], seeds: [int], rule: str,
+                       data_spec: str|null, created: str, report_date: str, cifarzoo: str,
+                       configs: {model: TrainConfig dict}}
+    data              {source, classes: [str], train_images, test_images, eval_split,
+                       mean: [r,g,b], std: [r,g,b]}         # [0, 255] units, training-set statistics
+    environment       {device, precision, compiled, world_size, torch, python, numpy, cifarzoo, host}
+    original_study    {model: str} (what the original Keras study reported; preset "seed" only) | null
+    models            [one row per model, in study order, keys RESULT_COLUMNS (+ "paper")]:
+        model str, paper str, status str ("finished" every seed finished | "partial" some failed |
+        "failed" none finished | "incomplete" some not run or not finished yet), n_seeds int (seeds
+        finished), n_failed int, parameters int, macs int (multiply-accumulates per image), epochs int,
+        test_acc_mean/test_acc_std, test_acc_tta_mean/test_acc_tta_std (flip TTA),
+        test_loss_mean/test_loss_std float, train_seconds_mean float, images_per_second_mean float,
+        peak_memory_bytes int (max over seeds), peak_memory_kind str, original_study str|null
+        (means over the finished seeds; std is the sample standard deviation, null below 2 seeds)
+    runs              [one per (model, seed), in study order]:
+        name, model, seed, status ("finished" | "failed" | "unfinished" | "missing"), run_dir
+        (relative to DIR), epochs, epochs_completed, test_acc, test_acc_tta, test_loss, test_loss_tta,
+        train_seconds, images_per_second, peak_memory_bytes, peak_memory_kind, parameters, macs,
+        precision, device, kind, reason, diagnosis (failed runs; else null),
+        per_class_accuracy [float] | null, eval_error str | null
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import math
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cifarzoo import __version__
+from cifarzoo.errors import CifarzooError
+from cifarzoo.study import plots
+from cifarzoo.study.runner import EVAL_FILE, StudyPlan, load_plan
+from cifarzoo.train.checkpoint import CHECKPOINT_NAME, atomic_write_bytes
+from cifarzoo.train.config import ORIGINAL_STUDY
+from cifarzoo.train.rundir import read_json, read_metrics, write_json
+
+SCHEMA = "cifarzoo.study.results/1"
+RESULT_COLUMNS = (
+    "model", "status", "n_seeds", "n_failed", "parameters", "macs", "epochs",
+    "test_acc_mean", "test_acc_std", "test_acc_tta_mean", "test_acc_tta_std",
+    "test_loss_mean", "test_loss_std", "train_seconds_mean", "images_per_second_mean",
+    "peak_memory_bytes", "peak_memory_kind", "original_study",
+)
+RUN_KEYS = (
+    "name", "model", "seed", "status", "run_dir", "epochs", "epochs_completed", "test_acc", "test_acc_tta",
+    "test_loss", "test_loss_tta", "train_seconds", "images_per_second", "peak_memory_bytes",
+    "peak_memory_kind", "parameters", "macs", "precision", "device", "kind", "reason", "diagnosis",
+    "per_class_accuracy", "eval_error",
+)
+FIGURES = "figures"
+
+
+# --------------------------------------------------------------------------- reading the runs
+@dataclass
+class RunRecord:
+    """Everything the report knows about one (model, seed): results.json's row plus what the figures need."""
+
+    row: dict  # the results.json "runs" entry
+    metrics: list[dict]  # metrics.csv rows ([] if none)
+    config_info: dict | None  # config.json
+    evaluation: dict | None  # EVAL_FILE (per-class accuracy, confusion, top losses)
+
+
+def _read_optional_json(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        obj = read_json(path)
+    except CifarzooError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def collect_runs(plan: StudyPlan) -> list[RunRecord]:
+    """Read every run folder of ``plan`` (missing ones included, as status "missing")."""
+    records = []
+    for spec in plan.runs:
+        d = spec.run_dir
+        summary = _read_optional_json(d / "summary.json") or {}
+        info = _read_optional_json(d / "config.json")
+        evaluation = _read_optional_json(d / EVAL_FILE)
+        metrics: list[dict] = []
+        if (d / "metrics.csv").exists():
+            try:
+                metrics = read_metrics(d / "metrics.csv")
+            except (OSError, ValueError, KeyError):
+                metrics = []
+        status = summary.get("status")
+        if status not in ("finished", "failed"):
+            status = "unfinished" if (d / CHECKPOINT_NAME).exists() or metrics else "missing"
+        row = {k: None for k in RUN_KEYS}
+        row.update({
+            "name": spec.name, "model": spec.model, "seed": spec.seed, "status": status,
+            "run_dir": os.path.relpath(d, plan.out_dir), "epochs": spec.config.epochs,
+            "epochs_completed": len(metrics),
+        })
+        for k in ("test_acc", "test_acc_tta", "test_loss", "test_loss_tta", "train_seconds", "images_per_second",
+                  "peak_memory_bytes", "peak_memory_kind", "parameters", "macs", "precision", "device"):
+            if k in summary:
+                row[k] = summary[k]
+        if status == "failed":
+            row.update(kind=summary.get("kind"), reason=summary.get("reason"), diagnosis=summary.get("diagnosis"))
+            row["epochs_completed"] = summary.get("epochs_completed", len(metrics))
+        if row["parameters"] is None and info:
+            row["parameters"] = info.get("parameters")
+        if evaluation is not None:
+            if "error" in evaluation:
+                row["eval_error"] = evaluation["error"]
+                evaluation = None
+            else:
+                row["per_class_accuracy"] = evaluation.get("per_class_accuracy")
+        records.append(RunRecord(row, metrics, info, evaluation))
+    return records
+
+
+def _num(v) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+
+def _mean_std(values: list) -> tuple[float | None, float | None]:
+    xs = [x for x in (_num(v) for v in values) if x is not None]
+    if not xs:
+        return None, None
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) >= 2 else None)
+
+
+def model_rows(plan: StudyPlan, records: list[RunRecord]) -> list[dict]:
+    """One results row per model (RESULT_COLUMNS + paper), statistics over its finished seeds."""
+    from cifarzoo.models import get_entry
+    from cifarzoo.models.summary import count_macs, count_parameters
+
+    rows = []
+    for model in plan.models:
+        runs = [r.row for r in records if r.row["model"] == model]
+        done = [r for r in runs if r["status"] == "finished"]
+        failed = [r for r in runs if r["status"] == "failed"]
+        if len(done) == len(runs):
+            status = "finished"
+        elif any(r["status"] in ("missing", "unfinished") for r in runs):
+            status = "incomplete"
+        elif not done:
+            status = "failed"
+        else:
+            status = "partial"
+        cfg = next(s.config for s in plan.runs if s.model == model)
+        params = next((r["parameters"] for r in runs if r["parameters"] is not None), None)
+        macs = next((r["macs"] for r in runs if r["macs"] is not None), None)
+        if params is None or macs is None:  # no run finished: size the model as configured
+            try:
+                from cifarzoo import models
+
+                m = models.create(model, num_classes=10, width_mult=cfg.width_mult, **cfg.model_kwargs)
+                params = count_parameters(m) if params is None else params
+                macs = count_macs(m) if macs is None else macs
+            except Exception:  # sizing is informative only
+                pass
+        row: dict[str, Any] = {"model": model, "status": status, "n_seeds": len(done), "n_failed": len(failed),
+                               "parameters": params, "macs": macs, "epochs": cfg.epochs}
+        for key in ("test_acc", "test_acc_tta", "test_loss"):
+            row[f"{key}_mean"], row[f"{key}_std"] = _mean_std([r[key] for r in done])
+        row["train_seconds_mean"] = _mean_std([r["train_seconds"] for r in done])[0]
+        row["images_per_second_mean"] = _mean_std([r["images_per_second"] for r in done])[0]
+        peaks = [r["peak_memory_bytes"] for r in done if r["peak_memory_bytes"] is not None]
+        row["peak_memory_bytes"] = max(peaks) if peaks else None
+        row["peak_memory_kind"] = next((r["peak_memory_kind"] for r in done if r["peak_memory_kind"]), None)
+        row["original_study"] = ORIGINAL_STUDY.get(model) if plan.preset == "seed" else None
+        try:
+            row["paper"] = get_entry(model).paper
+        except Exception:
+            row["paper"] = ""
+        rows.append(row)
+    return rows
+
+
+def _data_info(records: list[RunRecord], dataset) -> dict:
+    info = next((r.config_info["data"] for r in records if r.config_info and "data" in r.config_info), {})
+    out = {"source": info.get("source"), "classes": info.get("classes"), "train_images": info.get("train_images"),
+           "test_images": info.get("test_images"), "eval_split": info.get("eval_split", "test"),
+           "mean": info.get("mean"), "std": info.get("std")}
+    if dataset is not None:
+        out.update(source=dataset.source, classes=list(dataset.classes), test_images=int(len(dataset.test_labels)),
+                   mean=[float(v) for v in dataset.mean], std=[float(v) for v in dataset.std])
+        if out["train_images"] is None:
+            out["train_images"] = int(len(dataset.train_labels))
+    return out
+
+
+def _environment(records: list[RunRecord]) -> dict:
+    info = next((r.config_info for r in records if r.config_info), None) or {}
+    v = info.get("versions", {})
+    import torch
+
+    return {
+        "device": info.get("device_name"), "precision": info.get("precision"), "compiled": info.get("compiled"),
+        "world_size": info.get("world_size"), "torch": v.get("torch", torch.__version__),
+        "python": v.get("python", platform.python_version()), "numpy": v.get("numpy", np.__version__),
+        "cifarzoo": v.get("cifarzoo", __version__), "host": f"{platform.system()} {platform.machine()}",
+    }
+
+
+def build_results(plan: StudyPlan, records: list[RunRecord], dataset=None, created: str | None = None) -> dict:
+    """The content of results.json (see the module doc)."""
+    meta = plan.to_dict()
+    return {
+        "schema": SCHEMA,
+        "study": {
+            "preset": plan.preset, "preset_description": meta["preset_description"], "models": list(plan.models),
+            "seeds": list(plan.seeds), "rule": plan.rule, "data_spec": plan.data,
+            "created": created, "report_date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cifarzoo": __version__,
+            "configs": meta["configs"],
+        },
+        "data": _data_info(records, dataset),
+        "environment": _environment(records),
+        "original_study": {m: ORIGINAL_STUDY.get(m) for m in plan.models} if plan.preset == "seed" else None,
+        "models": model_rows(plan, records),
+        "runs": [r.row for r in records],
+    }
+
+
+def write_results_csv(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=RESULT_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else (f"{r[k]:.6g}" if isinstance(r[k], float) else r[k]))
+                    for k in RESULT_COLUMNS})
+    atomic_write_bytes(path, lambda f: f.write(buf.getvalue().encode()))
+
+
+# --------------------------------------------------------------------------- formatting
+def fmt_pct(mean, std=None, digits: int = 2) -> str:
+    if mean is None:
+        return "–"
+    s = f"{100 * mean:.{digits}f}"
+    return f"{s} ± {100 * std:.{digits}f}%" if std is not None else f"{s}%"
+
+
+def fmt_count(n) -> str:
+    if n is None:
+        return "–"
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(int(n))
+
+
+def fmt_seconds(s) -> str:
+    if s is None:
+        return "–"
+    if s < 120:
+        return f"{s:.1f} s"
+    if s < 7200:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.2f} h"
+
+
+def fmt_bytes(b) -> str:
+    if b is None:
+        return "–"
+    for div, unit in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if b >= div:
+            return f"{b / div:.2f} {unit}"
+    return f"{int(b)} B"
+
+
+def fmt_float(x, digits: int = 4) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def fmt_loss(mean, std=None) -> str:
+    if mean is None:
+        return "–"
+    return f"{mean:.3f} ± {std:.3f}" if std is not None else f"{mean:.3f}"
+
+
+# --------------------------------------------------------------------------- document model
+# The report is a list of blocks rendered twice, to Markdown and to HTML, so the two
+# never disagree: ("h1"|"h2"|"h3", text) · ("p", text) · ("table", id, headers, rows,
+# row_classes) · ("img", path, alt) · ("gallery"|"stack", [(path, caption)]: side by side
+# | one under another) · ("pre", text)
+# · ("kv", [(key, value)]).
+Block = tuple
+
+
+def _summary_table(rows: list[dict], seed_preset: bool) -> Block:
+    headers = ["Model", "Status", "Parameters", "MACs", "Test accuracy", "Flip TTA", "Test loss",
+               "Train time", "Images/s", "Peak memory", "Epochs", "Seeds"]
+    if seed_preset:
+        headers.insert(4, "Original study")
+    body, classes = [], []
+    for r in rows:
+        status = r["status"] + (f" ({r['n_failed']} failed)" if r["n_failed"] and r["status"] != "failed" else "")
+        cells = [r["model"], status, fmt_count(r["parameters"]), fmt_count(r["macs"]),
+                 fmt_pct(r["test_acc_mean"], r["test_acc_std"]), fmt_pct(r["test_acc_tta_mean"], r["test_acc_tta_std"]),
+                 fmt_loss(r["test_loss_mean"], r["test_loss_std"]), fmt_seconds(r["train_seconds_mean"]),
+                 "–" if r["images_per_second_mean"] is None else f"{r['images_per_second_mean']:,.0f}",
+                 fmt_bytes(r["peak_memory_bytes"]), str(r["epochs"]), f"{r['n_seeds']}"]
+        if seed_preset:
+            cells.insert(4, r.get("original_study") or "–")
+        body.append(cells)
+        classes.append(r["status"])
+    return ("table", "summary", headers, body, classes)
+
+
+def _figure_path(out_dir: Path, name: str) -> Path:
+    return out_dir / FIGURES / name
+
+
+def _safe(model: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in model)
+
+
+def make_figures(out_dir: Path, plan: StudyPlan, records: list[RunRecord], rows: list[dict], dataset,
+                 notes: list[str], figs_meta: dict | None = None) -> dict[str, Path]:
+    """Draw every figure into ``out_dir/figures``; returns name -> path of those drawn.
+
+    ``figs_meta["top_seed"][model]`` receives the seed whose most-wrong images are shown.
+    """
+    figs: dict[str, Path] = {}
+    top_seed = figs_meta.setdefault("top_seed", {}) if figs_meta is not None else {}
+    eval_name = next((r.config_info["data"].get("eval_split", "test") for r in records
+                      if r.config_info and "data" in r.config_info), "test")
+    curves = {m: [r.metrics for r in records if r.row["model"] == m and r.row["status"] == "finished" and r.metrics]
+              for m in plan.models}
+    curves = {m: c for m, c in curves.items() if c}
+    if curves:
+        p = _figure_path(out_dir, "curves.png")
+        plots.plot_learning_curves(p, curves, eval_name=eval_name)
+        figs["curves"] = p
+    if any(r["test_acc_mean"] is not None for r in rows):
+        p = _figure_path(out_dir, "tradeoffs.png")
+        plots.plot_tradeoffs(p, rows)
+        figs["tradeoffs"] = p
+    if dataset is not None:
+        from cifarzoo.data.show import draw_class_grid
+
+        p = _figure_path(out_dir, "data-examples.png")
+        draw_class_grid(dataset, p, per_class=10, seed=0)
+        figs["data"] = p
+    for model in plan.models:
+        evals = [r.evaluation for r in records if r.row["model"] == model and r.row["status"] == "finished"
+                 and r.evaluation]
+        if not evals:
+            continue
+        classes = evals[0]["classes"]
+        cm = np.sum([np.asarray(e["confusion"]) for e in evals], axis=0)
+        acc = np.trace(cm) / max(1, cm.sum())
+        p = _figure_path(out_dir, f"confusion-{_safe(model)}.png")
+        seeds = f", {len(evals)} seeds summed" if len(evals) > 1 else ""
+        plots.plot_confusion(p, cm, classes, title=f"{model}: test accuracy {100 * acc:.2f}%{seeds}")
+        figs[f"confusion:{model}"] = p
+        first = next(r for r in records if r.row["model"] == model and r.evaluation is evals[0])
+        items = evals[0].get("top_losses", [])
+        if dataset is None:
+            continue
+        images = dataset.test_images
+        ok = [it for it in items if 0 <= it["index"] < len(images)
+              and int(dataset.test_labels[it["index"]]) == it["true"]]
+        if len(ok) < len(items):
+            notes.append(f"{model}: some most-wrong images do not match the loaded test set; they are left out")
+        p = _figure_path(out_dir, f"top-losses-{_safe(model)}.png")
+        plots.plot_top_losses(p, np.stack([images[it["index"]] for it in ok]) if ok else np.zeros((0, 32, 32, 3)),
+                              ok, classes)
+        figs[f"top:{model}"] = p
+        top_seed[model] = first.row["seed"]
+    return figs
+
+
+def _memory_note(rows: list[dict]) -> str:
+    kinds = sorted({r["peak_memory_kind"] for r in rows if r.get("peak_memory_kind")})
+    if not kinds:
+        return ""
+    text = f" Peak memory is {' / '.join(kinds)}"
+    if any("RSS" in k for k in kinds):
+        text += (" (the whole process's high-water mark: in one study process it includes the runs before, "
+                 "so later runs can read higher than they needed)")
+    return text + "."
+
+
+def build_blocks(out_dir: Path, results: dict, records: list[RunRecord], figs: dict[str, Path],
+                 notes: list[str], figs_meta: dict | None = None) -> list[Block]:
+    st, data, env, rows = results["study"], results["data"], results["environment"], results["models"]
+    seed_preset = st["preset"] == "seed"
+    n_runs = len(results["runs"])
+    blocks: list[Block] = [
+        ("h1", f"cifarzoo study — preset “{st['preset']}”"),
+        ("p", f"{len(st['models'])} models × {len(st['seeds'])} seed{'s' if len(st['seeds']) != 1 else ''} "
+              f"= {n_runs} runs on {data.get('source') or st['data_spec'] or 'CIFAR-10'}. "
+              f"Preset: {st['preset_description']}. Report built {st['report_date']} by cifarzoo {st['cifarzoo']}."),
+        ("kv", [("Budget rule", st["rule"])]),
+        ("h2", "Results"),
+        ("p", "Test accuracy and loss are the final epoch's weights on the test split; mean ± sample standard "
+              "deviation over the finished seeds. Flip TTA averages each image's and its mirror's logits. "
+              "Train time excludes evaluation." + _memory_note(rows)),
+        _summary_table(rows, seed_preset),
+    ]
+    failed = [r.row for r in records if r.row["status"] == "failed"]
+    pending = [r.row for r in records if r.row["status"] in ("missing", "unfinished")]
+    if failed:
+        blocks.append(("h2", "Failed runs"))
+        for f in failed:
+            blocks.append(("h3", f"{f['name']}: {f['kind']} after {f['epochs_completed']} of {f['epochs']} epochs"))
+            blocks.append(("p", f["reason"] or ""))
+            if f.get("diagnosis"):
+                blocks.append(("pre", f["diagnosis"]))
+    if pending:
+        blocks.append(("p", "Not finished yet: " + ", ".join(
+            f"{r['name']} ({r['status']}, {r['epochs_completed']}/{r['epochs']} epochs)" for r in pending)
+            + ". Run the same `cifarzoo benchmark` command again to continue."))
+    if seed_preset:
+        blocks += [
+            ("h2", "The original study beside this one"),
+            ("p", "The original Keras study trained these networks with the same settings (Adam 1e-3, batch 32, "
+                  "no augmentation, 50 epochs). Its figures, as it reported them, next to the same settings on "
+                  "correctly built networks:"),
+            ("table", "original", ["Model", "Original study", "This study (test accuracy)", "Status"],
+             [[r["model"], r.get("original_study") or "–", fmt_pct(r["test_acc_mean"], r["test_acc_std"]),
+               r["status"]] for r in rows], [r["status"] for r in rows]),
+        ]
+    blocks.append(("h2", "Learning curves"))
+    if "curves" in figs:
+        blocks.append(("img", figs["curves"], "test accuracy against epoch and against training seconds"))
+    else:
+        blocks.append(("p", "No finished run yet."))
+    blocks.append(("h2", "Accuracy against cost"))
+    if "tradeoffs" in figs:
+        blocks.append(("img", figs["tradeoffs"], "test accuracy against training time and against parameters"))
+    mean, std = data.get("mean"), data.get("std")
+    blocks += [
+        ("h2", "Data"),
+        ("kv", [("Source", data.get("source") or "–"),
+                ("Training images", f"{data['train_images']:,}" if data.get("train_images") else "–"),
+                ("Test images", f"{data['test_images']:,}" if data.get("test_images") else "–"),
+                ("Per-epoch evaluation", f"{data.get('eval_split', 'test')} split"),
+                ("Classes", ", ".join(data.get("classes") or [])),
+                ("Channel mean (0–255)", ", ".join(f"{v:.2f}" for v in mean) if mean else "–"),
+                ("Channel std (0–255)", ", ".join(f"{v:.2f}" for v in std) if std else "–")]),
+    ]
+    if "data" in figs:
+        blocks.append(("img", figs["data"], "ten random training images of each class"))
+    classes = data.get("classes") or []
+    pc_rows = []
+    for m in st["models"]:
+        pcs = [r.row["per_class_accuracy"] for r in records
+               if r.row["model"] == m and r.row["status"] == "finished" and r.row["per_class_accuracy"]]
+        if pcs:
+            mean_pc = np.mean(np.asarray(pcs, dtype=float), axis=0)
+            pc_rows.append([m] + [f"{100 * v:.1f}" for v in mean_pc])
+    if pc_rows and classes:
+        blocks += [("h2", "Per-class test accuracy (%)"),
+                   ("table", "per-class", ["Model"] + list(classes), pc_rows, None)]
+    conf = [(figs[f"confusion:{m}"], m) for m in st["models"] if f"confusion:{m}" in figs]
+    if conf:
+        blocks += [("h2", "Confusion matrices"),
+                   ("p", "Rows are the true class, columns the prediction; cells in % of the true class."),
+                   ("gallery", conf)]
+    top_seed = (figs_meta or {}).get("top_seed", {})
+    tops = [(figs[f"top:{m}"], f"{m} (seed {top_seed[m]})" if m in top_seed else m)
+            for m in st["models"] if f"top:{m}" in figs]
+    if tops:
+        blocks += [("h2", "Most confidently wrong test images"),
+                   ("p", "Per model, the test images it misclassifies with the highest probability: predicted "
+                         "class and its probability, the true class, and the loss."),
+                   ("stack", tops)]
+    blocks += [
+        ("h2", "Environment"),
+        ("kv", [("Device", env.get("device") or "–"), ("Precision", env.get("precision") or "–"),
+                ("torch.compile", "on" if env.get("compiled") else "off"),
+                ("torch", env.get("torch") or "–"), ("Python", env.get("python") or "–"),
+                ("NumPy", env.get("numpy") or "–"), ("cifarzoo", env.get("cifarzoo") or "–"),
+                ("Host", env.get("host") or "–"), ("Preset", st["preset"]),
+                ("Data source", data.get("source") or "–"), ("Study started", st.get("created") or "–"),
+                ("Report built", st["report_date"])]),
+        ("h2", "Runs"),
+        ("table", "runs", ["Run", "Status", "Epochs", "Test accuracy", "Flip TTA", "Test loss", "Train time",
+                           "Images/s", "Folder"],
+         [[r["name"], r["status"] + (f" ({r['kind']})" if r["kind"] else ""),
+           f"{r['epochs_completed']}/{r['epochs']}", fmt_pct(r["test_acc"]), fmt_pct(r["test_acc_tta"]),
+           fmt_loss(_num(r["test_loss"])), fmt_seconds(_num(r["train_seconds"])),
+           "–" if _num(r["images_per_second"]) is None else f"{r['images_per_second']:,.0f}", r["run_dir"]]
+          for r in results["runs"]], [r["status"] for r in results["runs"]]),
+    ]
+    for n in notes:
+        blocks.append(("p", "Note: " + n))
+    return blocks
+
+
+# --------------------------------------------------------------------------- renderers
+def _md_cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(blocks: list[Block], out_dir: Path) -> str:
+    out: list[str] = []
+    for b in blocks:
+        kind = b[0]
+        if kind in ("h1", "h2", "h3"):
+            out.append("#" * int(kind[1]) + " " + b[1])
+        elif kind == "p":
+            out.append(b[1])
+        elif kind == "kv":
+            out.append("\n".join(f"- **{k}:** {v}" for k, v in b[1]))
+        elif kind == "table":
+            _, _, headers, rows, _ = b
+            lines = ["| " + " | ".join(_md_cell(h) for h in headers) + " |",
+                     "|" + "|".join("---" if i == 0 else "---:" for i in range(len(headers))) + "|"]
+            lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+            out.append("\n".join(lines))
+        elif kind == "img":
+            out.append(f"![{b[2]}]({Path(os.path.relpath(b[1], out_dir)).as_posix()})")
+        elif kind in ("gallery", "stack"):
+            out.append("\n\n".join(f"**{cap}**\n\n![{cap}]({Path(os.path.relpath(p, out_dir)).as_posix()})"
+                                   for p, cap in b[1]))
+        elif kind == "pre":
+            out.append("```\n" + b[1].rstrip() + "\n```")
+    return "\n\n".join(out) + "\n"
+
+
+CSS = """
+body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;color:#1f2328;
+  max-width:1180px;margin:0 auto;padding:24px 28px 48px;background:#fff}
+h1{font-size:1.8em;margin:.2em 0 .4em;border-bottom:1px solid #d0d7de;padding-bottom:.3em}
+h2{font-size:1.35em;margin:1.6em 0 .5em;border-bottom:1px solid #eaeef2;padding-bottom:.2em}
+h3{font-size:1.05em;margin:1.2em 0 .3em}
+table{border-collapse:collapse;margin:.6em 0 1em;font-size:.92em;font-variant-numeric:tabular-nums}
+th,td{border:1px solid #d0d7de;padding:5px 9px;text-align:right;white-space:nowrap}
+th:first-child,td:first-child{text-align:left;font-weight:600}
+th{background:#f6f8fa}
+tr:nth-child(even) td{background:#fbfcfd}
+tr.failed td{background:#ffebe9}
+tr.partial td,tr.incomplete td,tr.unfinished td,tr.missing td{background:#fff8c5}
+.scroll{overflow-x:auto}
+dl.kv{display:grid;grid-template-columns:max-content 1fr;gap:3px 16px;margin:.5em 0 1em}
+dl.kv dt{font-weight:600;color:#57606a}
+dl.kv dd{margin:0}
+img{max-width:100%;height:auto}
+figure{margin:.5em 0 1em}
+.gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(480px,1fr));gap:14px 18px}
+.gallery figure{margin:0;border:1px solid #eaeef2;border-radius:6px;padding:8px}
+figcaption{font-weight:600;margin-bottom:4px}
+figure.wide{margin:0 0 14px}
+pre{background:#f6f8fa;border:1px solid #d0d7de;border-radius:6px;padding:10px 12px;overflow-x:auto;font-size:.85em}
+"""
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def render_html(blocks: list[Block], title: str) -> str:
+    e = html.escape
+    parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+             '<meta name="viewport" content="width=device-width, initial-scale=1">',
+             f"<title>{e(title)}</title>", f"<style>{CSS}</style>", "</head>", "<body>"]
+    for b in blocks:
+        kind = b[0]
+        if kind in ("h1", "h2", "h3"):
+            parts.append(f"<{kind}>{e(b[1])}</{kind}>")
+        elif kind == "p":
+            parts.append(f"<p>{e(b[1])}</p>")
+        elif kind == "kv":
+            parts.append('<dl class="kv">' + "".join(f"<dt>{e(str(k))}</dt><dd>{e(str(v))}</dd>" for k, v in b[1])
+                         + "</dl>")
+        elif kind == "table":
+            _, tid, headers, rows, classes = b
+            head = "<tr>" + "".join(f"<th>{e(str(h))}</th>" for h in headers) + "</tr>"
+            body = []
+            for i, row in enumerate(rows):
+                cls = f' class="{e(classes[i])}"' if classes else ""
+                body.append(f"<tr{cls}>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>")
+            parts.append(f'<div class="scroll"><table id="{e(tid)}"><thead>{head}</thead><tbody>'
+                         + "".join(body) + "</tbody></table></div>")
+        elif kind == "img":
+            parts.append(f'<figure><img src="{_data_uri(b[1])}" alt="{e(b[2])}"></figure>')
+        elif kind == "gallery":
+            parts.append('<div class="gallery">' + "".join(
+                f'<figure><figcaption>{e(cap)}</figcaption><img src="{_data_uri(p)}" alt="{e(cap)}"></figure>'
+                for p, cap in b[1]) + "</div>")
+        elif kind == "stack":
+            parts.append("".join(
+                f'<figure class="wide"><figcaption>{e(cap)}</figcaption><img src="{_data_uri(p)}" alt="{e(cap)}">'
+                "</figure>" for p, cap in b[1]))
+        elif kind == "pre":
+            parts.append(f"<pre>{e(b[1].rstrip())}</pre>")
+    parts += ["</body>", "</html>"]
+    return "\n".join(parts) + "\n"
+
+
+# --------------------------------------------------------------------------- entry point
+def write_report(out_dir: str | os.PathLike, *, dataset=None, plan: StudyPlan | None = None) -> dict[str, Path]:
+    """(Re)build the whole report of the study in ``out_dir``; returns name -> path of each file.
+
+    ``dataset`` is the study's data (for the example grid and the most-wrong images);
+    when None it is loaded from the study's data spec, and if that fails the report
+    is written without those figures (and says so).
+    """
+    out = Path(out_dir)
+    plan = plan or load_plan(out)
+    meta = _read_optional_json(out / "study.json") or {}
+    records = collect_runs(plan)
+    notes: list[str] = []
+    if dataset is None:
+        try:
+            from cifarzoo.data import load
+
+            dataset = load(plan.data, progress=False)
+        except CifarzooError as exc:
+            notes.append(f"the study's data could not be loaded ({exc}); example images and most-wrong images "
+                         "are left out")
+    results = build_results(plan, records, dataset, created=meta.get("created"))
+    write_json(out / "results.json", results)
+    write_results_csv(out / "results.csv", results["models"])
+    figs_meta: dict = {}
+    figs = make_figures(out, plan, records, results["models"], dataset, notes, figs_meta)
+    blocks = build_blocks(out, results, records, figs, notes, figs_meta)
+    md = render_markdown(blocks, out)
+    page = render_html(blocks, title=f"cifarzoo study ({plan.preset})")
+    atomic_write_bytes(out / "report.md", lambda f: f.write(md.encode()))
+    atomic_write_bytes(out / "report.html", lambda f: f.write(page.encode()))
+    return {"results.json": out / "results.json", "results.csv": out / "results.csv",
+            "report.md": out / "report.md", "report.html": out / "report.html", **figs}
