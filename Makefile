@@ -3,6 +3,9 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
+# OpenMP threads that sleep instead of spinning: on a shared machine spinning threads
+# slow CPU training several-fold (cifarzoo sets the same default when imported).
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: test demo install
 

@@ -50,7 +50,7 @@ def evaluate(
     dataset: Dataset | None = None,
     tta: bool = False,
     device: str = "auto",
-    batch_size: int = 1024,
+    batch_size: int | None = None,  # default: the run's eval_batch_size
     save: bool = True,
 ) -> EvalResult:
     """Evaluate a trained model on the test split of ``dataset`` (or of ``data``, default: the run's own source).
@@ -68,10 +68,15 @@ def evaluate(
             f"{ckpt['path']}: the model was trained on classes {classes}, but {dataset.source} has "
             f"{list(dataset.classes)}")
     dev = resolve_device(device)
+    config = ckpt.get("config", {})
+    channels_last = bool(config.get("channels_last", False))
     model.to(dev)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     norm = ckpt["normalization"]
     logits = predict_logits(model, dataset.test_images, norm["mean"], norm["std"], device=dev,
-                            batch_size=batch_size, tta=tta)
+                            batch_size=batch_size or int(config.get("eval_batch_size", 1024)), tta=tta,
+                            channels_last=channels_last)
     loss, acc = loss_and_accuracy(logits, dataset.test_labels)
     preds = logits.argmax(1).numpy()
     cm = confusion_matrix(preds, dataset.test_labels, len(classes))

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -58,13 +57,7 @@ def draw_class_grid(dataset: Dataset, out_path: str | os.PathLike, per_class: in
     fig.suptitle(f"{split} images, {shown} per class", fontsize=11,
                  x=0.5, y=1 - 0.08 / height, va="top")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format=fmt)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from cifarzoo.train.checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(out, lambda f: fig.savefig(f, format=fmt))
     return out
