@@ -61,8 +61,9 @@ def _trained_looking(model: nn.Module) -> nn.Module:
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.reset_running_stats()
             m.momentum = None  # cumulative average over the calibration batch
-            if m.affine:
+            if m.weight is not None:  # fastnet's BN has a shift but no scale
                 nn.init.uniform_(m.weight, 0.5, 1.5)
+            if m.bias is not None:
                 nn.init.uniform_(m.bias, -0.2, 0.2)
         elif isinstance(m, nn.Linear):
             m.reset_parameters()

@@ -16,9 +16,11 @@ def init_weights(model: nn.Module, *, linear_std: float | None = 0.01) -> None:
         if isinstance(m, nn.Conv2d):
             mode = "fan_in" if m.groups > 1 else "fan_out"
             nn.init.kaiming_normal_(m.weight, mode=mode, nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d) and m.affine:
+            if m.weight is not None:
+                nn.init.ones_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Linear) and linear_std is not None:
             nn.init.normal_(m.weight, 0.0, linear_std)
             nn.init.zeros_(m.bias)

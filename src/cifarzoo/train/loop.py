@@ -8,6 +8,7 @@ same result as an uninterrupted one (bit-for-bit on CPU).
 """
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import platform
@@ -62,6 +63,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
+    """``auto``: bf16 autocast on GPUs that support it, fp32 on CPU (bf16 on CPU only when asked:
+    measured faster with one thread and slower with two on a shared machine, see benchmarks/RESULTS.md)."""
     if name == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return "bf16"
@@ -69,6 +72,14 @@ def resolve_precision(name: str, device: torch.device) -> str:
     if name == "fp16" and device.type != "cuda":
         raise CifarzooError("--precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
     return name
+
+
+def resolve_compile(mode: str, device: torch.device, total_steps: int) -> bool:
+    """Whether ``fit`` wraps the model in torch.compile (``auto``: long GPU runs only).
+
+    benchmarks/throughput.py calls this too, so its "project path" is what fit does.
+    """
+    return mode == "on" or (mode == "auto" and device.type == "cuda" and total_steps >= 1000)
 
 
 def split_dataset(ds: Dataset, config: TrainConfig):
@@ -107,6 +118,18 @@ def split_dataset(ds: Dataset, config: TrainConfig):
     return x, y, ds.test_images, ds.test_labels, "test"
 
 
+def auto_batch_size(n_train: int) -> int:
+    """512, or for small training sets the largest power of two giving >= 32 steps per epoch (at least 32).
+
+    The recipes' batch of 512 suits the 50,000 CIFAR-10 images (97 steps per epoch);
+    on the bundled 5,000-image sample it would leave 9 steps per epoch, too few to learn.
+    """
+    b = 512
+    while b > 32 and n_train // b < 32:
+        b //= 2
+    return b
+
+
 def param_groups(model: nn.Module, weight_decay: float):
     """Weight decay on conv and linear weights only: never on BN scales/shifts or biases."""
     decay, no_decay = [], []
@@ -118,10 +141,20 @@ def param_groups(model: nn.Module, weight_decay: float):
 
 def make_optimizer(model: nn.Module, c: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     groups = param_groups(model, c.weight_decay)
-    # foreach/fused kernels batch the per-parameter updates; fused exists for CUDA Adam(W).
-    fused = {"fused": True} if device.type == "cuda" and c.optimizer in ("adam", "adamw") else {}
+    if c.bias_lr_scale != 1.0:
+        # airbench's bias scaler (fastnet: 64): a larger lr for BN shifts only, in a third group.
+        bn = {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+              for p in m.parameters(recurse=False)}
+        rest = groups[1]["params"]
+        groups[1]["params"] = [p for p in rest if id(p) not in bn]
+        groups.append({"params": [p for p in rest if id(p) in bn], "weight_decay": 0.0,
+                       "lr": c.lr * c.bias_lr_scale})
+    # Fused kernels do the whole update in a few launches: on CUDA for Adam(W) and SGD.
+    fused = {"fused": True} if device.type == "cuda" else {}
     if c.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, nesterov=c.momentum > 0)
+        if "fused" not in inspect.signature(torch.optim.SGD).parameters:  # torch < 2.4
+            fused = {}
+        return torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, nesterov=c.momentum > 0, **fused)
     if c.optimizer == "adam":
         # Adam's weight decay is L2 added to the gradient (the seed study used none).
         return torch.optim.Adam(groups, lr=c.lr, betas=(c.momentum, 0.999), **fused)
@@ -230,21 +263,31 @@ def fit(
         device = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(device)
     precision = resolve_precision(c.precision, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)  # one study process runs many fits
     torch.manual_seed(c.seed)
     np.random.seed(c.seed % 2**32)
 
     ds = dataset if dataset is not None else data_mod.load(c.data)
     train_x, train_y, eval_x, eval_y, eval_name = split_dataset(ds, c)
+    if c.batch_size is None:
+        # Saved resolved, so config.json and a resumed run state the batch actually used.
+        c = config = c.replace(batch_size=auto_batch_size(len(train_y)))
+    D.check_world(c.batch_size, dist.world_size, sync_bn=c.sync_bn, device_type=device.type)
     C = ds.num_classes
     if c.batch_size > len(train_y):
         raise CifarzooError(f"--batch-size {c.batch_size} exceeds the {len(train_y)} training images")
 
     model = models.create(c.model, num_classes=C, width_mult=c.width_mult, **c.model_kwargs)
-    if c.whiten_init and hasattr(model, "whiten") and ckpt is None:
+    if c.whiten_init and hasattr(model, "whiten"):
         from cifarzoo.models.fastnet import init_whitening
 
-        n = min(len(train_x), 5000)
-        init_whitening(model, normalize(torch.from_numpy(train_x[:n]), ds.mean, ds.std))
+        if ckpt is None:
+            n = min(len(train_x), 5000)
+            init_whitening(model, normalize(torch.from_numpy(train_x[:n]), ds.mean, ds.std))
+        # The filters stay as the data made them (airbench); only the bias learns. Also on
+        # resume, so that the optimizer's parameter groups match the saved state.
+        model.whiten.weight.requires_grad_(False)
     model.to(device)
     if c.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -272,12 +315,13 @@ def fit(
         # Average of weights (and BN statistics) for evaluation; decay per step.
         ema = torch.optim.swa_utils.AveragedModel(
             raw_model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.999), use_buffers=True)
+    lookahead = Lookahead(raw_model) if c.lookahead else None
 
     train_model: nn.Module = raw_model
     if dist.enabled:
         train_model = nn.parallel.DistributedDataParallel(
             raw_model, device_ids=[device.index] if device.type == "cuda" else None)
-    use_compile = c.compile == "on" or (c.compile == "auto" and device.type == "cuda" and total_steps >= 1000)
+    use_compile = resolve_compile(c.compile, device, total_steps)
     if use_compile:
         train_model = torch.compile(train_model)
 
@@ -290,6 +334,8 @@ def fit(
         scheduler.load_state_dict(ckpt["scheduler"])
         if ema is not None and "ema_state_dict" in ckpt:
             ema.load_state_dict(ckpt["ema_state_dict"])
+        if lookahead is not None and "lookahead" in ckpt:
+            lookahead.load_state_dict(ckpt["lookahead"])
         if ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         _set_rng_state(ckpt["rng"], device)
@@ -299,7 +345,9 @@ def fit(
         start_step = int(partial["step"]) if partial else 0
         train_seconds = float(ckpt.get("train_seconds", 0.0))
 
-    run_dir = Path(out_dir) if out_dir is not None else new_run_dir(c.model, runs_root)
+    # Every rank must write to (rank 0: into) the same folder: rank 0 names it.
+    run_dir = Path(out_dir) if out_dir is not None else D.broadcast_object(
+        new_run_dir(c.model, runs_root) if dist.is_main else None)
     n_params = sum(p.numel() for p in raw_model.parameters())
     info = {
         "config": c.to_dict(),
@@ -346,6 +394,8 @@ def fit(
         if ema is not None:
             p["ema_state_dict"] = ema.state_dict()
             p["train_state_dict"] = raw_model.state_dict()
+        if lookahead is not None:
+            p["lookahead"] = lookahead.state_dict()
         return p
 
     def save(epoch_done: int, partial_state: dict | None = None, finished: bool = False) -> None:
@@ -353,8 +403,11 @@ def fit(
             save_checkpoint(run_dir / CHECKPOINT_NAME, checkpoint_payload(epoch_done, partial_state, finished))
         D.barrier()
 
-    stall_checked = c.allow_stall or start_epoch > 0
+    # A resumed run was judged before it was interrupted, unless it stopped before the check.
+    stall_checked = c.allow_stall or (c.stall_steps is None and start_epoch * steps_per_epoch
+                                      >= max(steps_per_epoch, guards.MIN_STALL_STEPS))
     global_step = start_epoch * steps_per_epoch + start_step
+    first_step_seconds, steps_this_process, seconds_this_process = None, 0, 0.0
     nan_every = 1 if device.type == "cpu" else max(1, c.nan_check_every)
 
     for epoch in range(start_epoch, c.epochs):
@@ -393,13 +446,21 @@ def fit(
                 step_correct[step] = (logits.detach().argmax(1) == y).sum()
                 step_count[step] = y.numel()
                 global_step += 1
+                if lookahead is not None:
+                    lookahead.step(raw_model, global_step, total_steps)
+                if first_step_seconds is None and use_compile:
+                    # The first call of the compiled model compiles it: timed apart (one sync per run).
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    first_step_seconds = time.perf_counter() - t0
 
                 if (step + 1) % nan_every == 0 or step + 1 == steps_per_epoch:
                     _check_finite(step_loss, checked_upto, step + 1, epoch, steps_per_epoch)
                     checked_upto = step + 1
                 if not stall_checked and (
                     (c.stall_steps is not None and global_step >= c.stall_steps)
-                    or (c.stall_steps is None and step + 1 == steps_per_epoch)
+                    or (c.stall_steps is None and step + 1 == steps_per_epoch
+                        and global_step >= guards.MIN_STALL_STEPS)
                 ):
                     _check_stall(step_loss, step_correct, step_count, step + 1, global_step, C)
                     stall_checked = True
@@ -416,6 +477,11 @@ def fit(
             torch.cuda.synchronize(device)
         epoch_seconds = epoch_seconds_before + time.perf_counter() - t0
         train_seconds += epoch_seconds
+        steps_this_process += steps_per_epoch - first_step
+        seconds_this_process += epoch_seconds - epoch_seconds_before
+        D.broadcast_buffers(raw_model)  # BN running statistics: rank 0's on every rank
+        if ema is not None:
+            D.broadcast_buffers(ema)
 
         sums = D.all_reduce_sum(torch.stack([step_loss.sum(), step_correct.sum(), step_count.sum()]))
         seen = sums[2].item()
@@ -457,6 +523,8 @@ def fit(
         "final_eval_acc": metrics[-1]["eval_acc"] if metrics else math.nan, "eval_split": eval_name,
         "train_seconds": train_seconds,
         "images_per_second": images_seen / train_seconds if train_seconds > 0 else math.nan,
+        "compiled": bool(use_compile), "compile_seconds": _compile_seconds(
+            first_step_seconds, seconds_this_process, steps_this_process),
         "peak_memory_bytes": peak, "peak_memory_kind": peak_kind,
         "parameters": int(n_params), "macs": int(macs), "precision": precision, "device": info["device_name"],
         "world_size": dist.world_size, "data_source": ds.source, "train_images": int(len(train_y)),
@@ -468,6 +536,48 @@ def fit(
         plot_curves(run_dir / "curves.png", metrics, title=f"{c.model} (width {c.width_mult}, seed {c.seed})")
     reporter.on_end(summary)
     return RunResult(run_dir, summary, metrics)
+
+
+def _compile_seconds(first_step: float | None, seconds: float, steps: int) -> float | None:
+    """The first compiled step's time beyond a typical step's: torch.compile's cost (included in train_seconds)."""
+    if first_step is None or steps < 2:
+        return None
+    return max(0.0, first_step - (seconds - first_step) / (steps - 1))
+
+
+class Lookahead:
+    """airbench's lookahead (from hlb-CIFAR10): every 5 steps the weights and BN statistics
+    move to an exponential average of themselves, ``avg = d·avg + (1-d)·w; w = avg``.
+
+    The decay ``d = 0.95**5 · (step/total)**3`` is 0 early (plain SGD) and grows to 0.77 at
+    the end, so the average spans only the last few tens of steps; at the last step the
+    weights become the average. Paired with the fast BN momentum of fastnet, this gives
+    the weight averaging of an EMA without an evaluation copy that lags behind a short run.
+    The update is a few fused device ops on live tensors: no host sync.
+    """
+
+    every = 5
+
+    def __init__(self, model: nn.Module):
+        # state_dict() tensors alias the module's parameters and buffers (create after .to()).
+        self.live = [t for t in model.state_dict().values() if t.is_floating_point()]
+        self.avg = [t.detach().clone() for t in self.live]
+
+    @torch.no_grad()
+    def step(self, model: nn.Module, global_step: int, total_steps: int) -> None:
+        if global_step % self.every == 0:
+            decay = 0.95 ** self.every * (global_step / total_steps) ** 3
+            torch._foreach_lerp_(self.avg, self.live, 1.0 - decay)
+            torch._foreach_copy_(self.live, self.avg)
+        if global_step == total_steps:
+            torch._foreach_copy_(self.live, self.avg)  # the run ends on the average
+
+    def state_dict(self) -> list[torch.Tensor]:
+        return [t.clone() for t in self.avg]
+
+    @torch.no_grad()
+    def load_state_dict(self, state: list[torch.Tensor]) -> None:
+        torch._foreach_copy_(self.avg, [t.to(a.device) for t, a in zip(state, self.avg)])
 
 
 def _check_finite(step_loss: torch.Tensor, lo: int, hi: int, epoch: int, steps_per_epoch: int) -> None:
