@@ -42,6 +42,7 @@ def machine(device) -> dict:
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "platform": platform.platform(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),  # cifarzoo sets PASSIVE unless set
     }
     try:
         with open("/proc/cpuinfo") as f:

@@ -36,6 +36,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import cifarzoo  # noqa: F401  first: it sets OMP_WAIT_POLICY before torch loads OpenMP, as the CLI does
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -244,6 +245,11 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _write_text(path, text: str) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(text)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -317,11 +323,12 @@ def main(argv=None) -> int:
               + (f"  project/fp32 train x{pr['train_ratio']:.2f}" if "train_ratio" in pr else ""), flush=True)
         if args.json:
             write_json(args.json, result)
+        if args.markdown:  # also after every item, so a run stopped by a time cap keeps its table
+            _write_text(args.markdown, markdown(result))
     table = markdown(result)
     print(table)
     if args.markdown:
-        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown).write_text(table)
+        _write_text(args.markdown, table)
     return 0
 
 

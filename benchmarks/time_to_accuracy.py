@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+import cifarzoo  # noqa: F401,E402  first: it sets OMP_WAIT_POLICY before torch loads OpenMP, as the CLI does
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import header, write_json  # noqa: E402
 
@@ -100,6 +102,11 @@ def markdown(result: dict) -> str:
             lines.append(f"| {s['model']} | {s['runs']} | {pm('test_acc')} | {pm('test_acc_tta')} "
                          f"| {secs(s['train_seconds_mean'])} |")
     return "\n".join(lines) + "\n"
+
+
+def _write_text(path, text: str) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(text)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -197,11 +204,12 @@ def main(argv=None) -> int:
             print(f"{rec['model']} seed {seed}: {acc}", flush=True)
             if args.json:
                 write_json(args.json, result)
+            if args.markdown:  # also after every item, so a run stopped by a time cap keeps its table
+                _write_text(args.markdown, markdown(result))
     table = markdown(result)
     print(table)
     if args.markdown:
-        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown).write_text(table)
+        _write_text(args.markdown, table)
     return 0 if all(r["status"] == "finished" for r in result["runs"]) else 1
 
 
