@@ -94,7 +94,7 @@ def test_crafted_batch_file_in_a_dataset_is_refused_by_name(tmp_path, fake_files
 @pytest.mark.parametrize("cut", [1, 40, 200])
 def test_truncated_pickle_is_a_data_error_naming_the_source(fake_files, cut):
     data = fake_files.py2_pickle_bytes({b"data": np.zeros((2, 3072), np.uint8)})
-    with pytest.raises(DataError, match=r"^some/file: not a readable CIFAR-10 pickle.*truncated or corrupt"):
+    with pytest.raises(DataError, match=r"^some/file: not a readable CIFAR pickle.*truncated or corrupt"):
         safe_load(data[:cut], source="some/file")
 
 

@@ -1,21 +1,29 @@
-"""Every place CIFAR-10 can come from, turned into one :class:`Dataset`.
+"""Every place CIFAR-10 and CIFAR-100 can come from, turned into one :class:`Dataset`.
 
-``load(spec)`` is the only entry point the rest of cifarzoo needs; ``spec`` is the
-``--data`` value:
+``load(spec, labels=...)`` is the only entry point the rest of cifarzoo needs;
+``spec`` is the ``--data`` value:
 
-===============================  =====================================================
-``None`` or ``"default"``        ``$CIFARZOO_DATA``, else ``~/.cache/cifarzoo``; the
-                                 official archive is downloaded there if absent
-``"sample"``                     6,000 real CIFAR-10 images bundled with the package
-path to ``*.tar.gz`` (or .tar)   the official ``cifar-10-python.tar.gz``, read in place
-folder                           is or contains ``cifar-10-batches-py/``, or contains
-                                 ``cifar-10-python.tar.gz``, or is an image-folder root
-                                 ``ROOT/train/<class>/*.png|jpg`` + ``ROOT/test/<class>/*``
-===============================  =====================================================
+=====================================  ===============================================
+``None``, ``"default"`` or ``cifar10``  ``$CIFARZOO_DATA``, else ``~/.cache/cifarzoo``;
+                                       the official CIFAR-10 archive is downloaded
+                                       there if absent
+``"cifar100"``                         the same folder, for CIFAR-100
+``"sample"``                           6,000 real CIFAR-10 images bundled with the package
+path to ``*.tar.gz`` (or .tar)         the official ``cifar-10-python.tar.gz`` or
+                                       ``cifar-100-python.tar.gz``, read in place
+folder                                 is or contains ``cifar-10-batches-py/`` or
+                                       ``cifar-100-python/``, or contains one of the
+                                       archives, or is an image-folder root
+                                       ``ROOT/train/<class>/*.png|jpg`` + ``ROOT/test/<class>/*``
+=====================================  ===============================================
 
-Nothing here writes to disk except the download, which goes to a temp file in the
-target folder and is renamed into place only after its md5 matches. Errors are
-:class:`~cifarzoo.errors.DataError` with the offending file in the message.
+``labels`` is CIFAR-100's choice of "fine" (100 classes, default) or "coarse" (20).
+The official files are unpickled by :mod:`cifarzoo.data.safe_unpickle`, and their
+sizes (file sizes, archive members' header sizes) are checked against what a CIFAR
+dataset can be before they are read. Nothing here writes to disk except the
+download, which goes to a temp file in the target folder and is renamed into place
+only after its md5 matches. Errors are :class:`~cifarzoo.errors.DataError` with the
+offending file in the message.
 """
 from __future__ import annotations
 
@@ -29,67 +37,101 @@ import urllib.error
 import urllib.request
 import warnings
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 from cifarzoo.data.dataset import Dataset
-from cifarzoo.data.safe_unpickle import safe_load
+from cifarzoo.data.safe_unpickle import MAX_BATCH_BYTES, MAX_IMAGES, ROW_BYTES, safe_load
 from cifarzoo.errors import DataError
 
 # Module-level so tests (and mirrors) can point them elsewhere; read at call time.
 DOWNLOAD_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 DOWNLOAD_MD5 = "c58f30108f718f92721af3b95e74349a"
+CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+CIFAR100_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
 DOWNLOAD_TIMEOUT_S = 30.0  # per socket operation, not for the whole 163 MB
 
-ARCHIVE_NAME = "cifar-10-python.tar.gz"
-BATCHES_DIR = "cifar-10-batches-py"
-TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
-TEST_BATCH = "test_batch"
-META = "batches.meta"
-BATCH_FILES = (*TRAIN_BATCHES, TEST_BATCH, META)
-
 IMAGE_SIZE = 32
-ROW_BYTES = 3 * IMAGE_SIZE * IMAGE_SIZE  # one official row: R plane, G plane, B plane
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 SAMPLE_PATH = Path(__file__).resolve().parent / "sample" / "cifar10_sample.npz"
+LABELS = ("fine", "coarse")  # CIFAR-100's two labellings: 100 classes, or their 20 superclasses
+
+
+@dataclass(frozen=True)
+class OfficialFormat:
+    """The layout of one official CIFAR release (the python version of its archive)."""
+
+    name: str  # "CIFAR-10"
+    folder: str  # what the archive unpacks to
+    archive: str  # the archive's official file name
+    train: tuple[str, ...]  # batch files of the training split
+    test: str
+    meta: str  # holds the class names
+    labelled: bool  # True: fine and coarse labels (CIFAR-100); False: one set
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return (*self.train, self.test, self.meta)
+
+    def keys(self, labels: str) -> tuple[str, str]:
+        """(label key of a batch, class-name key of the meta file) for ``labels``."""
+        return (f"{labels}_labels", f"{labels}_label_names") if self.labelled else ("labels", "label_names")
+
+
+CIFAR10 = OfficialFormat("CIFAR-10", "cifar-10-batches-py", "cifar-10-python.tar.gz",
+                         tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta", False)
+CIFAR100 = OfficialFormat("CIFAR-100", "cifar-100-python", "cifar-100-python.tar.gz",
+                          ("train",), "test", "meta", True)
+FORMATS = (CIFAR10, CIFAR100)
 
 ACCEPTED_FORMS = (
-    "accepted: 'sample'; 'default' (or no --data); a cifar-10-python.tar.gz archive; "
-    "a folder that is or contains cifar-10-batches-py/ or contains cifar-10-python.tar.gz; "
-    "or an image-folder root with train/<class>/*.png|jpg and test/<class>/*"
+    "accepted: 'sample'; 'default' (or no --data) or 'cifar10'; 'cifar100'; a cifar-10-python.tar.gz or "
+    "cifar-100-python.tar.gz archive; a folder that is or contains cifar-10-batches-py/ or cifar-100-python/, "
+    "or contains one of the archives; or an image-folder root with train/<class>/*.png|jpg and test/<class>/*"
 )
 
 
 # --------------------------------------------------------------------------- entry point
 
 
-def load(spec: str | os.PathLike | None = None, *, progress: bool = True) -> Dataset:
-    """Load CIFAR-10 (or a CIFAR-shaped dataset) from ``spec``; see the module doc.
+def load(spec: str | os.PathLike | None = None, *, labels: str = "fine", progress: bool = True) -> Dataset:
+    """Load CIFAR-10, CIFAR-100 or a CIFAR-shaped dataset from ``spec``; see the module doc.
 
+    ``labels`` picks CIFAR-100's labelling: ``"fine"`` (100 classes, the default) or
+    ``"coarse"`` (20 superclasses); sources with one set of labels accept only "fine".
     Returns a :class:`Dataset` of uint8 ``(N, 32, 32, 3)`` images, int64 labels, class
     names, and per-channel mean/std of the training images in [0, 255] units.
     ``progress`` shows a tqdm bar on stderr if a download is needed.
     Raises DataError naming the file and what is wrong with it.
     """
-    if spec is None or str(spec) == "default":
-        return load_default(progress=progress)
+    if labels not in LABELS:
+        raise DataError(f"--labels {labels}: expected one of {', '.join(LABELS)}")
+    if spec is None or str(spec) in ("default", "cifar10"):
+        return load_default(CIFAR10, labels=labels, progress=progress)
+    if str(spec) == "cifar100":
+        return load_default(CIFAR100, labels=labels, progress=progress)
     if str(spec) == "sample":
-        return load_sample()
+        return load_sample(labels=labels)
     path = Path(spec).expanduser()
     if not path.exists():
         raise DataError(f"--data {spec}: no such file or folder; {ACCEPTED_FORMS}")
     kind, target = _detect(path)
     if kind is None:
         what = "folder" if path.is_dir() else "file"
-        raise DataError(f"--data {spec}: this {what} is not a CIFAR-10 source; {ACCEPTED_FORMS}")
-    return _LOADERS[kind](target)
+        raise DataError(f"--data {spec}: this {what} is not a CIFAR-10 or CIFAR-100 source; {ACCEPTED_FORMS}")
+    return _LOADERS[kind](target, labels=labels)
 
 
-def _detect(path: Path) -> tuple[str | None, Path]:
-    """Which source ``path`` is: ("archive"|"batches"|"images"|None, the path to read)."""
+def _detect(path: Path, formats: tuple[OfficialFormat, ...] = FORMATS) -> tuple[str | None, Path]:
+    """Which source ``path`` is: ("archive"|"batches"|"images"|None, the path to read).
+
+    Only the official layouts in ``formats`` are looked for (the default download
+    folder may hold CIFAR-10 and CIFAR-100 side by side); image folders count as CIFAR-10's.
+    """
     if path.is_file():
         if path.name.endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")):
             return "archive", path
@@ -98,15 +140,31 @@ def _detect(path: Path) -> tuple[str | None, Path]:
         except OSError:
             return None, path
     if path.is_dir():
-        if any((path / name).exists() for name in BATCH_FILES):
-            return "batches", path
-        if (path / BATCHES_DIR).is_dir():
-            return "batches", path / BATCHES_DIR
-        if (path / "train").is_dir():
+        for fmt in formats:
+            if _format_of_folder(path) is fmt:
+                return "batches", path
+            if (path / fmt.folder).is_dir():
+                return "batches", path / fmt.folder
+        if CIFAR10 in formats and (path / "train").is_dir():
             return "images", path
-        if (path / ARCHIVE_NAME).is_file():
-            return "archive", path / ARCHIVE_NAME
+        for fmt in formats:
+            if (path / fmt.archive).is_file():
+                return "archive", path / fmt.archive
     return None, path
+
+
+def _format_of_folder(folder: Path) -> OfficialFormat | None:
+    """The official layout whose files ``folder`` holds (CIFAR-100's are files, not an image folder's dirs)."""
+    for fmt in FORMATS:
+        if any((folder / name).is_file() for name in fmt.files):
+            return fmt
+    return None
+
+
+def _single_labelling(labels: str, source: str) -> None:
+    if labels != "fine":
+        raise DataError(f"--labels {labels}: {source} has one set of labels; only CIFAR-100 has "
+                        f"coarse ones (use --labels fine, the default)")
 
 
 # --------------------------------------------------------------------------- statistics
@@ -146,11 +204,15 @@ def build_dataset(
     test_labels: np.ndarray,
     classes: Iterable[str],
     source: str,
+    *,
+    labels: str | None = None,
 ) -> Dataset:
     """Check shapes, dtypes and label ranges, compute training stats, return a Dataset.
 
     Images must be uint8 ``(N, 32, 32, 3)``; labels integers in ``0..len(classes)-1``.
-    Every source goes through here, so a Dataset is always well-formed.
+    ``labels`` names the labelling of a source that has several (CIFAR-100: "fine" or
+    "coarse"), None for a source with one. Every source goes through here, so a
+    Dataset is always well-formed.
     """
     classes = tuple(str(c) for c in classes)
     if not classes:
@@ -171,7 +233,7 @@ def build_dataset(
         raise DataError(f"{source}: no training images")
     mean, std = channel_stats(out["train"][0])
     return Dataset(out["train"][0], out["train"][1], out["test"][0], out["test"][1],
-                   classes, source, mean, std)
+                   classes, source, mean, std, labels)
 
 
 def _check_label_range(labels: np.ndarray, num_classes: int, where: str) -> None:
@@ -185,10 +247,10 @@ def _check_label_range(labels: np.ndarray, num_classes: int, where: str) -> None
 # --------------------------------------------------------------------------- official pickles
 
 
-def _parse_batch(obj: object, source: str, num_classes: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """One unpickled ``data_batch_*``/``test_batch`` dict -> (uint8 (N,32,32,3), int64 (N,))."""
+def _parse_batch(obj: object, source: str, num_classes: int, label_key: str) -> tuple[np.ndarray, np.ndarray]:
+    """One unpickled batch dict (``data`` + ``label_key``) -> (uint8 (N,32,32,3), int64 (N,))."""
     d = _str_keys(obj, source)
-    for key in ("data", "labels"):
+    for key in ("data", label_key):
         if key not in d:
             raise DataError(f"{source}: missing key '{key}' (found {sorted(d)})")
     data = d["data"]
@@ -197,30 +259,29 @@ def _parse_batch(obj: object, source: str, num_classes: int | None) -> tuple[np.
         raise DataError(f"{source}: 'data' is {desc}, expected an (N, {ROW_BYTES}) uint8 array "
                         f"(rows of 3 channel planes of 32x32)")
     try:
-        labels = np.asarray(d["labels"])
+        labels = np.asarray(d[label_key])
     except Exception as exc:
-        raise DataError(f"{source}: 'labels' is not a list of integers ({exc})") from None
+        raise DataError(f"{source}: '{label_key}' is not a list of integers ({exc})") from None
     if labels.ndim != 1 or len(labels) != len(data) or (len(labels) and not np.issubdtype(labels.dtype, np.integer)):
-        raise DataError(f"{source}: 'labels' has shape {labels.shape} {labels.dtype}, "
+        raise DataError(f"{source}: '{label_key}' has shape {labels.shape} {labels.dtype}, "
                         f"expected {len(data)} integers (one per row of 'data')")
-    if num_classes is not None:
-        _check_label_range(labels, num_classes, source)
+    _check_label_range(labels, num_classes, source)
     # Rows are channel-major (R plane, G plane, B plane); reorder to NHWC once here.
     images = np.ascontiguousarray(data.reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE).transpose(0, 2, 3, 1))
     return images, labels.astype(np.int64)
 
 
-def _parse_meta(obj: object, source: str) -> tuple[str, ...]:
+def _parse_meta(obj: object, source: str, key: str) -> tuple[str, ...]:
     d = _str_keys(obj, source)
-    names = d.get("label_names")
+    names = d.get(key)
     if not isinstance(names, (list, tuple)) or not names:
-        raise DataError(f"{source}: 'label_names' missing or empty, expected a list of class names")
+        raise DataError(f"{source}: '{key}' missing or empty, expected a list of class names")
     out = []
     for n in names:
         if isinstance(n, bytes):
             n = n.decode("utf-8", "replace")
         if not isinstance(n, str):
-            raise DataError(f"{source}: 'label_names' holds {type(n).__name__}, expected strings")
+            raise DataError(f"{source}: '{key}' holds {type(n).__name__}, expected strings")
         out.append(n)
     return tuple(out)
 
@@ -231,22 +292,51 @@ def _str_keys(obj: object, source: str) -> dict:
     return {(k.decode("latin-1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
 
 
-def _assemble(read: Callable[[str], object], where: str, source: str) -> Dataset:
-    """Build a Dataset from the seven official files; ``read(name)`` returns one unpickled."""
-    classes = _parse_meta(read(META), f"{where}/{META}")
-    train = [_parse_batch(read(n), f"{where}/{n}", len(classes)) for n in TRAIN_BATCHES]
-    test = _parse_batch(read(TEST_BATCH), f"{where}/{TEST_BATCH}", len(classes))
+def _assemble(fmt: OfficialFormat, labels: str, read: Callable[[str], object], where: str,
+              source: str) -> Dataset:
+    """Build a Dataset from the official files of ``fmt``; ``read(name)`` returns one unpickled."""
+    label_key, names_key = fmt.keys(labels)
+    classes = _parse_meta(read(fmt.meta), f"{where}/{fmt.meta}", names_key)
+    splits, count = [], 0
+    for name in (*fmt.train, fmt.test):
+        images, y = _parse_batch(read(name), f"{where}/{name}", len(classes), label_key)
+        count += len(images)
+        if count > MAX_IMAGES:
+            raise DataError(f"{where}/{name}: refused: the files up to this one hold {count:,} images, "
+                            f"more than {fmt.name} has ({MAX_IMAGES:,} in all)")
+        splits.append((images, y))
+    train = splits[:-1]
+    if fmt.labelled:
+        source = f"{source}, {labels} labels"
     return build_dataset(np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]),
-                         test[0], test[1], classes, source)
+                         *splits[-1], classes, source, labels=labels if fmt.labelled else None)
 
 
-def load_batches_dir(folder: str | os.PathLike) -> Dataset:
-    """Read a ``cifar-10-batches-py`` folder (data_batch_1..5, test_batch, batches.meta)."""
+def _check_size(name: str, size: int, total: int) -> None:
+    """Refuse a file of ``size`` bytes (``total`` with the files read before it) before reading it."""
+    if size > MAX_BATCH_BYTES or total > MAX_BATCH_BYTES:
+        what = f"it is {size:,} bytes" if size > MAX_BATCH_BYTES else \
+            f"with it the dataset's files come to {total:,} bytes"
+        raise DataError(f"{name}: refused: {what}, more than a CIFAR dataset's files can be "
+                        f"(at most {MAX_BATCH_BYTES:,} bytes, {MAX_IMAGES:,} images)")
+
+
+def load_batches_dir(folder: str | os.PathLike, *, labels: str = "fine") -> Dataset:
+    """Read an unpacked official folder: ``cifar-10-batches-py`` (data_batch_1..5,
+    test_batch, batches.meta) or ``cifar-100-python`` (train, test, meta)."""
     folder = Path(folder)
-    missing = [n for n in BATCH_FILES if not (folder / n).is_file()]
+    fmt = _format_of_folder(folder) or (CIFAR100 if folder.name == CIFAR100.folder else CIFAR10)
+    missing = [n for n in fmt.files if not (folder / n).is_file()]
     if missing:
-        raise DataError(f"{folder}: missing {', '.join(missing)} (a cifar-10-batches-py folder "
-                        f"holds {', '.join(BATCH_FILES)})")
+        raise DataError(f"{folder}: missing {', '.join(missing)} (a {fmt.folder} folder "
+                        f"holds {', '.join(fmt.files)})")
+    if not fmt.labelled:
+        _single_labelling(labels, f"{folder}")
+    total = 0
+    for name in fmt.files:  # every size checked before anything is read
+        size = (folder / name).stat().st_size
+        total += size
+        _check_size(str(folder / name), size, total)
 
     def read(name: str) -> object:
         path = folder / name
@@ -256,37 +346,46 @@ def load_batches_dir(folder: str | os.PathLike) -> Dataset:
         except OSError as exc:
             raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
-    return _assemble(read, str(folder), f"batches folder {folder.resolve()}")
+    return _assemble(fmt, labels, read, str(folder), f"batches folder {folder.resolve()}")
 
 
-def load_archive(path: str | os.PathLike) -> Dataset:
-    """Read the official ``cifar-10-python.tar.gz`` in place, without unpacking it.
+def load_archive(path: str | os.PathLike, *, labels: str = "fine") -> Dataset:
+    """Read the official ``cifar-10-python.tar.gz`` or ``cifar-100-python.tar.gz`` in place.
 
     The archive is read in one sequential pass (``r|*`` stream mode): random access
-    into a .tar.gz would decompress from the start for every member.
+    into a .tar.gz would decompress from the start for every member. Each member's
+    size is taken from its header and checked before a byte of it is read.
     """
     path = Path(path)
+    wanted = {name for fmt in FORMATS for name in fmt.files}
     members: dict[str, bytes] = {}
+    total = 0
     try:
         with tarfile.open(path, "r|*") as tar:
             for m in tar:
-                # Official layout: cifar-10-batches-py/<name>; accept any folder depth.
+                # Official layout: <folder>/<name>; accept any folder depth.
                 name = m.name.rsplit("/", 1)[-1]
-                if m.isfile() and name in BATCH_FILES:
+                if m.isfile() and name in wanted:
                     if name in members:
                         raise DataError(f"{path}: holds more than one {name} ({m.name})")
+                    total += m.size
+                    _check_size(f"{path}:{m.name}", m.size, total)
                     members[name] = tar.extractfile(m).read()
     except DataError:
         raise
     except (tarfile.TarError, EOFError, zlib.error, OSError, ValueError) as exc:
         raise DataError(f"{path}: cannot read the archive, it is truncated or corrupt "
                         f"({type(exc).__name__}: {exc})") from None
-    missing = [n for n in BATCH_FILES if n not in members]
+    # The format whose files are (most) present; CIFAR-10 when neither is.
+    fmt = max(FORMATS, key=lambda f: sum(n in members for n in f.files))
+    missing = [n for n in fmt.files if n not in members]
     if missing:
         raise DataError(f"{path}: archive lacks {', '.join(missing)} (expected "
-                        f"{BATCHES_DIR}/{{{','.join(BATCH_FILES)}}})")
-    return _assemble(lambda n: safe_load(members.pop(n), source=f"{path}:{BATCHES_DIR}/{n}"),
-                     f"{path}:{BATCHES_DIR}", f"archive {path.resolve()}")
+                        f"{fmt.folder}/{{{','.join(fmt.files)}}})")
+    if not fmt.labelled:
+        _single_labelling(labels, f"{path}")
+    return _assemble(fmt, labels, lambda n: safe_load(members.pop(n), source=f"{path}:{fmt.folder}/{n}"),
+                     f"{path}:{fmt.folder}", f"archive {path.resolve()}")
 
 
 # --------------------------------------------------------------------------- images
@@ -295,13 +394,17 @@ def load_archive(path: str | os.PathLike) -> Dataset:
 def _to_rgb32(im: Image.Image) -> tuple[np.ndarray, bool]:
     """Any Pillow image -> ((32, 32, 3) uint8 RGB, whether it had to be resized).
 
-    EXIF rotation is applied (phone photos); transparency is composited onto white;
+    EXIF orientation is applied to every image (phone photos, and 32x32 ones too);
+    16-bit greyscale is scaled to 8 bits; transparency is composited onto white;
     a non-square image is centre-cropped to a square first so objects keep their
     aspect ratio, then resized with Lanczos (antialiased when shrinking).
     """
-    if im.mode == "RGB" and im.size == (IMAGE_SIZE, IMAGE_SIZE):  # the common, fast case
+    upright = im.getexif().get(ExifTags.Base.Orientation, 1) in (1, None)
+    if im.mode == "RGB" and im.size == (IMAGE_SIZE, IMAGE_SIZE) and upright:  # the common, fast case
         return np.asarray(im, dtype=np.uint8), False
-    im = ImageOps.exif_transpose(im)
+    if not upright:
+        im = ImageOps.exif_transpose(im)
+    im = _to_8bit(im)
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         rgba = im.convert("RGBA")
         im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
@@ -310,6 +413,24 @@ def _to_rgb32(im: Image.Image) -> tuple[np.ndarray, bool]:
     if resized:
         im = ImageOps.fit(im, (IMAGE_SIZE, IMAGE_SIZE), method=Image.Resampling.LANCZOS)
     return np.asarray(im, dtype=np.uint8), resized
+
+
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """16-bit greyscale (modes ``I;16``, ``I;16B``, ..., and ``I`` as Pillow reads 16-bit PNGs)
+    -> ``L``, scaled by 255/65535 and rounded; 8-bit modes unchanged.
+
+    Pillow's own ``convert`` clips these to 255 (a solid white image). Float images
+    and 32-bit ones with values outside 0..65535 are refused rather than guessed at.
+    """
+    if im.mode.startswith("I;16") or im.mode == "I":
+        values = np.asarray(im).astype(np.int64)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise ValueError(f"{im.mode} pixel values span {values.min()}..{values.max()}, outside the "
+                             f"16-bit range 0..65535; save it as an 8- or 16-bit image")
+        return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8))  # (H, W) uint8: mode L
+    if im.mode == "F":
+        raise ValueError("floating-point pixels (mode F) have no fixed range; save it as an 8- or 16-bit image")
+    return im
 
 
 def _decode(data: bytes | Path, name: str, formats: tuple[str, ...] | None = None) -> tuple[np.ndarray, bool]:
@@ -331,7 +452,7 @@ def load_image_file(path: str | os.PathLike) -> np.ndarray:
     return _decode(Path(path), str(path))[0]
 
 
-def load_image_folder(root: str | os.PathLike) -> Dataset:
+def load_image_folder(root: str | os.PathLike, *, labels: str = "fine") -> Dataset:
     """Read ``ROOT/train/<class>/*`` and ``ROOT/test/<class>/*`` (.png, .jpg, .jpeg).
 
     Class names are the train sub-folder names, sorted. Images not 32x32 are
@@ -339,6 +460,7 @@ def load_image_folder(root: str | os.PathLike) -> Dataset:
     extensions are skipped with a warning; hidden files silently.
     """
     root = Path(root)
+    _single_labelling(labels, f"image folder {root}")
     train_dir, test_dir = root / "train", root / "test"
     for d in (train_dir, test_dir):
         if not d.is_dir():
@@ -383,12 +505,13 @@ def load_image_folder(root: str | os.PathLike) -> Dataset:
     return build_dataset(*splits["train"], *splits["test"], classes, f"image folder {root.resolve()}")
 
 
-def load_sample(path: str | os.PathLike = SAMPLE_PATH) -> Dataset:
+def load_sample(path: str | os.PathLike = SAMPLE_PATH, *, labels: str = "fine") -> Dataset:
     """The bundled sample: 500 train + 100 test real CIFAR-10 images per class.
 
     Stored as the original JPEG bytes (see tools/make_sample.py) and decoded here on
     every call, about 0.4 s for the 6,000 images; nothing is cached on disk.
     """
+    _single_labelling(labels, "the sample (CIFAR-10)")
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -419,34 +542,36 @@ def default_root() -> Path:
     return Path(os.environ.get("CIFARZOO_DATA") or "~/.cache/cifarzoo").expanduser()
 
 
-def load_default(*, progress: bool = True) -> Dataset:
-    """Load from :func:`default_root`, downloading the official archive there if absent."""
+def load_default(fmt: OfficialFormat = CIFAR10, *, labels: str = "fine", progress: bool = True) -> Dataset:
+    """Load ``fmt`` from :func:`default_root`, downloading its official archive there if absent."""
     root = default_root()
     if root.exists():
-        kind, target = _detect(root)
+        kind, target = _detect(root, (fmt,))
         if kind is not None:
-            return _LOADERS[kind](target)
+            return _LOADERS[kind](target, labels=labels)
         if root.is_file():
-            raise DataError(f"CIFARZOO_DATA={root} is a file but not a CIFAR-10 source; {ACCEPTED_FORMS}")
-    return load_archive(download(root, progress=progress))
+            raise DataError(f"CIFARZOO_DATA={root} is a file but not a CIFAR-10 or CIFAR-100 source; "
+                            f"{ACCEPTED_FORMS}")
+    return load_archive(download(root, fmt, progress=progress), labels=labels)
 
 
-def download(folder: str | os.PathLike, *, progress: bool = True) -> Path:
-    """Download :data:`DOWNLOAD_URL` into ``folder/cifar-10-python.tar.gz``; return its path.
+def download(folder: str | os.PathLike, fmt: OfficialFormat = CIFAR10, *, progress: bool = True) -> Path:
+    """Download ``fmt``'s official archive into ``folder/<archive name>``; return its path.
 
-    The bytes go to a temp file in ``folder`` (same file system, so the final rename
-    is atomic), the md5 is checked against :data:`DOWNLOAD_MD5`, and only then is the
-    file renamed. Any failure or Ctrl-C deletes the temp file: the final name either
-    holds a verified archive or does not exist.
+    CIFAR-10 comes from :data:`DOWNLOAD_URL` (md5 :data:`DOWNLOAD_MD5`), CIFAR-100 from
+    :data:`CIFAR100_URL` (:data:`CIFAR100_MD5`). The bytes go to a temp file in
+    ``folder`` (same file system, so the final rename is atomic), the md5 is checked,
+    and only then is the file renamed. Any failure or Ctrl-C deletes the temp file:
+    the final name either holds a verified archive or does not exist.
     """
-    url, expected = DOWNLOAD_URL, DOWNLOAD_MD5
+    url, expected = (DOWNLOAD_URL, DOWNLOAD_MD5) if fmt is CIFAR10 else (CIFAR100_URL, CIFAR100_MD5)
     folder = Path(folder)
-    final = folder / ARCHIVE_NAME
+    final = folder / fmt.archive
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{ARCHIVE_NAME}.", suffix=".part", dir=folder)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{fmt.archive}.", suffix=".part", dir=folder)
     except OSError as exc:
-        raise DataError(f"cannot write to {folder} to download CIFAR-10 ({exc.strerror or exc}); "
+        raise DataError(f"cannot write to {folder} to download {fmt.name} ({exc.strerror or exc}); "
                         f"set CIFARZOO_DATA to a writable folder, or use --data PATH or --data sample") from None
     tmp = Path(tmp_name)
     try:
@@ -457,7 +582,7 @@ def download(folder: str | os.PathLike, *, progress: bool = True) -> Path:
                 from tqdm import tqdm  # only needed on this rare path
 
                 with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                          desc=f"downloading {ARCHIVE_NAME}", disable=not progress) as bar:
+                          desc=f"downloading {fmt.archive}", disable=not progress) as bar:
                     while chunk := resp.read(1 << 20):
                         out.write(chunk)
                         md5.update(chunk)
@@ -466,10 +591,12 @@ def download(folder: str | os.PathLike, *, progress: bool = True) -> Path:
                 os.fsync(out.fileno())
         except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
             reason = getattr(exc, "reason", None) or exc
+            also = "a cifar-10-batches-py folder or an image folder" if fmt is CIFAR10 else \
+                "or its unpacked cifar-100-python folder"
             raise DataError(
-                f"could not download CIFAR-10 from {url} ({reason}), so point --data PATH at a copy "
-                f"you already have (cifar-10-python.tar.gz, a cifar-10-batches-py folder or an image "
-                f"folder) or use --data sample for the 6,000-image sample bundled with cifarzoo"
+                f"could not download {fmt.name} from {url} ({reason}), so point --data PATH at a copy "
+                f"you already have ({fmt.archive}, {also}) or use --data sample for the "
+                f"6,000-image CIFAR-10 sample bundled with cifarzoo"
             ) from None
         got = md5.hexdigest()
         if got != expected:
