@@ -7,13 +7,21 @@ Fixtures (all function-scoped, a few ms each):
 ``fake_batches_dir``  ``tmp_path/cifar-10-batches-py`` in the official format.
 ``fake_archive``      ``tmp_path/cifar-10-python.tar.gz`` holding that folder.
 ``fake_image_folder`` ``tmp_path/images`` with ``train/<class>/NNNN.png`` + ``test/<class>/``.
+``fake_cifar100``     FakeCifar100: 100 fine classes (CIFAR-100's names, 2 train / 1 test image
+                      each), their 20 coarse superclasses (the official mapping).
+``cifar100_archive``  ``tmp_path/cifar-100-python.tar.gz`` in the official layout (members
+                      cifar-100-python/{train,test,meta}, dicts with data, fine_labels,
+                      coarse_labels, filenames; meta with fine_ and coarse_label_names).
+``cifar100_folder``   ``tmp_path/cifar-100-python`` unpacked from the same files.
 ``small_dataset``     a Dataset built from ``fake_cifar`` in memory (no files), with stats.
 ``bundled_sample``    session-scoped: ``cifarzoo.data.load("sample")`` (real CIFAR-10, 5,000
                       train / 1,000 test), decoded once per test run. Do not modify its arrays.
 ``fake_files``        the writers themselves, for tests that need a variant (a bad
                       label, a missing file): ``fake_files.write_batches(folder, fake)``,
                       ``.write_archive(path, fake)``, ``.write_image_folder(root, fake)``,
-                      ``.dump_py2_pickle(path, obj)``, ``.make(train_per_class=..)``.
+                      ``.dump_py2_pickle(path, obj)``, ``.make(train_per_class=..)``,
+                      and for CIFAR-100 ``.make100(..)``, ``.write_cifar100_archive(path, fake)``,
+                      ``.write_cifar100_folder(folder, fake)``, ``.cifar100_files(fake)``.
 
 Each class has its own base colour plus noise, so a model can learn the fake data
 and a bug that mixes up labels and images shows. The official files are written by
@@ -165,6 +173,105 @@ def write_archive(path: Path, fake: FakeCifar, *, overrides: dict | None = None,
     return path
 
 
+# CIFAR-100's 20 superclasses and their 5 classes each, as the dataset's page lists them;
+# the meta file names both sets in alphabetical order.
+CIFAR100_SUPERCLASSES = {
+    "aquatic_mammals": ("beaver", "dolphin", "otter", "seal", "whale"),
+    "fish": ("aquarium_fish", "flatfish", "ray", "shark", "trout"),
+    "flowers": ("orchid", "poppy", "rose", "sunflower", "tulip"),
+    "food_containers": ("bottle", "bowl", "can", "cup", "plate"),
+    "fruit_and_vegetables": ("apple", "mushroom", "orange", "pear", "sweet_pepper"),
+    "household_electrical_devices": ("clock", "keyboard", "lamp", "telephone", "television"),
+    "household_furniture": ("bed", "chair", "couch", "table", "wardrobe"),
+    "insects": ("bee", "beetle", "butterfly", "caterpillar", "cockroach"),
+    "large_carnivores": ("bear", "leopard", "lion", "tiger", "wolf"),
+    "large_man-made_outdoor_things": ("bridge", "castle", "house", "road", "skyscraper"),
+    "large_natural_outdoor_scenes": ("cloud", "forest", "mountain", "plain", "sea"),
+    "large_omnivores_and_herbivores": ("camel", "cattle", "chimpanzee", "elephant", "kangaroo"),
+    "medium_mammals": ("fox", "porcupine", "possum", "raccoon", "skunk"),
+    "non-insect_invertebrates": ("crab", "lobster", "snail", "spider", "worm"),
+    "people": ("baby", "boy", "girl", "man", "woman"),
+    "reptiles": ("crocodile", "dinosaur", "lizard", "snake", "turtle"),
+    "small_mammals": ("hamster", "mouse", "rabbit", "shrew", "squirrel"),
+    "trees": ("maple_tree", "oak_tree", "palm_tree", "pine_tree", "willow_tree"),
+    "vehicles_1": ("bicycle", "bus", "motorcycle", "pickup_truck", "train"),
+    "vehicles_2": ("lawn_mower", "rocket", "streetcar", "tank", "tractor"),
+}
+CIFAR100_COARSE = tuple(sorted(CIFAR100_SUPERCLASSES))
+CIFAR100_FINE = tuple(sorted(f for fines in CIFAR100_SUPERCLASSES.values() for f in fines))
+
+
+@dataclass
+class FakeCifar100(FakeCifar):
+    """``train_labels``/``test_labels``/``classes`` are the fine ones; the coarse ones beside them."""
+
+    train_coarse: np.ndarray  # (N,) int64 in 0..19
+    test_coarse: np.ndarray  # (M,) int64
+    coarse_classes: tuple[str, ...]
+
+
+def make_fake_cifar100(train_per_class: int = 2, test_per_class: int = 1, seed: int = 0) -> FakeCifar100:
+    """Class-coloured noisy images for CIFAR-100's 100 classes, with the official coarse mapping."""
+    fine = make_fake_cifar(train_per_class, test_per_class, CIFAR100_FINE, seed)
+    to_coarse = np.array([next(i for i, c in enumerate(CIFAR100_COARSE) if f in CIFAR100_SUPERCLASSES[c])
+                          for f in CIFAR100_FINE])
+    return FakeCifar100(fine.train_images, fine.train_labels, fine.test_images, fine.test_labels,
+                        fine.classes, to_coarse[fine.train_labels], to_coarse[fine.test_labels],
+                        CIFAR100_COARSE)
+
+
+def cifar100_files(fake: FakeCifar100) -> dict[str, object]:
+    """{file name: unpickled content} as in cifar-100-python: train, test, meta."""
+    def batch(split: str, label: str) -> dict:
+        images = getattr(fake, f"{split}_images")
+        return {
+            b"filenames": [f"{fake.classes[y]}_s_{i:06d}.png".encode()
+                           for i, y in enumerate(getattr(fake, f"{split}_labels"))],
+            b"batch_label": label.encode(),
+            b"fine_labels": getattr(fake, f"{split}_labels").tolist(),
+            b"coarse_labels": getattr(fake, f"{split}_coarse").tolist(),
+            b"data": np.ascontiguousarray(images.transpose(0, 3, 1, 2).reshape(len(images), -1)),
+        }
+
+    return {"train": batch("train", "training batch 1 of 1"), "test": batch("test", "testing batch 1 of 1"),
+            "meta": {b"fine_label_names": [c.encode() for c in fake.classes],
+                     b"coarse_label_names": [c.encode() for c in fake.coarse_classes]}}
+
+
+def write_cifar100_folder(folder: Path, fake: FakeCifar100, *, overrides: dict | None = None,
+                          skip: tuple[str, ...] = ()) -> Path:
+    """Write the unpacked cifar-100-python folder; ``overrides``/``skip`` as in :func:`write_batches`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, content in {**cifar100_files(fake), **(overrides or {})}.items():
+        if name not in skip:
+            (folder / name).write_bytes(content if isinstance(content, bytes) else py2_pickle_bytes(content))
+    return folder
+
+
+def write_cifar100_archive(path: Path, fake: FakeCifar100, *, overrides: dict | None = None,
+                           skip: tuple[str, ...] = ()) -> Path:
+    """Write cifar-100-python.tar.gz as the official one is laid out: the folder entry,
+    the stray ``file.txt~`` it ships with, then meta, test, train."""
+    path = Path(path)
+    files = {**cifar100_files(fake), **(overrides or {})}
+    with tarfile.open(path, "w:gz") as tar:
+        folder = tarfile.TarInfo("cifar-100-python")
+        folder.type = tarfile.DIRTYPE
+        tar.addfile(folder)
+        stray = tarfile.TarInfo("cifar-100-python/file.txt~")
+        tar.addfile(stray, io.BytesIO(b""))
+        for name in ("meta", "test", "train"):
+            if name in skip:
+                continue
+            content = files[name]
+            data = content if isinstance(content, bytes) else py2_pickle_bytes(content)
+            info = tarfile.TarInfo(f"cifar-100-python/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
 def write_image_folder(root: Path, fake: FakeCifar, ext: str = ".png") -> Path:
     """Write ROOT/{train,test}/<class>/NNNN<ext>; NNNN is the image's rank within its class."""
     root = Path(root)
@@ -199,6 +306,21 @@ def fake_image_folder(tmp_path, fake_cifar) -> Path:
 
 
 @pytest.fixture
+def fake_cifar100() -> FakeCifar100:
+    return make_fake_cifar100()
+
+
+@pytest.fixture
+def cifar100_archive(tmp_path, fake_cifar100) -> Path:
+    return write_cifar100_archive(tmp_path / "cifar-100-python.tar.gz", fake_cifar100)
+
+
+@pytest.fixture
+def cifar100_folder(tmp_path, fake_cifar100) -> Path:
+    return write_cifar100_folder(tmp_path / "cifar-100-python", fake_cifar100)
+
+
+@pytest.fixture
 def small_dataset(fake_cifar):
     """A Dataset of the fake arrays (60 train / 20 test, 10 classes), stats computed."""
     from cifarzoo.data import build_dataset
@@ -220,4 +342,7 @@ def bundled_sample():
 def fake_files() -> SimpleNamespace:
     return SimpleNamespace(make=make_fake_cifar, write_batches=write_batches, write_archive=write_archive,
                            write_image_folder=write_image_folder, dump_py2_pickle=dump_py2_pickle,
-                           py2_pickle_bytes=py2_pickle_bytes, official_files=official_files)
+                           py2_pickle_bytes=py2_pickle_bytes, official_files=official_files,
+                           make100=make_fake_cifar100, cifar100_files=cifar100_files,
+                           write_cifar100_folder=write_cifar100_folder,
+                           write_cifar100_archive=write_cifar100_archive)

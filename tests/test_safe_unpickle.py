@@ -101,3 +101,144 @@ def test_truncated_pickle_is_a_data_error_naming_the_source(fake_files, cut):
 def test_garbage_is_a_data_error():
     with pytest.raises(DataError, match="x.bin: not a readable"):
         safe_load(b"\x00\x01garbage", source="x.bin")
+
+
+# --------------------------------------------------------------------------- files written by Python 3
+
+
+def _python3_batch(fake_files) -> dict:
+    """data_batch_1 as a Python 3 program holds it after loading with encoding='bytes'."""
+    return safe_load(fake_files.py2_pickle_bytes(fake_files.official_files(fake_files.make())["data_batch_1"]),
+                     source="b")
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_reads_batches_resaved_by_python3(fake_files, protocol):
+    batch = _python3_batch(fake_files)
+    batch[b"labels"] = [np.int64(y) for y in batch[b"labels"]]  # numpy scalars, as some tools leave them
+    data = pickle.dumps(batch, protocol=protocol)
+    if protocol == 2:  # bytes and arrays then go through _codecs.encode(str, 'latin1')
+        assert "_codecs encode" in _globals_in(data)
+    obj = safe_load(data, source="resaved")
+    np.testing.assert_array_equal(obj[b"data"], batch[b"data"])
+    assert obj[b"labels"] == batch[b"labels"] and obj[b"filenames"] == batch[b"filenames"]
+
+
+def test_a_python3_protocol2_batch_folder_loads_like_the_original(tmp_path, fake_files):
+    fake = fake_files.make()
+    resaved = {name: pickle.dumps(safe_load(fake_files.py2_pickle_bytes(obj), source=name), protocol=2)
+               for name, obj in fake_files.official_files(fake).items()}
+    folder = fake_files.write_batches(tmp_path / "cifar-10-batches-py", fake, overrides=resaved)
+    ds = load(folder)
+    np.testing.assert_array_equal(ds.train_images, fake.train_images)
+    np.testing.assert_array_equal(ds.test_labels, fake.test_labels)
+
+
+@pytest.mark.parametrize("payload, asks", [
+    # _codecs.encode builds bytes for latin-1 only: other codecs (zlib, ...) are refused
+    (b"\x80\x02c_codecs\nencode\nX\x01\x00\x00\x00xX\x04\x00\x00\x00zlibq\x00\x86R.", "_codecs.encode with 'zlib'"),
+    # bytes(2**40) would allocate a terabyte: only bytes() is allowed
+    (b"\x80\x02c__builtin__\nbytes\n\x8a\x06\x00\x00\x00\x00\x00\x01\x85R.", "builtins.bytes with arguments"),
+    # numpy.ndarray((400000, 3072)) called directly
+    (b"\x80\x02cnumpy\nndarray\nJ\x80\x1a\x06\x00M\x00\x0c\x86\x85R.", "numpy.ndarray called directly"),
+    # a protocol-2 batch whose labels are os.system('true'): the codecs door does not open others
+    (b"\x80\x02}X\x04\x00\x00\x00datac_codecs\nencode\nX\x01\x00\x00\x00aX\x06\x00\x00\x00latin1\x86R"
+     b"X\x06\x00\x00\x00labelscos\nsystem\nX\x04\x00\x00\x00true\x85Ru.", "os.system"),
+])
+def test_what_python3_pickles_need_opens_nothing_else(payload, asks):
+    with pytest.raises(DataError, match=rf"^f: refused to unpickle: it asks for {asks}"):
+        safe_load(payload, source="f")
+
+
+# --------------------------------------------------------------------------- memory bombs
+
+TB = 1 << 40
+
+
+def _bombs() -> dict[str, bytes]:
+    """Tiny pickles that declare huge allocations; each must be refused before allocating."""
+    q = lambda n: n.to_bytes(8, "little")  # noqa: E731
+    reconstruct = b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n"
+    return {
+        "BINBYTES8": b"\x80\x04\x8e" + q(TB) + b"xx.",
+        "BINUNICODE8": b"\x80\x04\x8d" + q(TB) + b"xx.",
+        "BYTEARRAY8": b"\x80\x05\x96" + q(TB) + b"xx.",
+        "FRAME": b"\x80\x04\x95" + q(TB) + b"N.",
+        "LONG4": b"\x80\x02\x8b\xff\xff\xff\x7f" + b"x.",
+        "BINSTRING": b"\x80\x02T\xff\xff\xff\x7fxx.",
+        # _reconstruct(ndarray, (400000, 3072), b'B'): 1.2 GB of images from 117 bytes
+        "_reconstruct shape": b"\x80\x02}U\x04data" + reconstruct
+                              + b"J\x80\x1a\x06\x00M\x00\x0c\x86U\x01B\x87Rs.",
+        # the official (0,) shape, then __setstate__ declaring (2**20, 2**20) uint8
+        "__setstate__ shape": b"\x80\x02" + reconstruct + b"K\x00\x85U\x01B\x87R"
+                              + b"(K\x01J\x00\x00\x10\x00J\x00\x00\x10\x00\x86cnumpy\ndtype\nU\x02u1\x89\x88\x87R"
+                              + b"\x89U\x00tb.",
+        # one-byte opcodes that each build a 64-byte dict: half a million of them
+        "EMPTY_DICT flood": b"\x80\x02(" + b"}" * 500_000 + b"l.",
+    }
+
+
+@pytest.mark.parametrize("kind", list(_bombs()))
+def test_declared_sizes_are_refused_before_allocating(kind, tmp_path):
+    with pytest.raises(DataError) as err:
+        safe_load(_bombs()[kind], source=str(tmp_path / "bomb"))
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path / 'bomb'}: refused to unpickle: it ")
+    assert ("more than a CIFAR batch file" in message or "opcodes" in message), message
+    assert "\n" not in message
+
+
+def test_a_117_byte_batch_declaring_400000_images_is_refused_by_name(tmp_path, fake_files):
+    bomb = _bombs()["_reconstruct shape"]
+    assert len(bomb) < 120
+    folder = fake_files.write_batches(tmp_path / "cifar-10-batches-py", fake_files.make(),
+                                      overrides={"data_batch_4": bomb})
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(DataError, match=rf"^{folder / 'data_batch_4'}: refused to unpickle: it declares a "
+                                        r"uint8 array of shape \(400000, 3072\) \(1,228,800,000 bytes\)"):
+        load(folder)
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+_PEAK_SCRIPT = """
+import resource, sys, tracemalloc
+from cifarzoo.data import load
+from cifarzoo.data.safe_unpickle import safe_load
+from cifarzoo.errors import DataError
+tracemalloc.start()
+refused = 0
+for path in sys.argv[1:]:
+    try:
+        (safe_load(open(path, 'rb'), source=path) if path.endswith('.pkl') else load(path))
+    except DataError:
+        refused += 1
+print(refused, tracemalloc.get_traced_memory()[1], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+def test_peak_memory_of_refused_files_stays_small(tmp_path, fake_files):
+    """Every bomb above, a 3 GiB sparse batch file and an archive member whose header
+    declares 3 GiB, read in a fresh process: all refused, peak memory tens of MB."""
+    import subprocess
+    import sys
+    import tarfile
+
+    paths = []
+    for i, data in enumerate(_bombs().values()):
+        paths.append(tmp_path / f"bomb{i}.pkl")
+        paths[-1].write_bytes(data)
+    sparse = fake_files.write_batches(tmp_path / "sparse" / "cifar-10-batches-py", fake_files.make())
+    with open(sparse / "data_batch_1", "r+b") as f:
+        f.truncate(3 << 30)  # no disk space used
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo("cifar-10-batches-py/data_batch_1")
+        info.size = 3 << 30
+        tar.addfile(info)  # the header alone: refused before the data is looked for
+    paths += [sparse, archive]
+    out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, *map(str, paths)], capture_output=True,
+                         text=True, check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    refused, traced_peak, rss_peak = map(int, out.stdout.split())
+    assert refused == len(paths)
+    assert traced_peak < 50e6, f"{traced_peak:,} bytes allocated at the peak"
+    assert rss_peak < 400e6, f"{rss_peak:,} bytes resident at the peak"

@@ -6,9 +6,11 @@ import sys
 import warnings
 
 DATA_HELP = (
-    "where CIFAR-10 comes from: 'sample' (6,000 real images bundled with cifarzoo, works "
-    "offline); a path to cifar-10-python.tar.gz; a folder that is or holds cifar-10-batches-py/; "
-    "or an image folder with train/<class>/*.png|jpg and test/<class>/*. "
+    "where the data comes from: 'sample' (6,000 real CIFAR-10 images bundled with cifarzoo, works "
+    "offline); 'cifar100' (CIFAR-100 in the default folder, downloaded if absent); a path to "
+    "cifar-10-python.tar.gz or cifar-100-python.tar.gz; a folder that is or holds "
+    "cifar-10-batches-py/ or cifar-100-python/; or an image folder with train/<class>/*.png|jpg "
+    "and test/<class>/*. "
 )
 DATA_DEFAULT_HELP = (
     "$CIFARZOO_DATA, else ~/.cache/cifarzoo, where the official archive is "
@@ -26,8 +28,15 @@ def add_data_argument(parser: argparse.ArgumentParser, *, default_help: str | No
                         help=DATA_HELP + f"Default: {default_help or DATA_DEFAULT_HELP}")
 
 
-def load_dataset(spec: str | None, command: str):
-    """``cifarzoo.data.load(spec)``, printing its warnings as one stderr line each.
+def add_labels_argument(parser: argparse.ArgumentParser) -> None:
+    """Add ``--labels fine|coarse`` (CIFAR-100's 100 classes or 20 superclasses; default fine)."""
+    parser.add_argument("--labels", choices=("fine", "coarse"), default="fine",
+                        help="CIFAR-100's labelling: fine (100 classes) or coarse (20 superclasses); "
+                             "other sources have one set of labels (default fine)")
+
+
+def load_dataset(spec: str | None, command: str, labels: str = "fine"):
+    """``cifarzoo.data.load(spec, labels=labels)``, printing its warnings as one stderr line each.
 
     ``command`` names the sub-command in the prefix (``cifarzoo train: warning: ...``).
     DataError propagates for the CLI's usual one-line error.
@@ -36,7 +45,7 @@ def load_dataset(spec: str | None, command: str):
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
-        dataset = load(spec)
+        dataset = load(spec, labels=labels)
     for w in caught:
         if issubclass(w.category, UserWarning):
             print(f"cifarzoo {command}: warning: {w.message}", file=sys.stderr)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cifarzoo.cli.common import add_data_argument, load_dataset
+from cifarzoo.cli.common import add_data_argument, add_labels_argument, load_dataset
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -24,12 +24,14 @@ def register(subparsers) -> argparse.ArgumentParser:
         description="Print the source, split sizes, per-class counts and the per-channel mean/std "
                     "of the training images (in [0, 255] units; the normalization every command uses).")
     add_data_argument(info)
+    add_labels_argument(info)
     info.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
     show = actions.add_parser(
         "show", help="draw a grid of example images, one row per class",
         description="Draw a grid of example images, one row per class, labelled with the class name.")
     add_data_argument(show)
+    add_labels_argument(show)
     show.add_argument("--out", required=True, type=Path, metavar="FILE",
                       help="image to write (.png; .pdf and .svg also work)")
     show.add_argument("--per-class", type=int, default=10, metavar="N", help="images per class (default 10)")
@@ -47,6 +49,7 @@ def summarize(dataset) -> dict:
         "source": dataset.source,
         "image_shape": list(dataset.train_images.shape[1:]),
         "classes": list(dataset.classes),
+        "labelling": dataset.labelling,  # CIFAR-100: "fine" or "coarse"; None for one set of labels
         "train_size": int(len(dataset.train_labels)),
         "test_size": int(len(dataset.test_labels)),
         "train_counts": counts(dataset.train_labels),
@@ -61,7 +64,8 @@ def _format_info(s: dict) -> str:
     lines = [
         f"source   {s['source']}",
         f"images   {s['train_size']:,} train, {s['test_size']:,} test, "
-        f"{'x'.join(map(str, s['image_shape']))} uint8, {len(s['classes'])} classes",
+        f"{'x'.join(map(str, s['image_shape']))} uint8, {len(s['classes'])} classes"
+        + (f" ({s['labelling']} labels)" if s["labelling"] else ""),
         "",
         f"  {'class':<{width}}  {'train':>7}  {'test':>7}",
     ]
@@ -78,7 +82,7 @@ def _format_info(s: dict) -> str:
 
 
 def run(args) -> int:
-    dataset = load_dataset(args.data, "data")
+    dataset = load_dataset(args.data, "data", args.labels)
     if args.data_command == "info":
         summary = summarize(dataset)
         print(json.dumps(summary, indent=2) if args.json else _format_info(summary))

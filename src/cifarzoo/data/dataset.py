@@ -26,7 +26,7 @@ class Dataset:
     std: tuple[float, float, float] = field(default=(1.0, 1.0, 1.0))  # [0,255] units
     # Which labelling of a source that has several: CIFAR-100's "fine" (100 classes) or
     # "coarse" (20 superclasses); None for sources with one (CIFAR-10, image folders).
-    labels: str | None = None
+    labelling: str | None = None
 
     @property
     def num_classes(self) -> int:

@@ -70,13 +70,17 @@ class TooLarge(pickle.UnpicklingError):
 
 
 class _NdarrayType:
-    __slots__ = ()  # no __dict__: BUILD cannot set attributes on this shared token
     """What the global ``numpy.ndarray`` resolves to: a token, not the class.
 
     The official files only pass ``numpy.ndarray`` to ``_reconstruct``; handing out
     the real class would let ``REDUCE``/``NEWOBJ`` call ``ndarray(shape)`` directly
     and allocate any shape the file declares.
     """
+
+    __slots__ = ()  # no __dict__: BUILD cannot set attributes on this shared token
+
+    def __call__(self, *args, **kwargs):
+        raise RefusedGlobal("numpy", "ndarray called directly")
 
 
 _NDARRAY = _NdarrayType()
@@ -220,6 +224,19 @@ class RestrictedUnpickler(pickle._Unpickler):
     dispatch[pickle.BYTEARRAY8[0]] = _counted(_load_bytearray8)
 
 
+def _read_bounded(f: IO[bytes], max_bytes: int) -> bytes | None:
+    """The whole of ``f``, or None once it proves longer than ``max_bytes``.
+
+    Never ``f.read(max_bytes)``: a file object allocates the size it is asked for.
+    """
+    buf = io.BytesIO()
+    while chunk := f.read(1 << 20):
+        if buf.tell() + len(chunk) > max_bytes:
+            return None
+        buf.write(chunk)
+    return buf.getvalue()
+
+
 def safe_load(data: bytes | IO[bytes], *, source: str, max_bytes: int = MAX_BATCH_BYTES) -> object:
     """Unpickle ``data`` (bytes or a binary file object) with the checks above.
 
@@ -234,8 +251,8 @@ def safe_load(data: bytes | IO[bytes], *, source: str, max_bytes: int = MAX_BATC
     corrupt).
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
-        data = data.read(max_bytes + 1)
-    if len(data) > max_bytes:
+        data = _read_bounded(data, max_bytes)
+    if data is None or len(data) > max_bytes:
         raise DataError(f"{source}: refused: larger than a CIFAR batch file can be "
                         f"(at most {max_bytes:,} bytes)")
     try:

@@ -205,12 +205,12 @@ def build_dataset(
     classes: Iterable[str],
     source: str,
     *,
-    labels: str | None = None,
+    labelling: str | None = None,
 ) -> Dataset:
     """Check shapes, dtypes and label ranges, compute training stats, return a Dataset.
 
     Images must be uint8 ``(N, 32, 32, 3)``; labels integers in ``0..len(classes)-1``.
-    ``labels`` names the labelling of a source that has several (CIFAR-100: "fine" or
+    ``labelling`` names the labelling of a source that has several (CIFAR-100: "fine" or
     "coarse"), None for a source with one. Every source goes through here, so a
     Dataset is always well-formed.
     """
@@ -218,22 +218,22 @@ def build_dataset(
     if not classes:
         raise DataError(f"{source}: no classes")
     out = {}
-    for split, images, labels in (("train", train_images, train_labels), ("test", test_images, test_labels)):
+    for split, images, ys in (("train", train_images, train_labels), ("test", test_images, test_labels)):
         images = np.asarray(images)
-        labels = np.asarray(labels)
+        ys = np.asarray(ys)
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
             raise DataError(f"{source}: {split} images have shape {images.shape} {images.dtype}, "
                             f"expected (N, 32, 32, 3) uint8")
-        if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
-            raise DataError(f"{source}: {split} labels have shape {labels.shape} {labels.dtype}, "
+        if ys.shape != (len(images),) or not np.issubdtype(ys.dtype, np.integer):
+            raise DataError(f"{source}: {split} labels have shape {ys.shape} {ys.dtype}, "
                             f"expected ({len(images)},) integers")
-        _check_label_range(labels, len(classes), f"{source} ({split})")
-        out[split] = (np.ascontiguousarray(images), labels.astype(np.int64))
+        _check_label_range(ys, len(classes), f"{source} ({split})")
+        out[split] = (np.ascontiguousarray(images), ys.astype(np.int64))
     if len(out["train"][0]) == 0:
         raise DataError(f"{source}: no training images")
     mean, std = channel_stats(out["train"][0])
     return Dataset(out["train"][0], out["train"][1], out["test"][0], out["test"][1],
-                   classes, source, mean, std, labels)
+                   classes, source, mean, std, labelling)
 
 
 def _check_label_range(labels: np.ndarray, num_classes: int, where: str) -> None:
@@ -306,10 +306,8 @@ def _assemble(fmt: OfficialFormat, labels: str, read: Callable[[str], object], w
                             f"more than {fmt.name} has ({MAX_IMAGES:,} in all)")
         splits.append((images, y))
     train = splits[:-1]
-    if fmt.labelled:
-        source = f"{source}, {labels} labels"
     return build_dataset(np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]),
-                         *splits[-1], classes, source, labels=labels if fmt.labelled else None)
+                         *splits[-1], classes, source, labelling=labels if fmt.labelled else None)
 
 
 def _check_size(name: str, size: int, total: int) -> None:
