@@ -97,3 +97,35 @@ def test_add_data_argument_is_shared():
     q = argparse.ArgumentParser()
     add_data_argument(q, default_help="the run's own data")
     assert "Default: the run's own data" in " ".join(q.format_help().split())
+
+
+def test_info_on_the_cifar100_archive_fine_and_coarse(cifar100_archive, capsys):
+    assert main(["data", "info", "--data", str(cifar100_archive)]) == 0
+    out = capsys.readouterr().out
+    assert "200 train, 100 test, 32x32x3 uint8, 100 classes (fine labels)" in out
+    assert any(line.split() == ["aquarium_fish", "2", "1"] for line in out.splitlines())
+    assert main(["data", "info", "--data", str(cifar100_archive), "--labels", "coarse", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert len(info["classes"]) == 20 and info["labelling"] == "coarse"
+    assert set(info["train_counts"].values()) == {10} and set(info["test_counts"].values()) == {5}
+
+
+def test_coarse_labels_of_cifar10_is_one_line_and_status_2(fake_archive, capsys):
+    assert main(["data", "info", "--data", str(fake_archive), "--labels", "coarse"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"cifarzoo data: error: --labels coarse: {fake_archive} has one set of labels")
+    assert err.count("\n") == 1
+
+
+def test_show_on_cifar100_draws_a_sample_of_the_classes(cifar100_archive, tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    assert main(["data", "show", "--data", str(cifar100_archive), "--out", str(out), "--per-class", "2",
+                 "--classes", "12"]) == 0
+    with Image.open(out) as im:
+        twelve = im.size[1]
+    assert main(["data", "show", "--data", str(cifar100_archive), "--out", str(out), "--per-class", "2",
+                 "--labels", "coarse"]) == 0  # 20 superclasses: all shown
+    with Image.open(out) as im:
+        twenty = im.size[1]
+    assert 1.5 < twenty / twelve < 1.8  # rows, not 100 of them
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cifar-100-python.tar.gz", "grid.png"]

@@ -248,11 +248,12 @@ def test_interrupted_download_leaves_no_partial_file(cache, fake_archive, monkey
 # --------------------------------------------------------------------------- bad input
 
 
-def _fails(spec, match: str, watched: Path) -> DataError:
-    """Load ``spec``; it must raise a DataError matching ``match`` and change nothing under ``watched``."""
+def _fails(spec, match: str, watched: Path, **kwargs) -> DataError:
+    """Load ``spec`` (with ``kwargs``); it must raise a DataError matching ``match`` and change
+    nothing under ``watched``."""
     before = tree(watched)
     with pytest.raises(DataError, match=match) as err:
-        load(spec)
+        load(spec, **kwargs)
     assert tree(watched) == before
     assert "\n" not in str(err.value)
     return err.value
@@ -355,3 +356,274 @@ def test_unrecognized_spec_lists_the_accepted_forms(tmp_path, make):
     err = _fails(str(target), f"^--data {target}: ", tmp_path)
     for form in ("'sample'", "cifar-10-python.tar.gz", "cifar-10-batches-py/", "train/<class>/"):
         assert form in str(err)
+
+
+# --------------------------------------------------------------------------- size limits before reading
+
+
+def test_archive_member_declaring_gigabytes_is_refused_before_it_is_read(tmp_path):
+    import tarfile
+
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo("cifar-10-batches-py/data_batch_1")
+        info.size = 3 << 30  # the header says 3 GiB; the data is not even there
+        tar.addfile(info)
+    _fails(archive, rf"^{archive}:cifar-10-batches-py/data_batch_1: refused: it is 3,221,225,472 bytes, "
+                    r"more than a CIFAR dataset's files can be \(at most 199,680,000 bytes", tmp_path)
+
+
+def test_archive_members_that_together_exceed_a_dataset_are_refused(tmp_path, fake_cifar, fake_files, monkeypatch):
+    # Each member fits, all of them do not: lower the bound instead of writing 200 MB.
+    archive = fake_files.write_archive(tmp_path / "cifar-10-python.tar.gz", fake_cifar)
+    monkeypatch.setattr(sources, "MAX_BATCH_BYTES", 100_000)
+    _fails(archive, rf"^{archive}:cifar-10-batches-py/data_batch_\d: refused: with it the dataset's files "
+                    r"come to \d{3},\d{3} bytes", tmp_path)
+
+
+def test_batch_file_larger_than_a_dataset_is_refused_without_reading(tmp_path, fake_cifar, fake_files):
+    folder = fake_files.write_batches(tmp_path / "cifar-10-batches-py", fake_cifar)
+    with open(folder / "data_batch_5", "r+b") as f:
+        f.truncate(3 << 30)  # sparse: no disk space used; reading it would take 3 GiB
+    _fails(folder, rf"^{folder / 'data_batch_5'}: refused: it is 3,221,225,472 bytes", tmp_path)
+
+
+def test_more_images_than_cifar_has_in_all_is_refused(tmp_path, fake_cifar, fake_files, monkeypatch):
+    monkeypatch.setattr(sources, "MAX_IMAGES", 70)  # the fake has 60 train + 20 test
+    folder = fake_files.write_batches(tmp_path / "cifar-10-batches-py", fake_cifar)
+    _fails(folder, rf"^{folder}/test_batch: refused: the files up to this one hold 80 images, "
+                   r"more than CIFAR-10 has \(70 in all\)", tmp_path)
+
+
+# --------------------------------------------------------------------------- CIFAR-100
+
+
+def assert_same_as_fake100(ds: Dataset, fake, labels: str = "fine") -> None:
+    coarse = labels == "coarse"
+    assert ds.classes == (fake.coarse_classes if coarse else fake.classes)
+    assert ds.num_classes == (20 if coarse else 100) and ds.labelling == labels
+    np.testing.assert_array_equal(ds.train_images, fake.train_images)
+    np.testing.assert_array_equal(ds.test_images, fake.test_images)
+    np.testing.assert_array_equal(ds.train_labels, fake.train_coarse if coarse else fake.train_labels)
+    np.testing.assert_array_equal(ds.test_labels, fake.test_coarse if coarse else fake.test_labels)
+
+
+@pytest.mark.parametrize("labels", ["fine", "coarse"])
+def test_cifar100_archive_with_fine_or_coarse_labels(cifar100_archive, fake_cifar100, tmp_path, labels):
+    before = tree(tmp_path)
+    ds = load(cifar100_archive, labels=labels)
+    assert_same_as_fake100(ds, fake_cifar100, labels)
+    assert ds.source == f"archive {cifar100_archive}"
+    assert tree(tmp_path) == before  # read in place
+    assert ds.classes[:3] == (("aquatic_mammals", "fish", "flowers") if labels == "coarse"
+                              else ("apple", "aquarium_fish", "baby"))
+
+
+def test_cifar100_folder_its_parent_and_a_folder_with_the_archive(cifar100_folder, fake_cifar100, fake_files,
+                                                                  tmp_path):
+    assert_same_as_fake100(load(cifar100_folder), fake_cifar100)
+    assert_same_as_fake100(load(cifar100_folder.parent, labels="coarse"), fake_cifar100, "coarse")
+    other = tmp_path / "dl"
+    other.mkdir()
+    fake_files.write_cifar100_archive(other / "cifar-100-python.tar.gz", fake_cifar100)
+    assert_same_as_fake100(load(other), fake_cifar100)
+
+
+def test_coarse_labels_of_a_source_with_one_labelling_are_refused(fake_archive, fake_image_folder, tmp_path):
+    _fails(fake_archive, rf"^--labels coarse: {fake_archive} has one set of labels; only CIFAR-100", tmp_path,
+           labels="coarse")
+    with pytest.raises(DataError, match=r"^--labels coarse: image folder .* has one set of labels"):
+        load(fake_image_folder, labels="coarse")
+    with pytest.raises(DataError, match=r"^--labels coarse: the sample \(CIFAR-10\) has one set"):
+        load("sample", labels="coarse")
+    with pytest.raises(DataError, match=r"^--labels medium: expected one of fine, coarse"):
+        load(fake_archive, labels="medium")
+    assert load(fake_archive).labelling is None
+
+
+def _batch100(fake_files, changes: dict) -> dict:
+    batch = dict(fake_files.cifar100_files(fake_files.make100())["train"])
+    batch.update({k.encode(): v for k, v in changes.items()})
+    batch = {k: v for k, v in batch.items() if v is not None}
+    return batch
+
+
+@pytest.mark.parametrize("labels, change, match", [
+    ("fine", dict(fine_labels=[100] * 200), r"labels must lie in 0\.\.99 \(100 classes\), found 100"),
+    ("coarse", dict(coarse_labels=[20] * 200), r"labels must lie in 0\.\.19 \(20 classes\), found 20"),
+    ("coarse", dict(coarse_labels=None), r"missing key 'coarse_labels'"),
+    ("fine", dict(fine_labels=[0] * 7), r"'fine_labels' has shape \(7,\)"),
+])
+def test_malformed_cifar100_batch_is_named(tmp_path, fake_files, labels, change, match):
+    fake = fake_files.make100()
+    archive = fake_files.write_cifar100_archive(tmp_path / "c.tar.gz", fake,
+                                                overrides={"train": _batch100(fake_files, change)})
+    with pytest.raises(DataError, match=rf"^{archive}:cifar-100-python/train: {match}"):
+        load(archive, labels=labels)
+    folder = fake_files.write_cifar100_folder(tmp_path / "cifar-100-python", fake,
+                                              overrides={"train": _batch100(fake_files, change)})
+    before = tree(tmp_path)
+    with pytest.raises(DataError, match=rf"^{folder / 'train'}: {match}"):
+        load(folder, labels=labels)
+    assert tree(tmp_path) == before
+
+
+def test_cifar100_meta_without_coarse_names_and_missing_files(tmp_path, fake_files):
+    fake = fake_files.make100()
+    folder = fake_files.write_cifar100_folder(tmp_path / "cifar-100-python", fake,
+                                              overrides={"meta": {b"fine_label_names": [b"a"] * 100}})
+    _fails(folder, rf"^{folder / 'meta'}: 'coarse_label_names' missing", tmp_path, labels="coarse")
+    (folder / "test").unlink()
+    _fails(folder, rf"^{folder}: missing test \(a cifar-100-python folder holds train, test, meta\)", tmp_path)
+    archive = fake_files.write_cifar100_archive(tmp_path / "c.tar.gz", fake, skip=("meta",))
+    _fails(archive, rf"^{archive}: archive lacks meta \(expected cifar-100-python/\{{train,test,meta\}}\)",
+           tmp_path)
+
+
+def test_crafted_cifar100_train_file_is_refused_by_name(tmp_path, fake_files):
+    payload = b"cos\nsystem\n(S'touch " + str(tmp_path / "pwned").encode() + b"'\ntR."
+    archive = fake_files.write_cifar100_archive(tmp_path / "c.tar.gz", fake_files.make100(),
+                                                overrides={"train": payload})
+    _fails(archive, rf"^{archive}:cifar-100-python/train: refused to unpickle: it asks for os.system", tmp_path)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_cifar100_default_downloads_beside_cifar10_and_reuses(cache, fake_cifar100, fake_cifar, fake_files,
+                                                              tmp_path, monkeypatch):
+    served = fake_files.write_cifar100_archive(tmp_path / "served100.tar.gz", fake_cifar100)
+    monkeypatch.setattr(sources, "CIFAR100_URL", served.resolve().as_uri())
+    monkeypatch.setattr(sources, "CIFAR100_MD5", hashlib.md5(served.read_bytes()).hexdigest())
+    fake_files.write_batches(cache / "cifar-10-batches-py", fake_cifar)  # CIFAR-10 is there already
+    assert_same_as_fake100(load("cifar100", labels="coarse", progress=False), fake_cifar100, "coarse")
+    assert tree(cache) - {f"cifar-10-batches-py/{n}" for n in sources.CIFAR10.files} \
+        == {"cifar-10-batches-py", "cifar-100-python.tar.gz"}
+    monkeypatch.setattr(sources, "CIFAR100_URL", (tmp_path / "gone").as_uri())
+    assert_same_as_fake100(load("cifar100"), fake_cifar100)  # from the cache
+    assert_same_as_fake(load("cifar10"), fake_cifar)  # and CIFAR-10 is still CIFAR-10
+    assert_same_as_fake(load(None), fake_cifar)
+
+
+def test_cifar10_default_is_not_satisfied_by_cifar100(cache, fake_cifar100, fake_files, monkeypatch):
+    cache.mkdir()
+    fake_files.write_cifar100_archive(cache / "cifar-100-python.tar.gz", fake_cifar100)
+    monkeypatch.setattr(sources, "DOWNLOAD_URL", (cache / "nowhere.tar.gz").as_uri())
+    with pytest.raises(DataError, match="could not download CIFAR-10 from"):
+        load(None, progress=False)
+    assert tree(cache) == {"cifar-100-python.tar.gz"}
+
+
+def test_cifar100_offline_names_its_archive_and_keeps_nothing(cache, monkeypatch):
+    assert sources.CIFAR100_URL == "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+    assert sources.CIFAR100_MD5 == "eb9058c3a382ffc7106e4002c42a8d85"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(sources, "CIFAR100_URL", f"http://127.0.0.1:{port}/cifar-100-python.tar.gz")
+    with pytest.raises(DataError) as err:
+        load("cifar100", progress=False)
+    message = str(err.value)
+    assert message.startswith(f"could not download CIFAR-100 from http://127.0.0.1:{port}/")
+    assert "cifar-100-python.tar.gz" in message and "--data PATH" in message and "--data sample" in message
+    assert "\n" not in message
+    assert tree(cache) == set()
+
+
+# --------------------------------------------------------------------------- images read rightly
+
+
+def _grey16() -> np.ndarray:
+    """A 16-bit ramp over the whole 0..65535 range, (32, 32) uint16."""
+    return np.linspace(0, 65535, 32 * 32).round().astype(np.uint16).reshape(32, 32)
+
+
+def _as_8bit(values: np.ndarray) -> np.ndarray:
+    return np.repeat(np.round(values / 257.0).astype(np.uint8)[..., None], 3, axis=-1)
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I;16B", "I"])
+def test_16bit_greyscale_is_scaled_to_8_bits(tmp_path, mode):
+    values = _grey16()
+    if mode == "I;16":  # as a 16-bit PNG reads back
+        im, path = Image.fromarray(values), tmp_path / "g16.png"
+    elif mode == "I;16B":
+        im, path = Image.frombytes("I;16B", (32, 32), values.astype(">u2").tobytes()), tmp_path / "g16b.tif"
+    else:
+        im, path = Image.fromarray(values.astype(np.int32)), tmp_path / "g32.tif"
+    im.save(path)
+    with Image.open(path) as check:
+        assert check.mode == mode
+    x = load_image_file(path)
+    np.testing.assert_array_equal(x, _as_8bit(values))  # not solid white
+    assert x.min() == 0 and x.max() == 255
+
+
+def test_16bit_pngs_in_an_image_folder(tmp_path, fake_files):
+    root = fake_files.write_image_folder(tmp_path / "imgs", fake_files.make(train_per_class=1, test_per_class=1,
+                                                                             classes=("a", "b")))
+    Image.fromarray(_grey16()).save(root / "train" / "b" / "zz16.png")
+    ds = load(root)
+    np.testing.assert_array_equal(ds.train_images[-1], _as_8bit(_grey16()))
+
+
+def test_32bit_values_beyond_16_bits_are_refused_by_name(tmp_path):
+    path = tmp_path / "wide.tif"
+    Image.fromarray(np.full((32, 32), 70000, np.int32)).save(path)
+    with pytest.raises(DataError, match=rf"^{path}: cannot read this image \(ValueError: I pixel values span "
+                                        r"70000\.\.70000, outside the 16-bit range"):
+        load_image_file(path)
+
+
+def _halves() -> np.ndarray:
+    """Left half red, right half blue: a 180-degree turn swaps them."""
+    x = np.zeros((32, 32, 3), np.uint8)
+    x[:, :16, 0] = 255
+    x[:, 16:, 2] = 255
+    return x
+
+
+def _with_orientation(path: Path, pixels: np.ndarray, orientation: int) -> Path:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(pixels).save(path, exif=exif)
+    return path
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_exif_orientation_applies_to_every_size(tmp_path, size):
+    pixels = np.repeat(np.repeat(_halves(), size // 32, axis=0), size // 32, axis=1)
+    turned = load_image_file(_with_orientation(tmp_path / "r.png", pixels, 3))  # 3: rotate 180
+    upright = load_image_file(_with_orientation(tmp_path / "u.png", pixels, 1))
+    away_from_the_edge = np.r_[0:12, 20:32]  # Lanczos blurs the middle columns when resizing
+    np.testing.assert_array_equal(turned[:, away_from_the_edge], _halves()[::-1, ::-1][:, away_from_the_edge])
+    np.testing.assert_array_equal(upright[:, away_from_the_edge], _halves()[:, away_from_the_edge])
+
+
+def test_exif_orientation_in_an_image_folder(tmp_path, fake_files):
+    root = fake_files.write_image_folder(tmp_path / "imgs", fake_files.make(train_per_class=1, test_per_class=1,
+                                                                             classes=("a", "b")))
+    _with_orientation(root / "test" / "a" / "zz.png", _halves(), 6)  # 6: rotate 90 clockwise
+    ds = load(root)
+    np.testing.assert_array_equal(ds.test_images[ds.test_labels == 0][-1], np.rot90(_halves(), -1))
+
+
+def test_predict_reads_images_through_the_same_function(tmp_path, monkeypatch):
+    """predict_files decodes with data's load_image_file: 16-bit and EXIF fixes reach it."""
+    from cifarzoo import predict
+
+    seen = []
+
+    class Recorder:
+        classes = ["x", "y"]
+
+        def predict_logits(self, images):
+            seen.append(images.copy())
+            return np.zeros((len(images), 2), np.float32)
+
+    monkeypatch.setattr(predict, "load_classifier", lambda source, device="auto": Recorder())
+    grey = tmp_path / "g16.png"
+    Image.fromarray(_grey16()).save(grey)
+    turned = _with_orientation(tmp_path / "r.png", _halves(), 3)
+    results = predict.predict_files("model", [grey, turned], top_k=1, device="cpu")
+    assert all(r.ok for r in results)
+    np.testing.assert_array_equal(seen[0][0], _as_8bit(_grey16()))
+    np.testing.assert_array_equal(seen[0][1], _halves()[::-1, ::-1])

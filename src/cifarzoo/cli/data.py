@@ -36,7 +36,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                       help="image to write (.png; .pdf and .svg also work)")
     show.add_argument("--per-class", type=int, default=10, metavar="N", help="images per class (default 10)")
     show.add_argument("--split", choices=("train", "test"), default="train", help="which split (default train)")
-    show.add_argument("--seed", type=int, default=0, help="which images are picked (default 0)")
+    show.add_argument("--classes", type=int, default=20, metavar="N",
+                      help="at most N rows; with more classes (CIFAR-100), a random N of them (default 20)")
+    show.add_argument("--seed", type=int, default=0, help="which images (and classes) are picked (default 0)")
     return parser
 
 
@@ -89,6 +91,7 @@ def run(args) -> int:
         return 0
     from cifarzoo.data.show import draw_class_grid
 
-    path = draw_class_grid(dataset, args.out, per_class=args.per_class, seed=args.seed, split=args.split)
+    path = draw_class_grid(dataset, args.out, per_class=args.per_class, seed=args.seed, split=args.split,
+                           max_classes=args.classes)
     print(f"wrote {path}")
     return 0

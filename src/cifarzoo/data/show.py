@@ -14,11 +14,13 @@ LABEL_IN = 1.15  # left margin for the class names
 
 
 def draw_class_grid(dataset: Dataset, out_path: str | os.PathLike, per_class: int = 10,
-                    seed: int = 0, split: str = "train") -> Path:
+                    seed: int = 0, split: str = "train", max_classes: int = 20) -> Path:
     """Draw ``per_class`` random images of each class of ``split``, one row per class.
 
-    Rows follow ``dataset.classes`` and carry the class name; images are drawn
-    pixel-exact (nearest-neighbour). The same ``seed`` picks the same images. The file
+    Rows follow ``dataset.classes`` and carry the class name; with more than
+    ``max_classes`` classes (CIFAR-100), a random ``max_classes`` of them are shown, in
+    order, and the title says how many. Images are drawn pixel-exact
+    (nearest-neighbour). The same ``seed`` picks the same classes and images. The file
     (PNG unless ``out_path`` ends in .pdf or .svg) is written to a temp file beside it
     and renamed, so a crash never leaves a half-written image. Returns the path.
     """
@@ -28,6 +30,8 @@ def draw_class_grid(dataset: Dataset, out_path: str | os.PathLike, per_class: in
 
     if per_class < 1:
         raise CifarzooError(f"--per-class must be at least 1, got {per_class}")
+    if max_classes < 1:
+        raise CifarzooError(f"--classes must be at least 1, got {max_classes}")
     if split not in ("train", "test"):
         raise CifarzooError(f"split must be 'train' or 'test', got {split!r}")
     images = dataset.train_images if split == "train" else dataset.test_images
@@ -38,14 +42,18 @@ def draw_class_grid(dataset: Dataset, out_path: str | os.PathLike, per_class: in
         raise CifarzooError(f"{out}: cannot write .{fmt} images; use .png, .pdf or .svg")
 
     rng = np.random.default_rng(seed)
-    rows, cols = dataset.num_classes, per_class
+    shown_classes = np.arange(dataset.num_classes)
+    if dataset.num_classes > max_classes:
+        shown_classes = np.sort(rng.choice(dataset.num_classes, size=max_classes, replace=False))
+    rows, cols = len(shown_classes), per_class
     fig = Figure(figsize=(LABEL_IN + cols * CELL_IN, 0.45 + rows * CELL_IN), dpi=100)
     width, height = fig.get_size_inches()
     fig.subplots_adjust(left=LABEL_IN / width, right=1 - 0.05 / width, bottom=0.05 / height,
                         top=1 - 0.4 / height, wspace=0.06, hspace=0.06)
     axes = fig.subplots(rows, cols, squeeze=False)
-    for r, name in enumerate(dataset.classes):
-        members = np.flatnonzero(labels == r)
+    for r, k in enumerate(shown_classes.tolist()):
+        name = dataset.classes[k]
+        members = np.flatnonzero(labels == k)
         picked = np.sort(rng.choice(members, size=min(cols, len(members)), replace=False))
         for c, ax in enumerate(axes[r]):
             ax.set_axis_off()
@@ -53,8 +61,9 @@ def draw_class_grid(dataset: Dataset, out_path: str | os.PathLike, per_class: in
                 ax.imshow(images[picked[c]], interpolation="nearest")
         axes[r, 0].text(-0.12, 0.5, name, transform=axes[r, 0].transAxes, ha="right", va="center",
                         fontsize=11)
-    shown = min(cols, int(np.bincount(labels, minlength=rows).max()) if len(labels) else 0)
-    fig.suptitle(f"{split} images, {shown} per class", fontsize=11,
+    shown = min(cols, int(np.bincount(labels, minlength=dataset.num_classes).max()) if len(labels) else 0)
+    which = f", {rows} of {dataset.num_classes} classes" if rows < dataset.num_classes else ""
+    fig.suptitle(f"{split} images, {shown} per class{which}", fontsize=11,
                  x=0.5, y=1 - 0.08 / height, va="top")
 
     from cifarzoo.train.checkpoint import atomic_write_bytes
