@@ -242,3 +242,13 @@ def test_peak_memory_of_refused_files_stays_small(tmp_path, fake_files):
     assert refused == len(paths)
     assert traced_peak < 50e6, f"{traced_peak:,} bytes allocated at the peak"
     assert rss_peak < 400e6, f"{rss_peak:,} bytes resident at the peak"
+
+
+def test_arrays_are_counted_over_the_whole_file():
+    # [_reconstruct(ndarray, (600,), b'B')] * 2 (distinct arrays): 600 bytes each, 1,200 in all
+    one = b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nM\x58\x02\x85U\x01B\x87Ra"
+    two = b"\x80\x02]" + one + one + b"."
+    assert [a.shape for a in safe_load(two, source="f", max_bytes=1_300)] == [(600,), (600,)]
+    with pytest.raises(DataError, match=r"^f: refused to unpickle: it declares arrays of 1,200 bytes in all, "
+                                        r"more than a CIFAR batch file can hold \(at most 1,000 bytes"):
+        safe_load(two, source="f", max_bytes=1_000)

@@ -162,15 +162,17 @@ class RestrictedUnpickler(pickle._Unpickler):
             nbytes *= d
         self._array_bytes += nbytes
         if self._array_bytes > self.max_bytes:
-            raise TooLarge(f"it declares a {dtype} array of shape {shape} ({nbytes:,} bytes), more "
-                           f"than a CIFAR batch file can hold (at most {self.max_bytes:,} bytes, "
-                           f"{MAX_IMAGES:,} images)")
+            what = f"a {dtype} array of shape {shape} ({nbytes:,} bytes)" if nbytes > self.max_bytes else \
+                f"arrays of {self._array_bytes:,} bytes in all"
+            raise TooLarge(f"it declares {what}, more than a CIFAR batch file can hold (at most "
+                           f"{self.max_bytes:,} bytes, {MAX_IMAGES:,} images)")
         return shape
 
     def _reconstruct(self, subtype, shape, dtype):
         if subtype is not _NDARRAY:
             raise pickle.UnpicklingError(f"_reconstruct of {subtype!r}, expected numpy.ndarray")
-        return _RECONSTRUCT(np.ndarray, self._claim(shape, self._dtype(dtype)), self._dtype(dtype))
+        dtype = self._dtype(dtype)
+        return _RECONSTRUCT(np.ndarray, self._claim(shape, dtype), dtype)
 
     def _frombuffer(self, buf, dtype, shape, order):
         if not isinstance(buf, (bytes, bytearray)) or not isinstance(dtype, np.dtype):
