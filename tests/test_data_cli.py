@@ -85,6 +85,8 @@ def test_grid_rejects_bad_arguments_without_writing(small_dataset, tmp_path):
         draw_class_grid(small_dataset, tmp_path / "g.png", per_class=0)
     with pytest.raises(CifarzooError, match=r"cannot write \.gif"):
         draw_class_grid(small_dataset, tmp_path / "g.gif")
+    with pytest.raises(CifarzooError, match="--classes must be at least 1, got 0"):
+        draw_class_grid(small_dataset, tmp_path / "g.png", max_classes=0)
     assert list(tmp_path.iterdir()) == []
 
 

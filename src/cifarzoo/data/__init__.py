@@ -1,6 +1,7 @@
 """Data layer: one function in (``load``), one in-memory form out (:class:`Dataset`).
 
-``load(spec)`` reads any supported source (see :mod:`cifarzoo.data.sources`);
+``load(spec, labels="fine")`` reads any supported source, CIFAR-10 or CIFAR-100 (see
+:mod:`cifarzoo.data.sources`);
 :class:`DeviceLoader` keeps a split on the device and makes augmented, normalized
 batches there; :func:`normalize` is the one transform shared by train, evaluate,
 predict and export.
