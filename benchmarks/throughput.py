@@ -78,7 +78,7 @@ def parse_variant(name: str, project: Variant) -> Variant:
 
 def project_variant(config, device: torch.device) -> Variant:
     """The precision / layout / compile that fit() picks for ``config`` on ``device``."""
-    from cifarzoo.train.loop import resolve_compile, resolve_precision
+    from cifarzoo.device import resolve_compile, resolve_precision
 
     steps = TRAIN_IMAGES.get(config.data, 50000) // config.batch_size * config.epochs
     precision = resolve_precision(config.precision, device)
@@ -127,7 +127,7 @@ class Bench:
         self.i = 0
 
     def train_steps(self, n: int) -> None:
-        from cifarzoo.inference import autocast_context
+        from cifarzoo.device import autocast_context
         from cifarzoo.train.loop import _model_loss
 
         self.train_model.train()
@@ -148,7 +148,7 @@ class Bench:
                 self.lookahead.step(self.model, self.i % 1000 + 1, 1000)
 
     def infer_steps(self, n: int) -> None:
-        from cifarzoo.inference import autocast_context
+        from cifarzoo.device import autocast_context
 
         self.infer_model.eval()
         with torch.inference_mode(), autocast_context(self.device, self.variant.precision):

@@ -157,7 +157,7 @@ def main(argv=None) -> int:
     from cifarzoo import data as data_mod
     from cifarzoo.errors import CifarzooError
     from cifarzoo.train import fit, make_config
-    from cifarzoo.train.loop import resolve_device
+    from cifarzoo.device import resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)

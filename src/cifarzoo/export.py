@@ -47,7 +47,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -57,6 +56,7 @@ from typing import Any
 import numpy as np
 
 from cifarzoo.errors import CifarzooError
+from cifarzoo.io import atomic_file
 
 FORMAT = "cifarzoo.onnx"
 FORMAT_VERSION = 1
@@ -264,25 +264,6 @@ def _metadata(ckpt: dict, *, layout: str, opset: int, exporter: str) -> dict[str
     }
 
 
-def _write_temp_beside(target: Path, data: bytes) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        # mkstemp makes the file owner-only (0600); an exported model is meant to be
-        # shared, so give it the mode a plain open() would (0666 less the umask).
-        if hasattr(os, "fchmod"):  # POSIX
-            umask = os.umask(0)
-            os.umask(umask)
-            os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return Path(tmp)
-
-
 def export_onnx(
     run_or_checkpoint: str | os.PathLike,
     out: str | os.PathLike | None = None,
@@ -403,8 +384,10 @@ def export_onnx(
     except Exception as exc:
         raise CifarzooError(f"the exported graph of {name!r} is not valid ONNX ({exc}); report this as a bug") from exc
 
-    tmp = _write_temp_beside(target, proto.SerializeToString())
-    try:
+    # Renamed into place only once ONNX Runtime's logits match; deleted otherwise.
+    with atomic_file(target) as (f, tmp):
+        f.write(proto.SerializeToString())
+        f.flush()
         try:
             session = OnnxClassifier(tmp, threads=1)  # a handful of images: threads would only spin
         except CifarzooError as exc:
@@ -437,10 +420,6 @@ def export_onnx(
                 f"(top-1 agreement {top1:.1%} on {len(images)} images); nothing written to {target}; {hint}"
             )
         del session
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return ExportResult(
         path=target,
         max_abs_diff=diff,

@@ -56,11 +56,12 @@ import numpy as np
 
 from cifarzoo import __version__
 from cifarzoo.errors import CifarzooError
-from cifarzoo.study import plots
+from cifarzoo import plots
 from cifarzoo.study.runner import EVAL_FILE, StudyPlan, load_plan
-from cifarzoo.train.checkpoint import CHECKPOINT_NAME, atomic_write_bytes
+from cifarzoo.io import atomic_write_bytes, read_json, write_json
+from cifarzoo.train.checkpoint import CHECKPOINT_NAME
 from cifarzoo.train.config import ORIGINAL_STUDY
-from cifarzoo.train.rundir import read_json, read_metrics, write_json
+from cifarzoo.train.rundir import read_metrics
 
 SCHEMA = "cifarzoo.study.results/1"
 RESULT_COLUMNS = (

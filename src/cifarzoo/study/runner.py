@@ -40,7 +40,8 @@ from cifarzoo import __version__
 from cifarzoo.errors import CifarzooError, TrainingError
 from cifarzoo.train.config import PRESETS, STUDY_MODELS, TrainConfig, make_config
 from cifarzoo.train.loop import Reporter
-from cifarzoo.train.rundir import read_json, read_metrics, write_json
+from cifarzoo.io import read_json, write_json
+from cifarzoo.train.rundir import read_metrics
 
 STUDY_FILE = "study.json"
 RUNS_DIR = "runs"

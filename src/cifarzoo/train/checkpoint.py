@@ -23,7 +23,6 @@ nanoGPT's ``sample.py`` does from ``model_args``.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,37 +30,11 @@ import torch
 from torch import nn
 
 from cifarzoo.errors import CifarzooError
+from cifarzoo.io import atomic_write_bytes
 
 FORMAT = "cifarzoo.checkpoint"
 VERSION = 1
 CHECKPOINT_NAME = "checkpoint.pt"
-
-
-def atomic_write_bytes(path: str | os.PathLike, write) -> None:
-    """Call ``write(fileobj)`` on a temp file beside ``path``, fsync, then rename over ``path``.
-
-    A crash or Ctrl-C mid-write leaves the previous file intact and no partial file
-    under the final name.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp makes the file 0600; give it the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:

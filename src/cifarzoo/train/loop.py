@@ -11,8 +11,6 @@ from __future__ import annotations
 import inspect
 import math
 import os
-import platform
-import resource
 import sys
 import time
 from dataclasses import dataclass
@@ -27,12 +25,15 @@ from torch import nn
 from cifarzoo import __version__
 from cifarzoo.data import Dataset
 from cifarzoo.errors import CifarzooError, TrainingError
-from cifarzoo.inference import autocast_context, loss_and_accuracy, predict_logits
+from cifarzoo.device import (autocast_context, device_name, peak_memory_bytes, resolve_compile,  # noqa: F401
+                             resolve_device, resolve_precision)
+from cifarzoo.inference import loss_and_accuracy, predict_logits
 from cifarzoo.train import distributed as D
 from cifarzoo.train import guards
 from cifarzoo.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from cifarzoo.train.config import TrainConfig
-from cifarzoo.train.rundir import new_run_dir, plot_curves, write_json, write_metrics
+from cifarzoo.io import write_json
+from cifarzoo.train.rundir import new_run_dir, plot_curves, write_metrics
 
 
 # --------------------------------------------------------------------------- results
@@ -54,34 +55,6 @@ class Reporter:
 
 
 # --------------------------------------------------------------------------- set-up helpers
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise CifarzooError("--device cuda: no CUDA GPU is available to this torch build; use --device cpu")
-    return torch.device(name)
-
-
-def resolve_precision(name: str, device: torch.device) -> str:
-    """``auto``: bf16 autocast on GPUs that support it, fp32 on CPU (bf16 on CPU only when asked:
-    measured faster with one thread and slower with two on a shared machine, see benchmarks/RESULTS.md)."""
-    if name == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return "bf16"
-        return "fp32"
-    if name == "fp16" and device.type != "cuda":
-        raise CifarzooError("--precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
-    return name
-
-
-def resolve_compile(mode: str, device: torch.device, total_steps: int) -> bool:
-    """Whether ``fit`` wraps the model in torch.compile (``auto``: long GPU runs only).
-
-    benchmarks/throughput.py calls this too, so its "project path" is what fit does.
-    """
-    return mode == "on" or (mode == "auto" and device.type == "cuda" and total_steps >= 1000)
-
-
 def split_dataset(ds: Dataset, config: TrainConfig):
     """Apply ``subset`` and ``val_split``; returns (train_x, train_y, eval_x, eval_y, eval_name).
 
@@ -184,19 +157,6 @@ def lr_factor(step: int, total: int, steps_per_epoch: int, c: TrainConfig) -> fl
     if c.schedule == "step":
         return 1.0 if progress < 0.5 else (0.1 if progress < 0.75 else 0.01)
     return 1.0
-
-
-def _peak_memory_bytes(device: torch.device) -> tuple[int, str]:
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device)), "cuda max_memory_allocated"
-    # ru_maxrss is KiB on Linux: the whole process's peak resident memory.
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "process peak RSS"
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def _rng_state(device: torch.device) -> dict:
@@ -357,7 +317,7 @@ def fit(
             "train_images": int(len(train_y)), "eval_images": int(len(eval_y)), "eval_split": eval_name,
             "test_images": int(len(ds.test_labels)),
         },
-        "device": str(device), "device_name": _device_name(device), "precision": precision,
+        "device": str(device), "device_name": device_name(device), "precision": precision,
         "compiled": bool(use_compile), "world_size": dist.world_size,
         "versions": {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__,
                      "cifarzoo": __version__},
@@ -512,7 +472,7 @@ def fit(
                                 precision=precision, channels_last=c.channels_last, tta=True)
     test_loss, test_acc = loss_and_accuracy(logits, ds.test_labels)
     test_loss_tta, test_acc_tta = loss_and_accuracy(logits_tta, ds.test_labels)
-    peak, peak_kind = _peak_memory_bytes(device)
+    peak, peak_kind = peak_memory_bytes(device)
     from cifarzoo.models.summary import count_macs
 
     macs = count_macs(models.create(c.model, num_classes=C, width_mult=c.width_mult, **c.model_kwargs))

@@ -13,15 +13,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import math
 import os
 import time
 from pathlib import Path
-from typing import Any
 
-from cifarzoo.errors import CifarzooError
-from cifarzoo.train.checkpoint import atomic_write_bytes
+from cifarzoo.io import atomic_write_bytes, read_json, save_figure, write_json  # noqa: F401  (re-exported)
 
 METRIC_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "eval_loss", "eval_acc",
                   "epoch_seconds", "elapsed_seconds", "images_per_second")
@@ -36,31 +32,6 @@ def new_run_dir(model: str, root: str | os.PathLike = "runs") -> Path:
         n += 1
         path = Path(f"{base}-{n}")
     return path
-
-
-def _clean(obj):
-    """JSON has no NaN/Infinity: write them as null rather than emit invalid JSON."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    return obj
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    text = json.dumps(_clean(obj), indent=2, sort_keys=False) + "\n"
-    atomic_write_bytes(path, lambda f: f.write(text.encode()))
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise CifarzooError(f"{path}: file not found") from None
-    except json.JSONDecodeError as exc:
-        raise CifarzooError(f"{path}: not valid JSON ({exc})") from None
 
 
 def write_metrics(path: str | os.PathLike, rows: list[dict]) -> None:
@@ -82,26 +53,7 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
 
 
 def plot_curves(path: str | os.PathLike, rows: list[dict], title: str = "") -> None:
-    """Loss and accuracy per epoch, train and eval, side by side."""
-    import matplotlib
+    """Loss and accuracy per epoch, train and eval, side by side (see :mod:`cifarzoo.plots`)."""
+    from cifarzoo.plots import plot_curves as _plot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [r["epoch"] for r in rows]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
-    ax1.plot(epochs, [r["train_loss"] for r in rows], "o-", label="train")
-    ax1.plot(epochs, [r["eval_loss"] for r in rows], "s-", label="eval")
-    ax1.set_xlabel("epoch"), ax1.set_ylabel("loss"), ax1.set_title("loss"), ax1.legend()
-    ax2.plot(epochs, [100 * r["train_acc"] for r in rows], "o-", label="train")
-    ax2.plot(epochs, [100 * r["eval_acc"] for r in rows], "s-", label="eval")
-    ax2.set_xlabel("epoch"), ax2.set_ylabel("accuracy (%)"), ax2.set_title("accuracy"), ax2.legend()
-    for ax in (ax1, ax2):
-        ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, lambda f: f.write(buf.getvalue()))
+    _plot(path, rows, title=title)
