@@ -5,12 +5,13 @@
     python benchmarks/throughput.py --device cpu --models fastnet,resnet18 --variants all
     python benchmarks/throughput.py --device cpu --json out.json --markdown out.md
 
-The training step is the one ``cifarzoo.train.fit`` runs: zero_grad, forward under
-autocast, the recipe's loss (label smoothing, Inception's auxiliary heads), backward,
-the recipe's optimizer step, the schedule step and the EMA or lookahead update when
-the recipe has one (fastnet: lookahead, frozen whitening filters); the loss is stored
-into a device tensor as fit does (no host sync). Its
-input is a fixed batch already on the device, so the data loader is not timed.
+The training step is the one ``cifarzoo.train.fit`` runs, built by the trainer's own
+``build_model`` and ``make_step``: zero_grad, forward under autocast, the recipe's loss
+(label smoothing, Inception's auxiliary heads), backward, the recipe's optimizer step,
+the schedule step and the EMA or lookahead update when the recipe has one (fastnet:
+lookahead, frozen whitening filters); the loss is stored into a device tensor as fit
+does (no host sync). Its input is a fixed batch already on the device, so the data
+loader is not timed.
 
 Variants. ``fp32`` is a plain eager fp32 step (on CUDA with PyTorch's defaults, which
 let cuDNN use TF32 for convolutions; the JSON records the flags). ``project`` is what
@@ -92,33 +93,26 @@ def _sync(device: torch.device) -> None:
 
 
 class Bench:
-    """One model under one variant: its own copy of the model, optimizer and fixed batch."""
+    """One model under one variant: its own copy of the model, the trainer's step and a fixed batch."""
 
-    def __init__(self, config, variant: Variant, device: torch.device, infer_batch: int):
-        from cifarzoo import models
-        from cifarzoo.train.loop import Lookahead, lr_factor, make_optimizer
+    def __init__(self, config, variant: Variant, device: torch.device, infer_batch: int, total_steps: int):
+        from cifarzoo.train import build_model, make_step
 
         torch.manual_seed(0)
-        c = config
+        c = config.replace(channels_last=variant.channels_last)
         self.config, self.variant, self.device = c, variant, device
-        model = models.create(c.model, num_classes=10, width_mult=c.width_mult, **c.model_kwargs).to(device)
-        fmt = torch.channels_last if variant.channels_last else torch.contiguous_format
-        if variant.channels_last:
-            model.to(memory_format=torch.channels_last)
-        if c.whiten_init and hasattr(model, "whiten"):
-            model.whiten.weight.requires_grad_(False)  # as fit freezes the whitened stem
+        # The trainer's own model and step: whitened stem frozen (fastnet), optimizer with its
+        # parameter groups, lr schedule, fp16 scaler, EMA, lookahead. The whitening filters
+        # are not fitted to data here (that costs time once per run, not per step).
+        model = build_model(c, 10, device)
         self.model = model
         self.parameters = sum(p.numel() for p in model.parameters())
-        self.opt = make_optimizer(model, c, device)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s % 1000, 1000, 100, c))
-        self.scaler = torch.amp.GradScaler("cuda", enabled=(variant.precision == "fp16"))
-        self.ema = None
-        if c.ema:
-            self.ema = torch.optim.swa_utils.AveragedModel(
-                model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.999), use_buffers=True)
-        self.lookahead = Lookahead(model) if c.lookahead else None
-        self.train_model = torch.compile(model) if variant.compile else model
+        # The schedule spans every step this benchmark takes (warm-up + rounds), so
+        # lookahead and the lr stay within their trained range.
+        self.step = make_step(model, c, device, total_steps=total_steps, steps_per_epoch=max(1, total_steps // 10),
+                              precision=variant.precision, compile=variant.compile)
         self.infer_model = torch.compile(model) if variant.compile_inference else model
+        fmt = torch.channels_last if variant.channels_last else torch.contiguous_format
         g = torch.Generator().manual_seed(1)
         self.x = torch.randn(c.batch_size, 3, 32, 32, generator=g).to(device).contiguous(memory_format=fmt)
         self.y = torch.randint(0, 10, (c.batch_size,), generator=g).to(device)
@@ -127,25 +121,11 @@ class Bench:
         self.i = 0
 
     def train_steps(self, n: int) -> None:
-        from cifarzoo.device import autocast_context
-        from cifarzoo.train.loop import _model_loss
-
-        self.train_model.train()
+        self.step.train()
         for _ in range(n):
-            self.opt.zero_grad(set_to_none=True)
-            with autocast_context(self.device, self.variant.precision):
-                out = self.train_model(self.x)
-            loss, _ = _model_loss(out, self.y, self.config)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.opt)
-            self.scaler.update()
-            self.sched.step()
-            if self.ema is not None:
-                self.ema.update_parameters(self.model)
-            self.losses[self.i % len(self.losses)] = loss.detach()
+            loss, _ = self.step(self.x, self.y)
+            self.losses[self.i % len(self.losses)] = loss  # stored on the device, as fit does
             self.i += 1
-            if self.lookahead is not None:
-                self.lookahead.step(self.model, self.i % 1000 + 1, 1000)
 
     def infer_steps(self, n: int) -> None:
         from cifarzoo.device import autocast_context
@@ -170,7 +150,8 @@ def bench_model(config, variants: list[Variant], device, args) -> dict:
                  "inference_batch_size": args.inference_batch_size, "variants": {}}
     benches = {}
     for v in variants:
-        b = Bench(config, v, device, args.inference_batch_size)
+        total = 1 + max(1, args.warmup) + args.repeats * args.steps
+        b = Bench(config, v, device, args.inference_batch_size, total)
         rec["parameters"] = b.parameters
         r = rec["variants"][v.name] = {"precision": v.precision, "channels_last": v.channels_last,
                                        "compile": v.compile, "compile_inference": v.compile_inference,
@@ -279,7 +260,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from cifarzoo.train.config import make_config
-    from cifarzoo.train.loop import auto_batch_size, resolve_device
+    from cifarzoo.device import resolve_device
+    from cifarzoo.train.loop import auto_batch_size
 
     device = resolve_device(args.device)
     if args.threads:

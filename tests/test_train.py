@@ -13,7 +13,8 @@ from cifarzoo.data import Dataset
 from cifarzoo.errors import CifarzooError, TrainingError
 from cifarzoo.train import Reporter, TrainConfig, fit, make_config
 from cifarzoo.train.checkpoint import load_checkpoint
-from cifarzoo.train.loop import lr_factor, param_groups, split_dataset
+from cifarzoo.train.loop import split_dataset
+from cifarzoo.train.optim import lr_factor, param_groups
 
 
 @pytest.fixture(scope="module")
@@ -157,10 +158,10 @@ def test_stall_is_detected_at_chance_with_loss_at_ln10(tiny, tmp_path):
 
 
 def test_nonfinite_loss_names_step_and_keeps_last_good_checkpoint(tiny, tmp_path, monkeypatch):
-    import cifarzoo.train.loop as loop
+    import cifarzoo.train.step as step_mod
 
     poisoned = [False]
-    real_loss = loop._model_loss
+    real_loss = step_mod.model_loss
 
     def loss_that_turns_nan(out, y, c):
         loss, logits = real_loss(out, y, c)
@@ -170,7 +171,7 @@ def test_nonfinite_loss_names_step_and_keeps_last_good_checkpoint(tiny, tmp_path
         def on_epoch_end(self, row):
             poisoned[0] = row["epoch"] >= 1
 
-    monkeypatch.setattr(loop, "_model_loss", loss_that_turns_nan)
+    monkeypatch.setattr(step_mod, "model_loss", loss_that_turns_nan)
     with pytest.raises(TrainingError, match=r"step 11 \(epoch 2\)") as info:
         fit(tiny_config(epochs=3), dataset=tiny, out_dir=tmp_path / "run", reporter=PoisonAfterEpoch1())
     assert info.value.kind == "nan"

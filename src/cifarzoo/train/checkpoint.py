@@ -31,10 +31,11 @@ from torch import nn
 
 from cifarzoo.errors import CifarzooError
 from cifarzoo.io import atomic_write_bytes
+from cifarzoo.train.rundir import CHECKPOINT_FILE
 
 FORMAT = "cifarzoo.checkpoint"
 VERSION = 1
-CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_NAME = CHECKPOINT_FILE  # the run folder names it (rundir.py)
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
