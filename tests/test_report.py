@@ -13,7 +13,7 @@ import pytest
 
 from cifarzoo.study import plan_study, write_report
 from cifarzoo.study.report import RESULT_COLUMNS, RUN_KEYS, SCHEMA, fmt_bytes, fmt_count, fmt_pct, fmt_seconds
-from cifarzoo.study.runner import EVAL_FILE, STUDY_FILE
+from cifarzoo.study.plan import EVAL_FILE, STUDY_FILE
 from cifarzoo.io import write_json
 from cifarzoo.train.rundir import write_metrics
 

@@ -287,6 +287,33 @@ def export_onnx(
     otherwise it is deleted and :class:`CifarzooError` is raised.
     """
     started = time.perf_counter()
+    layout, opset, images, mods = _check_arguments(layout, exporter, atol, opset, check_images)
+    model, ckpt, target, mean, std = _load_for_export(run_or_checkpoint, out)
+    name = str(ckpt["model"]["name"])
+    wrapper = _image_wrapper(model, mean, std, layout)
+    # The reference comes first, so that an exporter which changed the module in
+    # passing (a buffer, a cache, train/eval mode) shows up as a mismatch.
+    ref = _torch_logits(wrapper, images, layout)  # (N, num_classes)
+    proto = _export_proto(wrapper, images, name, ckpt, layout=layout, opset=opset, exporter=exporter,
+                          onnx=mods["onnx"])
+    got_opset = _default_opset(proto)
+    diff, top1 = _verify_and_write(proto, target, images, ref, name, atol=atol, opset=got_opset,
+                                   ort_version=mods["onnxruntime"].__version__)
+    return ExportResult(
+        path=target,
+        max_abs_diff=diff,
+        top1_agreement=top1,
+        opset=got_opset,
+        seconds=time.perf_counter() - started,
+        layout=layout,
+        exporter=exporter,
+        num_check_images=len(images),
+        model_name=name,
+    )
+
+
+def _check_arguments(layout, exporter: str, atol, opset, check_images):
+    """(layout, opset, check images, the onnx modules) once every argument is valid."""
     layout = str(layout).lower()
     if layout not in LAYOUTS:
         raise CifarzooError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
@@ -307,11 +334,14 @@ def export_onnx(
     images = _default_check_images() if check_images is None else _check_images_array(check_images)
     if len(images) == 0:
         raise CifarzooError("check_images is empty; give at least one image")
+    return layout, opset, images, mods
 
+
+def _load_for_export(run_or_checkpoint, out):
+    """(model, checkpoint, target path, mean, std) for a run folder or checkpoint."""
     from cifarzoo.train.checkpoint import load_model
 
     model, ckpt = load_model(run_or_checkpoint)
-    name = str(ckpt["model"]["name"])
     ckpt_path = Path(ckpt["path"])
     target = Path(out) if out is not None else ckpt_path.parent / ONNX_NAME
     if target.is_dir():
@@ -331,13 +361,13 @@ def export_onnx(
         raise CifarzooError(
             f"{ckpt_path}: normalization must be {{'mean': [r, g, b], 'std': [r, g, b]}} with std > 0, got {norm!r}"
         ) from None
-    wrapper = _image_wrapper(model, mean, std, layout)
+    return model, ckpt, target, mean, std
 
+
+def _export_proto(wrapper, images, name: str, ckpt: dict, *, layout: str, opset: int, exporter: str, onnx):
+    """The checked ONNX model of ``wrapper`` with cifarzoo's metadata."""
     import torch
 
-    # The reference comes first, so that an exporter which changed the module in
-    # passing (a buffer, a cache, train/eval mode) shows up as a mismatch.
-    ref = _torch_logits(wrapper, images, layout)  # (N, num_classes)
     # An example batch of 2, not 1: torch.export specializes size-1 dimensions.
     example = torch.from_numpy(_to_layout(images[:1].repeat(2, axis=0), layout))
     try:
@@ -384,6 +414,12 @@ def export_onnx(
     except Exception as exc:
         raise CifarzooError(f"the exported graph of {name!r} is not valid ONNX ({exc}); report this as a bug") from exc
 
+    return proto
+
+
+def _verify_and_write(proto, target: Path, images, ref, name: str, *, atol: float, opset: int,
+                      ort_version: str) -> tuple[float, float]:
+    """Write ``proto`` to ``target`` only if ONNX Runtime's logits match ``ref``; (max abs diff, top-1 agreement)."""
     # Renamed into place only once ONNX Runtime's logits match; deleted otherwise.
     with atomic_file(target) as (f, tmp):
         f.write(proto.SerializeToString())
@@ -393,8 +429,8 @@ def export_onnx(
         except CifarzooError as exc:
             cause = exc.__cause__ or exc
             raise CifarzooError(
-                f"ONNX Runtime {mods['onnxruntime'].__version__} cannot load the exported {name!r} at opset "
-                f"{got_opset} ({type(cause).__name__}: {_first_line(cause)}); try --opset {DEFAULT_OPSET}"
+                f"ONNX Runtime {ort_version} cannot load the exported {name!r} at opset "
+                f"{opset} ({type(cause).__name__}: {_first_line(cause)}); try --opset {DEFAULT_OPSET}"
             ) from exc
         got = session.predict_logits(images)
         single = session.predict_logits(images[:1])  # batch of one: the dynamic axis works both ways
@@ -420,17 +456,7 @@ def export_onnx(
                 f"(top-1 agreement {top1:.1%} on {len(images)} images); nothing written to {target}; {hint}"
             )
         del session
-    return ExportResult(
-        path=target,
-        max_abs_diff=diff,
-        top1_agreement=top1,
-        opset=got_opset,
-        seconds=time.perf_counter() - started,
-        layout=layout,
-        exporter=exporter,
-        num_check_images=len(images),
-        model_name=name,
-    )
+    return diff, top1
 
 
 class OnnxClassifier:

@@ -86,12 +86,13 @@ def read_json(path: str | os.PathLike) -> Any:
         raise CifarzooError(f"{path}: not valid JSON ({exc})") from None
 
 
-def read_json_or_none(path: str | os.PathLike) -> Any:
-    """``read_json(path)``, or None when the file is missing or not valid JSON."""
+def read_json_object(path: str | os.PathLike) -> dict | None:
+    """The JSON object in ``path``, or None when the file is missing, not valid JSON or not an object."""
     try:
-        return read_json(path)
-    except CifarzooError:
+        obj = read_json(path)
+    except (CifarzooError, OSError):
         return None
+    return obj if isinstance(obj, dict) else None
 
 
 def save_figure(fig, path: str | os.PathLike, *, format: str = "png", dpi: float | None = None, **kwargs) -> None:

@@ -1,21 +1,31 @@
 """Self-describing checkpoints, written atomically, readable with ``weights_only=True``.
 
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so that
-``torch.load(path, weights_only=True)`` reads it (no pickled classes):
+``torch.load(path, weights_only=True)`` reads it (no pickled classes). ``fit`` writes
+(see ``Trainer.checkpoint`` in loop.py and ``TrainStep.state_dict`` in step.py):
 
-    format        "cifarzoo.checkpoint"
-    version       1
-    model         {"name": str, "kwargs": {"num_classes": int, "width_mult": float, ...}}
-    classes       [str, ...]
-    normalization {"mean": [r, g, b], "std": [r, g, b]}  # [0, 255] units, training-set stats
-    config        TrainConfig as a dict
-    metrics       [ {epoch row as in metrics.csv}, ... ]
-    epoch         number of finished epochs
-    state_dict    model weights (the un-wrapped, un-compiled module's)
-    optimizer     optimizer.state_dict() or None
-    scheduler     scheduler state or None
-    rng           {"torch": ByteTensor, "cuda": [ByteTensor] | None, "loader": int, ...}
-    finished      bool, True once the run has completed every epoch
+    format          "cifarzoo.checkpoint"
+    version         1
+    model           {"name": str, "kwargs": {"num_classes": int, "width_mult": float, ...}}
+    classes         [str, ...]
+    normalization   {"mean": [r, g, b], "std": [r, g, b]}  # [0, 255] units, training-set stats
+    config          TrainConfig as a dict
+    metrics         [ {epoch row as in metrics.csv}, ... ]
+    epoch           number of finished epochs
+    state_dict      the weights to evaluate: the EMA copy's with --ema, else the model's
+                    (the un-wrapped, un-compiled module's)
+    optimizer       optimizer.state_dict()
+    scheduler       the lr scheduler's state_dict()
+    scaler          fp16 GradScaler state, or None when not in fp16
+    rng             {"torch": ByteTensor} (+ "cuda": ByteTensor on a GPU)
+    partial         None at an epoch's end; after Ctrl-C mid-epoch {"step": int, "step_loss",
+                    "step_correct", "step_count": per-step tensors, "epoch_seconds": float}
+    train_seconds   training time so far (evaluation not counted)
+    finished        bool, True once the run has completed every epoch
+    data_source     the Dataset's source string
+    ema_state_dict  (with --ema) the AveragedModel's state_dict
+    train_state_dict (with --ema) the trained model's own weights, to resume from
+    lookahead       (with --lookahead) the averaged tensors, a list
 
 ``predict``, ``evaluate`` and ``export`` rebuild the model from ``model`` alone, as
 nanoGPT's ``sample.py`` does from ``model_args``.

@@ -185,13 +185,13 @@ class Trainer:
 
     def checkpoint(self, epochs_done: int, partial: dict | None, finished: bool) -> dict:
         """The checkpoint payload (keys listed in :mod:`cifarzoo.train.checkpoint`)."""
-        c, ds = self.config, self.dataset
+        config, dataset = self.config, self.dataset
         return {
-            "model": {"name": c.model, "kwargs": {"num_classes": ds.num_classes, "width_mult": c.width_mult,
-                                                  **c.model_kwargs}},
-            "classes": list(ds.classes),
-            "normalization": {"mean": list(ds.mean), "std": list(ds.std)},
-            "config": c.to_dict(),
+            "model": {"name": config.model, "kwargs": {"num_classes": dataset.num_classes,
+                                                       "width_mult": config.width_mult, **config.model_kwargs}},
+            "classes": list(dataset.classes),
+            "normalization": {"mean": list(dataset.mean), "std": list(dataset.std)},
+            "config": config.to_dict(),
             "metrics": self.metrics,
             "epoch": epochs_done,
             **self.step.state_dict(),
@@ -199,7 +199,7 @@ class Trainer:
             "partial": partial,
             "train_seconds": self.train_seconds,
             "finished": finished,
-            "data_source": ds.source,
+            "data_source": dataset.source,
         }
 
     def save(self, epochs_done: int, partial: dict | None = None, finished: bool = False) -> None:
@@ -245,21 +245,23 @@ def _set_up_device(config: TrainConfig, dist: dist_mod.DistInfo) -> tuple[torch.
 
 def _run_info(trainer: Trainer) -> dict:
     """config.json: every setting, the data, the device and the versions."""
-    t, ds, sp = trainer, trainer.dataset, trainer.split
+    dataset, split = trainer.dataset, trainer.split
     return {
-        "config": t.config.to_dict(),
-        "run_dir": str(t.run.path),
+        "config": trainer.config.to_dict(),
+        "run_dir": str(trainer.run.path),
         "data": {
-            "source": ds.source, "classes": list(ds.classes), "mean": list(ds.mean), "std": list(ds.std),
-            "train_images": int(len(sp.train_y)), "eval_images": int(len(sp.eval_y)), "eval_split": sp.eval_name,
-            "test_images": int(len(ds.test_labels)),
+            "source": dataset.source, "classes": list(dataset.classes),
+            "mean": list(dataset.mean), "std": list(dataset.std),
+            "train_images": int(len(split.train_y)), "eval_images": int(len(split.eval_y)),
+            "eval_split": split.eval_name,
+            "test_images": int(len(dataset.test_labels)),
         },
-        "device": str(t.device), "device_name": device_name(t.device), "precision": t.precision,
-        "compiled": bool(t.compiled), "world_size": t.dist.world_size,
+        "device": str(trainer.device), "device_name": device_name(trainer.device), "precision": trainer.precision,
+        "compiled": bool(trainer.compiled), "world_size": trainer.dist.world_size,
         "versions": {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__,
                      "cifarzoo": __version__},
-        "parameters": int(sum(p.numel() for p in t.step.model.parameters())),
-        "steps_per_epoch": t.steps_per_epoch,
+        "parameters": int(sum(p.numel() for p in trainer.step.model.parameters())),
+        "steps_per_epoch": trainer.steps_per_epoch,
         "started": timestamp(),
     }
 
@@ -340,26 +342,26 @@ class _Guards:
     """The fail-fast checks of one epoch, run between steps: non-finite loss and stall (see guards.py)."""
 
     def __init__(self, trainer: Trainer, stats: EpochStats, epoch: int, first_step: int):
-        self.t, self.stats, self.epoch = trainer, stats, epoch
+        self.trainer, self.stats, self.epoch = trainer, stats, epoch
         self.checked_upto = first_step  # steps [0, checked_upto) are known finite
         # On CPU the check is free; on GPU it syncs the host, so it runs every few steps.
         self.nan_every = 1 if trainer.device.type == "cpu" else max(1, trainer.config.nan_check_every)
 
     def check_finite(self, upto: int) -> None:
-        _check_finite(self.stats.loss, self.checked_upto, upto, self.epoch, self.t.steps_per_epoch)
+        _check_finite(self.stats.loss, self.checked_upto, upto, self.epoch, self.trainer.steps_per_epoch)
         self.checked_upto = upto
 
     def __call__(self, i: int) -> None:
-        t, c, spe = self.t, self.t.config, self.t.steps_per_epoch
-        if (i + 1) % self.nan_every == 0 or i + 1 == spe:
+        trainer, config, steps = self.trainer, self.trainer.config, self.trainer.steps_per_epoch
+        if (i + 1) % self.nan_every == 0 or i + 1 == steps:
             self.check_finite(i + 1)
-        gs = t.step.global_step
-        if not t.stall_checked and (
-            (c.stall_steps is not None and gs >= c.stall_steps)
-            or (c.stall_steps is None and i + 1 == spe and gs >= guards.MIN_STALL_STEPS)
+        global_step = trainer.step.global_step
+        if not trainer.stall_checked and (
+            (config.stall_steps is not None and global_step >= config.stall_steps)
+            or (config.stall_steps is None and i + 1 == steps and global_step >= guards.MIN_STALL_STEPS)
         ):
-            _check_stall(self.stats, i + 1, gs, t.dataset.num_classes)
-            t.stall_checked = True
+            _check_stall(self.stats, i + 1, global_step, trainer.dataset.num_classes)
+            trainer.stall_checked = True
 
 
 def run_epoch(trainer: Trainer, epoch: int, reporter: Reporter) -> tuple[float, EpochStats]:
@@ -368,70 +370,69 @@ def run_epoch(trainer: Trainer, epoch: int, reporter: Reporter) -> tuple[float, 
 
     Ctrl-C saves a mid-epoch checkpoint (this very step) and re-raises.
     """
-    t, spe = trainer, trainer.steps_per_epoch
-    t.loader.set_epoch(epoch)
-    reporter.on_epoch_start(epoch + 1, spe)
-    stats = EpochStats.zeros(spe, t.device)
+    steps = trainer.steps_per_epoch
+    trainer.loader.set_epoch(epoch)
+    reporter.on_epoch_start(epoch + 1, steps)
+    stats = EpochStats.zeros(steps, trainer.device)
     first_step, seconds_before = 0, 0.0
-    if t.partial is not None and epoch == t.epoch:
-        first_step, seconds_before = int(t.partial["step"]), float(t.partial["epoch_seconds"])
+    if trainer.partial is not None and epoch == trainer.epoch:
+        first_step, seconds_before = int(trainer.partial["step"]), float(trainer.partial["epoch_seconds"])
         for name in ("loss", "correct", "count"):
-            getattr(stats, name).copy_(t.partial[f"step_{name}"].to(t.device))
+            getattr(stats, name).copy_(trainer.partial[f"step_{name}"].to(trainer.device))
     stats.at = first_step
-    check = _Guards(t, stats, epoch, first_step)
+    check = _Guards(trainer, stats, epoch, first_step)
 
     def after_step(i: int) -> None:
-        if t.first_step_seconds is None and t.compiled:
+        if trainer.first_step_seconds is None and trainer.compiled:
             # The first call of the compiled model compiles it: timed apart (one sync per run).
-            synchronize(t.device)
-            t.first_step_seconds = time.perf_counter() - t0
+            synchronize(trainer.device)
+            trainer.first_step_seconds = time.perf_counter() - t0
         check(i)
-        reporter.on_step(epoch + 1, i + 1, spe, t.step.global_step)
+        reporter.on_step(epoch + 1, i + 1, steps, trainer.step.global_step)
 
-    synchronize(t.device)
+    synchronize(trainer.device)
     t0 = time.perf_counter()
     try:
-        train_epoch(t.step, t.loader.iter_from(first_step), stats, first_step, after_step)
+        train_epoch(trainer.step, trainer.loader.iter_from(first_step), stats, first_step, after_step)
     except KeyboardInterrupt:
         # Save where we are (mid-epoch), so --resume continues from this very step.
         done = stats.steps_done()
         check.check_finite(done)
-        t.save(epoch, {"step": done, "step_loss": stats.loss.cpu(), "step_correct": stats.correct.cpu(),
-                       "step_count": stats.count.cpu(),
-                       "epoch_seconds": seconds_before + time.perf_counter() - t0})
+        trainer.save(epoch, {"step": done, "step_loss": stats.loss.cpu(), "step_correct": stats.correct.cpu(),
+                             "step_count": stats.count.cpu(),
+                             "epoch_seconds": seconds_before + time.perf_counter() - t0})
         raise
-    synchronize(t.device)
+    synchronize(trainer.device)
     seconds = seconds_before + time.perf_counter() - t0
-    t.steps_this_process += spe - first_step
-    t.seconds_this_process += seconds - seconds_before
-    t.partial = None
+    trainer.steps_this_process += steps - first_step
+    trainer.seconds_this_process += seconds - seconds_before
+    trainer.partial = None
     return seconds, stats
 
 
 def end_epoch(trainer: Trainer, epoch: int, seconds: float, stats: EpochStats) -> dict:
     """Share BN statistics across ranks, evaluate, checkpoint and log the epoch; returns its metrics row."""
-    t = trainer
-    t.train_seconds += seconds
-    dist_mod.broadcast_buffers(t.step.model)  # BN running statistics: rank 0's on every rank
-    if t.step.ema is not None:
-        dist_mod.broadcast_buffers(t.step.ema)
+    trainer.train_seconds += seconds
+    dist_mod.broadcast_buffers(trainer.step.model)  # BN running statistics: rank 0's on every rank
+    if trainer.step.ema is not None:
+        dist_mod.broadcast_buffers(trainer.step.ema)
     sums = dist_mod.all_reduce_sum(torch.stack([stats.loss.sum(), stats.correct.sum(), stats.count.sum()]))
     seen = sums[2].item()
-    logits = _predict(t, t.split.eval_x)
-    eval_loss, eval_acc = loss_and_accuracy(logits, t.split.eval_y)
+    logits = _predict(trainer, trainer.split.eval_x)
+    eval_loss, eval_acc = loss_and_accuracy(logits, trainer.split.eval_y)
     row = {
-        "epoch": epoch + 1, "lr": t.step.optimizer.param_groups[0]["lr"],
+        "epoch": epoch + 1, "lr": trainer.step.optimizer.param_groups[0]["lr"],
         # Per-step losses are batch means: average them over steps (and ranks).
-        "train_loss": sums[0].item() / (t.steps_per_epoch * t.dist.world_size),
+        "train_loss": sums[0].item() / (trainer.steps_per_epoch * trainer.dist.world_size),
         "train_acc": sums[1].item() / max(1.0, seen), "eval_loss": eval_loss, "eval_acc": eval_acc,
-        "epoch_seconds": seconds, "elapsed_seconds": t.train_seconds,
+        "epoch_seconds": seconds, "elapsed_seconds": trainer.train_seconds,
         "images_per_second": seen / seconds if seconds > 0 else float("nan"),
     }
-    t.metrics.append(row)
-    t.epoch = epoch + 1
-    t.save(epoch + 1)
-    if t.dist.is_main:
-        t.run.write_metrics(t.metrics)
+    trainer.metrics.append(row)
+    trainer.epoch = epoch + 1
+    trainer.save(epoch + 1)
+    if trainer.dist.is_main:
+        trainer.run.write_metrics(trainer.metrics)
     return row
 
 
@@ -448,30 +449,33 @@ def finish(trainer: Trainer) -> dict:
     from cifarzoo import models
     from cifarzoo.models.summary import count_macs
 
-    t, c, ds = trainer, trainer.config, trainer.dataset
-    test_loss, test_acc = loss_and_accuracy(_predict(t, ds.test_images), ds.test_labels)
-    test_loss_tta, test_acc_tta = loss_and_accuracy(_predict(t, ds.test_images, tta=True), ds.test_labels)
-    peak, peak_kind = peak_memory_bytes(t.device)
-    macs = count_macs(models.create(c.model, num_classes=ds.num_classes, width_mult=c.width_mult,
-                                    **c.model_kwargs))
-    images_seen = sum(r["images_per_second"] * r["epoch_seconds"] for r in t.metrics)
+    config, dataset = trainer.config, trainer.dataset
+    images, labels = dataset.test_images, dataset.test_labels
+    test_loss, test_acc = loss_and_accuracy(_predict(trainer, images), labels)
+    test_loss_tta, test_acc_tta = loss_and_accuracy(_predict(trainer, images, tta=True), labels)
+    peak, peak_kind = peak_memory_bytes(trainer.device)
+    macs = count_macs(models.create(config.model, num_classes=dataset.num_classes, width_mult=config.width_mult,
+                                    **config.model_kwargs))
+    images_seen = sum(r["images_per_second"] * r["epoch_seconds"] for r in trainer.metrics)
     summary = {
-        "model": c.model, "status": "finished", "epochs": c.epochs, "seed": c.seed,
+        "model": config.model, "status": "finished", "epochs": config.epochs, "seed": config.seed,
         "test_acc": test_acc, "test_loss": test_loss, "test_acc_tta": test_acc_tta, "test_loss_tta": test_loss_tta,
-        "final_eval_acc": t.metrics[-1]["eval_acc"] if t.metrics else math.nan, "eval_split": t.split.eval_name,
-        "train_seconds": t.train_seconds,
-        "images_per_second": images_seen / t.train_seconds if t.train_seconds > 0 else math.nan,
-        "compiled": bool(t.compiled), "compile_seconds": _compile_seconds(
-            t.first_step_seconds, t.seconds_this_process, t.steps_this_process),
+        "final_eval_acc": trainer.metrics[-1]["eval_acc"] if trainer.metrics else math.nan,
+        "eval_split": trainer.split.eval_name,
+        "train_seconds": trainer.train_seconds,
+        "images_per_second": images_seen / trainer.train_seconds if trainer.train_seconds > 0 else math.nan,
+        "compiled": bool(trainer.compiled), "compile_seconds": _compile_seconds(
+            trainer.first_step_seconds, trainer.seconds_this_process, trainer.steps_this_process),
         "peak_memory_bytes": peak, "peak_memory_kind": peak_kind,
-        "parameters": t.info["parameters"], "macs": int(macs), "precision": t.precision,
-        "device": t.info["device_name"], "world_size": t.dist.world_size, "data_source": ds.source,
-        "train_images": int(len(t.split.train_y)), "finished": timestamp(),
+        "parameters": trainer.info["parameters"], "macs": int(macs), "precision": trainer.precision,
+        "device": trainer.info["device_name"], "world_size": trainer.dist.world_size, "data_source": dataset.source,
+        "train_images": int(len(trainer.split.train_y)), "finished": timestamp(),
     }
-    t.save(c.epochs, finished=True)
-    if t.dist.is_main:
-        t.run.write_summary(summary)
-        t.run.write_curves(t.metrics, title=f"{c.model} (width {c.width_mult}, seed {c.seed})")
+    trainer.save(config.epochs, finished=True)
+    if trainer.dist.is_main:
+        trainer.run.write_summary(summary)
+        title = f"{config.model} (width {config.width_mult}, seed {config.seed})"
+        trainer.run.write_curves(trainer.metrics, title=title)
     return summary
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cifarzoo.errors import CifarzooError
-from cifarzoo.io import atomic_write_bytes, read_json_or_none, write_json
+from cifarzoo.io import atomic_write_bytes, read_json_object, write_json
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.csv"
@@ -95,8 +95,7 @@ class RunDir:
     # ---- reading (None / [] for a file that is missing or unreadable)
     def read_info(self) -> dict | None:
         """config.json as written (``{"config": TrainConfig dict, "data": ..., ...}``)."""
-        obj = read_json_or_none(self.config_path) if self.config_path.exists() else None
-        return obj if isinstance(obj, dict) else None
+        return read_json_object(self.config_path)
 
     def saved_config(self) -> dict | None:
         """The TrainConfig dict the run was made with."""
@@ -105,8 +104,7 @@ class RunDir:
         return config if isinstance(config, dict) else None
 
     def read_summary(self) -> dict | None:
-        obj = read_json_or_none(self.summary_path) if self.summary_path.exists() else None
-        return obj if isinstance(obj, dict) else None
+        return read_json_object(self.summary_path)
 
     def read_metrics(self) -> list[dict]:
         if not self.metrics_path.exists():
