@@ -42,6 +42,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import header, write_json  # noqa: E402
+from cifarzoo.train.config import DEVICES  # noqa: E402
 
 DEFAULT_MODELS = "vgg16,vgg19,resnet18,resnet50,inception,xception,fastnet"
 TRAIN_IMAGES = {"sample": 5000, None: 50000}  # training-set size of a preset's data, for compile="auto"
@@ -234,7 +235,7 @@ def _write_text(path, text: str) -> None:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--models", default=DEFAULT_MODELS, help=f"comma list (default {DEFAULT_MODELS})")
     p.add_argument("--width-mult", type=float, default=None,
                    help="channel multiplier (default: the preset's: 1.0 on CUDA, the quick preset's on CPU)")

@@ -163,9 +163,9 @@ def model_rows(plan: StudyPlan, records: list[RunRecord]) -> list[dict]:
             try:
                 from cifarzoo import models
 
-                m = models.create(model, num_classes=10, width_mult=cfg.width_mult, **cfg.model_kwargs)
-                params = count_parameters(m) if params is None else params
-                macs = count_macs(m) if macs is None else macs
+                net = models.create(model, num_classes=10, width_mult=cfg.width_mult, **cfg.model_kwargs)
+                params = count_parameters(net) if params is None else params
+                macs = count_macs(net) if macs is None else macs
             except Exception:  # sizing is informative only
                 pass
         row: dict[str, Any] = {"model": model, "status": status, "n_seeds": len(done), "n_failed": len(failed),
@@ -355,19 +355,19 @@ def make_figures(out_dir: Path, plan: StudyPlan, records: list[RunRecord], rows:
               for m in plan.models}
     curves = {m: c for m, c in curves.items() if c}
     if curves:
-        p = _figure_path(out_dir, "curves.png")
-        plots.plot_learning_curves(p, curves, eval_name=eval_name)
-        figs["curves"] = p
+        path = _figure_path(out_dir, "curves.png")
+        plots.plot_learning_curves(path, curves, eval_name=eval_name)
+        figs["curves"] = path
     if any(r["test_acc_mean"] is not None for r in rows):
-        p = _figure_path(out_dir, "tradeoffs.png")
-        plots.plot_tradeoffs(p, rows)
-        figs["tradeoffs"] = p
+        path = _figure_path(out_dir, "tradeoffs.png")
+        plots.plot_tradeoffs(path, rows)
+        figs["tradeoffs"] = path
     if dataset is not None:
         from cifarzoo.data.show import draw_class_grid
 
-        p = _figure_path(out_dir, "data-examples.png")
-        draw_class_grid(dataset, p, per_class=10, seed=0)
-        figs["data"] = p
+        path = _figure_path(out_dir, "data-examples.png")
+        draw_class_grid(dataset, path, per_class=10, seed=0)
+        figs["data"] = path
     for model in plan.models:
         evals = [r.evaluation for r in records if r.row["model"] == model and r.row["status"] == "finished"
                  and r.evaluation]
@@ -376,10 +376,10 @@ def make_figures(out_dir: Path, plan: StudyPlan, records: list[RunRecord], rows:
         classes = evals[0]["classes"]
         cm = np.sum([np.asarray(e["confusion"]) for e in evals], axis=0)
         acc = np.trace(cm) / max(1, cm.sum())
-        p = _figure_path(out_dir, f"confusion-{_safe(model)}.png")
+        path = _figure_path(out_dir, f"confusion-{_safe(model)}.png")
         seeds = f", {len(evals)} seeds summed" if len(evals) > 1 else ""
-        plots.plot_confusion(p, cm, classes, title=f"{model}: test accuracy {100 * acc:.2f}%{seeds}")
-        figs[f"confusion:{model}"] = p
+        plots.plot_confusion(path, cm, classes, title=f"{model}: test accuracy {100 * acc:.2f}%{seeds}")
+        figs[f"confusion:{model}"] = path
         first = next(r for r in records if r.row["model"] == model and r.evaluation is evals[0])
         items = evals[0].get("top_losses", [])
         if dataset is None:
@@ -389,10 +389,10 @@ def make_figures(out_dir: Path, plan: StudyPlan, records: list[RunRecord], rows:
               and int(dataset.test_labels[it["index"]]) == it["true"]]
         if len(ok) < len(items):
             notes.append(f"{model}: some most-wrong images do not match the loaded test set; they are left out")
-        p = _figure_path(out_dir, f"top-losses-{_safe(model)}.png")
-        plots.plot_top_losses(p, np.stack([images[it["index"]] for it in ok]) if ok else np.zeros((0, 32, 32, 3)),
+        path = _figure_path(out_dir, f"top-losses-{_safe(model)}.png")
+        plots.plot_top_losses(path, np.stack([images[it["index"]] for it in ok]) if ok else np.zeros((0, 32, 32, 3)),
                               ok, classes)
-        figs[f"top:{model}"] = p
+        figs[f"top:{model}"] = path
         top_seed[model] = first.row["seed"]
     return figs
 

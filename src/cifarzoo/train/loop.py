@@ -437,10 +437,10 @@ def end_epoch(trainer: Trainer, epoch: int, seconds: float, stats: EpochStats) -
 
 
 def _predict(trainer: Trainer, images: np.ndarray, tta: bool = False) -> torch.Tensor:
-    c = trainer.config
+    config = trainer.config
     return predict_logits(trainer.step.eval_model, images, trainer.dataset.mean, trainer.dataset.std,
-                          device=trainer.device, batch_size=c.eval_batch_size, precision=trainer.precision,
-                          channels_last=c.channels_last, tta=tta)
+                          device=trainer.device, batch_size=config.eval_batch_size, precision=trainer.precision,
+                          channels_last=config.channels_last, tta=tta)
 
 
 # --------------------------------------------------------------------------- the end
