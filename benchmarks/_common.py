@@ -77,8 +77,6 @@ def header(device, argv: list[str] | None = None) -> dict:
 
 def write_json(path, obj) -> None:
     """Write atomically, so a run killed by a time cap leaves the last complete file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=float) + "\n")
-    os.replace(tmp, path)
+    from cifarzoo.io import atomic_write_bytes
+
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=float) + "\n").encode())

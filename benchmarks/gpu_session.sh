@@ -15,11 +15,11 @@
 # GPU_SESSION_STAGES=data,study in a session of its own.
 #
 # Before the call, in the repository root of this machine:
-#   mkdir -p local && cp /work/shared/data/cifar10-jpeg.tar.gz /work/shared/tools/cifar10_from_jpeg.py local/
+#   mkdir -p local && cp PATH/TO/cifar10-jpeg.tar.gz PATH/TO/cifar10_from_jpeg.py local/
 # and run, with carry ["local"] (local/ is git-ignored; the archive is 20 MB), timeout_s 600:
 #   BENCH_COMMIT=<git rev-parse --short HEAD> bash benchmarks/gpu_session.sh
 #
-# Assumptions about the GPU machine (see /work/.library/device/KINDS.md): no network, so
+# Assumptions about the GPU machine: no network, so
 # nothing is installed; `python3` there is the one with PyTorch (2.11 + CUDA 13 when last
 # read), numpy, Pillow, matplotlib and tqdm; cifarzoo is not installed, so it runs from
 # src/ through PYTHONPATH (torchinfo, needed only by `cifarzoo models --layers`, is absent).

@@ -5,12 +5,13 @@
     python benchmarks/throughput.py --device cpu --models fastnet,resnet18 --variants all
     python benchmarks/throughput.py --device cpu --json out.json --markdown out.md
 
-The training step is the one ``cifarzoo.train.fit`` runs: zero_grad, forward under
-autocast, the recipe's loss (label smoothing, Inception's auxiliary heads), backward,
-the recipe's optimizer step, the schedule step and the EMA or lookahead update when
-the recipe has one (fastnet: lookahead, frozen whitening filters); the loss is stored
-into a device tensor as fit does (no host sync). Its
-input is a fixed batch already on the device, so the data loader is not timed.
+The training step is the one ``cifarzoo.train.fit`` runs, built by the trainer's own
+``build_model`` and ``make_step``: zero_grad, forward under autocast, the recipe's loss
+(label smoothing, Inception's auxiliary heads), backward, the recipe's optimizer step,
+the schedule step and the EMA or lookahead update when the recipe has one (fastnet:
+lookahead, frozen whitening filters); the loss is stored into a device tensor as fit
+does (no host sync). Its input is a fixed batch already on the device, so the data
+loader is not timed.
 
 Variants. ``fp32`` is a plain eager fp32 step (on CUDA with PyTorch's defaults, which
 let cuDNN use TF32 for convolutions; the JSON records the flags). ``project`` is what
@@ -41,6 +42,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import header, write_json  # noqa: E402
+from cifarzoo.train.config import DEVICES  # noqa: E402
 
 DEFAULT_MODELS = "vgg16,vgg19,resnet18,resnet50,inception,xception,fastnet"
 TRAIN_IMAGES = {"sample": 5000, None: 50000}  # training-set size of a preset's data, for compile="auto"
@@ -78,7 +80,7 @@ def parse_variant(name: str, project: Variant) -> Variant:
 
 def project_variant(config, device: torch.device) -> Variant:
     """The precision / layout / compile that fit() picks for ``config`` on ``device``."""
-    from cifarzoo.train.loop import resolve_compile, resolve_precision
+    from cifarzoo.device import resolve_compile, resolve_precision
 
     steps = TRAIN_IMAGES.get(config.data, 50000) // config.batch_size * config.epochs
     precision = resolve_precision(config.precision, device)
@@ -92,33 +94,26 @@ def _sync(device: torch.device) -> None:
 
 
 class Bench:
-    """One model under one variant: its own copy of the model, optimizer and fixed batch."""
+    """One model under one variant: its own copy of the model, the trainer's step and a fixed batch."""
 
-    def __init__(self, config, variant: Variant, device: torch.device, infer_batch: int):
-        from cifarzoo import models
-        from cifarzoo.train.loop import Lookahead, lr_factor, make_optimizer
+    def __init__(self, config, variant: Variant, device: torch.device, infer_batch: int, total_steps: int):
+        from cifarzoo.train import build_model, make_step
 
         torch.manual_seed(0)
-        c = config
+        c = config.replace(channels_last=variant.channels_last)
         self.config, self.variant, self.device = c, variant, device
-        model = models.create(c.model, num_classes=10, width_mult=c.width_mult, **c.model_kwargs).to(device)
-        fmt = torch.channels_last if variant.channels_last else torch.contiguous_format
-        if variant.channels_last:
-            model.to(memory_format=torch.channels_last)
-        if c.whiten_init and hasattr(model, "whiten"):
-            model.whiten.weight.requires_grad_(False)  # as fit freezes the whitened stem
+        # The trainer's own model and step: whitened stem frozen (fastnet), optimizer with its
+        # parameter groups, lr schedule, fp16 scaler, EMA, lookahead. The whitening filters
+        # are not fitted to data here (that costs time once per run, not per step).
+        model = build_model(c, 10, device)
         self.model = model
         self.parameters = sum(p.numel() for p in model.parameters())
-        self.opt = make_optimizer(model, c, device)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s % 1000, 1000, 100, c))
-        self.scaler = torch.amp.GradScaler("cuda", enabled=(variant.precision == "fp16"))
-        self.ema = None
-        if c.ema:
-            self.ema = torch.optim.swa_utils.AveragedModel(
-                model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.999), use_buffers=True)
-        self.lookahead = Lookahead(model) if c.lookahead else None
-        self.train_model = torch.compile(model) if variant.compile else model
+        # The schedule spans every step this benchmark takes (warm-up + rounds), so
+        # lookahead and the lr stay within their trained range.
+        self.step = make_step(model, c, device, total_steps=total_steps, steps_per_epoch=max(1, total_steps // 10),
+                              precision=variant.precision, compile=variant.compile)
         self.infer_model = torch.compile(model) if variant.compile_inference else model
+        fmt = torch.channels_last if variant.channels_last else torch.contiguous_format
         g = torch.Generator().manual_seed(1)
         self.x = torch.randn(c.batch_size, 3, 32, 32, generator=g).to(device).contiguous(memory_format=fmt)
         self.y = torch.randint(0, 10, (c.batch_size,), generator=g).to(device)
@@ -127,28 +122,14 @@ class Bench:
         self.i = 0
 
     def train_steps(self, n: int) -> None:
-        from cifarzoo.inference import autocast_context
-        from cifarzoo.train.loop import _model_loss
-
-        self.train_model.train()
+        self.step.train()
         for _ in range(n):
-            self.opt.zero_grad(set_to_none=True)
-            with autocast_context(self.device, self.variant.precision):
-                out = self.train_model(self.x)
-            loss, _ = _model_loss(out, self.y, self.config)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.opt)
-            self.scaler.update()
-            self.sched.step()
-            if self.ema is not None:
-                self.ema.update_parameters(self.model)
-            self.losses[self.i % len(self.losses)] = loss.detach()
+            loss, _ = self.step(self.x, self.y)
+            self.losses[self.i % len(self.losses)] = loss  # stored on the device, as fit does
             self.i += 1
-            if self.lookahead is not None:
-                self.lookahead.step(self.model, self.i % 1000 + 1, 1000)
 
     def infer_steps(self, n: int) -> None:
-        from cifarzoo.inference import autocast_context
+        from cifarzoo.device import autocast_context
 
         self.infer_model.eval()
         with torch.inference_mode(), autocast_context(self.device, self.variant.precision):
@@ -170,7 +151,8 @@ def bench_model(config, variants: list[Variant], device, args) -> dict:
                  "inference_batch_size": args.inference_batch_size, "variants": {}}
     benches = {}
     for v in variants:
-        b = Bench(config, v, device, args.inference_batch_size)
+        total = 1 + max(1, args.warmup) + args.repeats * args.steps
+        b = Bench(config, v, device, args.inference_batch_size, total)
         rec["parameters"] = b.parameters
         r = rec["variants"][v.name] = {"precision": v.precision, "channels_last": v.channels_last,
                                        "compile": v.compile, "compile_inference": v.compile_inference,
@@ -253,7 +235,7 @@ def _write_text(path, text: str) -> None:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--models", default=DEFAULT_MODELS, help=f"comma list (default {DEFAULT_MODELS})")
     p.add_argument("--width-mult", type=float, default=None,
                    help="channel multiplier (default: the preset's: 1.0 on CUDA, the quick preset's on CPU)")
@@ -279,7 +261,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from cifarzoo.train.config import make_config
-    from cifarzoo.train.loop import auto_batch_size, resolve_device
+    from cifarzoo.device import resolve_device
+    from cifarzoo.train.loop import auto_batch_size
 
     device = resolve_device(args.device)
     if args.threads:

@@ -28,6 +28,7 @@ import cifarzoo  # noqa: F401,E402  first: it sets OMP_WAIT_POLICY before torch 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import header, write_json  # noqa: E402
+from cifarzoo.train.config import COMPILE_MODES, DEVICES, PRECISIONS  # noqa: E402
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -122,9 +123,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--subset", type=int, default=None, help="first N training images, class-balanced")
     p.add_argument("--width-mult", type=float, default=None)
     p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--compile", choices=["auto", "on", "off"], default=None, help="override the preset's")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=None)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+    p.add_argument("--compile", choices=COMPILE_MODES, default=None, help="override the preset's")
+    p.add_argument("--precision", choices=PRECISIONS, default=None)
+    p.add_argument("--device", choices=DEVICES, default=None)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other TrainConfig field, e.g. --set lookahead=False --set lr=0.75 (repeatable)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
@@ -157,7 +158,7 @@ def main(argv=None) -> int:
     from cifarzoo import data as data_mod
     from cifarzoo.errors import CifarzooError
     from cifarzoo.train import fit, make_config
-    from cifarzoo.train.loop import resolve_device
+    from cifarzoo.device import resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)

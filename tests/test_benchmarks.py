@@ -59,7 +59,7 @@ def test_variant_names_parse(throughput):
 
 def test_project_variant_is_what_fit_resolves(throughput):
     from cifarzoo.train import make_config
-    from cifarzoo.train.loop import resolve_compile, resolve_precision
+    from cifarzoo.device import resolve_compile, resolve_precision
 
     cpu = torch.device("cpu")
     c = make_config("resnet18", preset="quick", device="cpu")

@@ -311,7 +311,10 @@ def test_inception_aux_heads_train_only_and_droppable():
     for head in model.aux.values():
         head.register_forward_hook(lambda *_: calls.append(1))
     x = torch.randn(2, 3, 32, 32)
-    logits, aux1, aux2 = model.train()(x)
+    out = model.train()(x)
+    logits, aux1, aux2 = out
+    # Named, as torchvision's GoogLeNetOutputs.
+    assert out.logits is logits and all(a is b for a, b in zip(out.aux_logits, (aux1, aux2)))
     assert logits.shape == aux1.shape == aux2.shape == (2, 10) and len(calls) == 2
     out = model.eval()(x)
     assert isinstance(out, torch.Tensor) and out.shape == (2, 10) and len(calls) == 2  # heads not run

@@ -13,8 +13,9 @@ import pytest
 
 from cifarzoo.study import plan_study, write_report
 from cifarzoo.study.report import RESULT_COLUMNS, RUN_KEYS, SCHEMA, fmt_bytes, fmt_count, fmt_pct, fmt_seconds
-from cifarzoo.study.runner import EVAL_FILE, STUDY_FILE
-from cifarzoo.train.rundir import write_json, write_metrics
+from cifarzoo.study.plan import EVAL_FILE, STUDY_FILE
+from cifarzoo.io import write_json
+from cifarzoo.train.rundir import write_metrics
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 ACC = {("vgg16", 0): 0.41, ("vgg16", 1): 0.45, ("resnet50", 0): 0.52, ("resnet50", 1): 0.50}

@@ -17,7 +17,9 @@ import cifarzoo.train
 from cifarzoo.cli import main
 from cifarzoo.errors import CifarzooError, TrainingError
 from cifarzoo.study import StudyReporter, estimate_seconds_left, plan_study, run_study
-from cifarzoo.study.runner import EVAL_FILE, remove_run_dir, run_state, top_losses
+from cifarzoo.study.plan import EVAL_FILE
+from cifarzoo.study.runner import remove_run_dir, top_losses
+from cifarzoo.train.rundir import run_state
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 TINY = dict(width_mult=0.125, epochs=1, batch_size=20, device="cpu", precision="fp32", compile="off",

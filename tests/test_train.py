@@ -13,7 +13,8 @@ from cifarzoo.data import Dataset
 from cifarzoo.errors import CifarzooError, TrainingError
 from cifarzoo.train import Reporter, TrainConfig, fit, make_config
 from cifarzoo.train.checkpoint import load_checkpoint
-from cifarzoo.train.loop import lr_factor, param_groups, split_dataset
+from cifarzoo.train.loop import split_dataset
+from cifarzoo.train.optim import lr_factor, param_groups
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +117,43 @@ def test_resume_is_bit_for_bit(tiny, tmp_path, stop_step):
         assert ra["train_loss"] == rb["train_loss"] and ra["eval_acc"] == rb["eval_acc"]
 
 
+def test_resume_is_bit_for_bit_with_every_recipe_option(tiny, tmp_path):
+    """fastnet's recipe (whitened frozen stem, lookahead, BN lr scale) plus an EMA, stopped mid-epoch."""
+    config = tiny_config(model="fastnet", epochs=2, lr=0.1, momentum=0.85, whiten_init=True, lookahead=True,
+                         bias_lr_scale=8.0, ema=True, label_smoothing=0.2)
+    straight = fit(config, dataset=tiny, out_dir=tmp_path / "straight")
+    with pytest.raises(KeyboardInterrupt):
+        fit(config, dataset=tiny, out_dir=tmp_path / "broken", reporter=StopAt(13))
+    resumed = fit(resume=tmp_path / "broken", dataset=tiny)
+    a, b = load_checkpoint(straight.run_dir), load_checkpoint(resumed.run_dir)
+    for key in ("state_dict", "train_state_dict", "ema_state_dict"):
+        assert a[key].keys() == b[key].keys()
+        for k in a[key]:
+            assert torch.equal(a[key][k], b[key][k]), (key, k)
+    assert all(torch.equal(x, y) for x, y in zip(a["lookahead"], b["lookahead"]))
+    assert [r["train_loss"] for r in straight.metrics] == [r["train_loss"] for r in resumed.metrics]
+
+
+def test_one_training_step_is_public_and_is_what_fit_runs(tiny):
+    """make_step builds the recipe's optimizer groups, schedule and lookahead; a step returns device tensors."""
+    from cifarzoo.train import build_model, make_step
+
+    config = tiny_config(model="fastnet", whiten_init=True, lookahead=True, bias_lr_scale=4.0)
+    model = build_model(config, 10, torch.device("cpu"))
+    assert not model.whiten.weight.requires_grad  # the frozen whitening stem
+    step = make_step(model, config, torch.device("cpu"), total_steps=20, steps_per_epoch=10)
+    assert len(step.optimizer.param_groups) == 3 and step.lookahead is not None
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 3, 32, 32, generator=g), torch.randint(0, 10, (16,), generator=g)
+    first = step(x, y)[0].item()
+    for _ in range(8):
+        loss, logits = step(x, y)
+    assert logits.shape == (16, 10) and not loss.requires_grad
+    assert step.global_step == 9 and loss.item() < first
+    state = step.state_dict()
+    assert {"state_dict", "optimizer", "scheduler", "scaler", "lookahead"} <= set(state)
+
+
 def test_resume_of_finished_run_is_an_error(tiny, tmp_path):
     fit(tiny_config(epochs=1), dataset=tiny, out_dir=tmp_path / "run")
     with pytest.raises(CifarzooError, match="already finished"):
@@ -157,10 +195,10 @@ def test_stall_is_detected_at_chance_with_loss_at_ln10(tiny, tmp_path):
 
 
 def test_nonfinite_loss_names_step_and_keeps_last_good_checkpoint(tiny, tmp_path, monkeypatch):
-    import cifarzoo.train.loop as loop
+    import cifarzoo.train.step as step_mod
 
     poisoned = [False]
-    real_loss = loop._model_loss
+    real_loss = step_mod.model_loss
 
     def loss_that_turns_nan(out, y, c):
         loss, logits = real_loss(out, y, c)
@@ -170,7 +208,7 @@ def test_nonfinite_loss_names_step_and_keeps_last_good_checkpoint(tiny, tmp_path
         def on_epoch_end(self, row):
             poisoned[0] = row["epoch"] >= 1
 
-    monkeypatch.setattr(loop, "_model_loss", loss_that_turns_nan)
+    monkeypatch.setattr(step_mod, "model_loss", loss_that_turns_nan)
     with pytest.raises(TrainingError, match=r"step 11 \(epoch 2\)") as info:
         fit(tiny_config(epochs=3), dataset=tiny, out_dir=tmp_path / "run", reporter=PoisonAfterEpoch1())
     assert info.value.kind == "nan"

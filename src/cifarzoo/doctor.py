@@ -106,7 +106,7 @@ def check_overfit_batch(model, x, y, *, steps: int = 300, lr: float = 1e-3, targ
     losses = []
     for step in range(1, steps + 1):
         out = model(x)
-        logits = out[0] if isinstance(out, (tuple, list)) else out
+        logits = getattr(out, "logits", out)  # Inception in training mode: InceptionOutputs
         loss = F.cross_entropy(logits, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -127,15 +127,25 @@ def check_overfit_batch(model, x, y, *, steps: int = 300, lr: float = 1e-3, targ
 
 def lr_range_test(model, ds: Dataset, config, *, steps: int = 60, lo: float = 1e-5, hi: float = 10.0,
                   batch_size: int = 64, seed: int = 0) -> Check:
-    """Raise the lr exponentially from ``lo`` to ``hi`` over ``steps`` batches; report where the loss diverges."""
+    """Raise the lr exponentially from ``lo`` to ``hi`` over ``steps`` batches; report where the loss diverges.
+
+    Each batch goes through the trainer's own step (its optimizer and parameter groups,
+    its loss), with the lr ramp as its schedule; no EMA or lookahead, fp32 on the CPU.
+    """
     from cifarzoo.data.loader import DeviceLoader
-    from cifarzoo.train.loop import _model_loss, make_optimizer
+    from cifarzoo.train import make_step
 
     loader = DeviceLoader(ds.train_images, ds.train_labels, batch_size=batch_size, mean=ds.mean, std=ds.std,
                           train=True, augment="none", seed=seed)
     loader.set_epoch(0)
-    opt = make_optimizer(model, config, torch.device("cpu"))
-    model.train()
+
+    def lr_at(i: int) -> float:
+        return lo * (hi / lo) ** (min(i, steps - 1) / max(1, steps - 1))
+
+    # The schedule multiplies the peak lr of each parameter group: lr_at(i) / config.lr.
+    step = make_step(model, config.replace(ema=False, lookahead=False), torch.device("cpu"), total_steps=steps,
+                     steps_per_epoch=max(1, len(loader)), lr_lambda=lambda i: lr_at(i) / config.lr)
+    step.train()
     lrs, losses, smooth = [], [], None
     it = iter(loader)
     for i in range(steps):
@@ -145,16 +155,10 @@ def lr_range_test(model, ds: Dataset, config, *, steps: int = 60, lo: float = 1e
             loader.set_epoch(i)
             it = iter(loader)
             x, y = next(it)
-        lr = lo * (hi / lo) ** (i / max(1, steps - 1))
-        for g in opt.param_groups:
-            g["lr"] = lr
-        loss, _ = _model_loss(model(x), y, config)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        loss, _ = step(x, y)
         v = loss.item()
         smooth = v if smooth is None else 0.7 * smooth + 0.3 * v
-        lrs.append(lr)
+        lrs.append(lr_at(i))
         losses.append(smooth)
         if not math.isfinite(v) or smooth > 4 * min(losses):
             break

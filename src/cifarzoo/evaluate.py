@@ -5,7 +5,6 @@ rebuilt from the checkpoint and fed with the checkpoint's own normalization.
 """
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +15,10 @@ import torch
 from cifarzoo.data import Dataset
 from cifarzoo.errors import CifarzooError
 from cifarzoo.inference import confusion_matrix, loss_and_accuracy, predict_logits
-from cifarzoo.train.checkpoint import atomic_write_bytes, load_model
-from cifarzoo.train.loop import resolve_device
-from cifarzoo.train.rundir import write_json
+from cifarzoo.device import resolve_device
+from cifarzoo.io import write_json
+from cifarzoo.plots import plot_confusion
+from cifarzoo.train.checkpoint import load_model
 
 
 @dataclass
@@ -90,34 +90,6 @@ def evaluate(
         plot_confusion(folder / f"{stem}.png", cm, classes,
                        title=f"{ckpt['model']['name']}: test accuracy {100 * acc:.2f}%{' (flip TTA)' if tta else ''}")
     return result
-
-
-def plot_confusion(path: str | os.PathLike, cm: np.ndarray, classes: list[str], title: str = "") -> None:
-    """A confusion matrix as a PNG: rows true, columns predicted, cells in % of the true class."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    pct = 100 * cm / np.maximum(1, cm.sum(1, keepdims=True))
-    n = len(classes)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * n, 0.8 + 0.5 * n))
-    ax.imshow(pct, cmap="Blues", vmin=0, vmax=100)
-    ax.set_xticks(range(n), classes, rotation=45, ha="right")
-    ax.set_yticks(range(n), classes)
-    ax.set_xlabel("predicted"), ax.set_ylabel("true")
-    for i in range(n):
-        for j in range(n):
-            if cm[i, j]:
-                ax.text(j, i, f"{pct[i, j]:.0f}", ha="center", va="center", fontsize=7,
-                        color="white" if pct[i, j] > 50 else "black")
-    if title:
-        ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, lambda f: f.write(buf.getvalue()))
 
 
 def format_confusion(cm: np.ndarray, classes: list[str]) -> str:

@@ -47,7 +47,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -57,6 +56,7 @@ from typing import Any
 import numpy as np
 
 from cifarzoo.errors import CifarzooError
+from cifarzoo.io import atomic_file
 
 FORMAT = "cifarzoo.onnx"
 FORMAT_VERSION = 1
@@ -264,25 +264,6 @@ def _metadata(ckpt: dict, *, layout: str, opset: int, exporter: str) -> dict[str
     }
 
 
-def _write_temp_beside(target: Path, data: bytes) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        # mkstemp makes the file owner-only (0600); an exported model is meant to be
-        # shared, so give it the mode a plain open() would (0666 less the umask).
-        if hasattr(os, "fchmod"):  # POSIX
-            umask = os.umask(0)
-            os.umask(umask)
-            os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return Path(tmp)
-
-
 def export_onnx(
     run_or_checkpoint: str | os.PathLike,
     out: str | os.PathLike | None = None,
@@ -306,6 +287,33 @@ def export_onnx(
     otherwise it is deleted and :class:`CifarzooError` is raised.
     """
     started = time.perf_counter()
+    layout, opset, images, mods = _check_arguments(layout, exporter, atol, opset, check_images)
+    model, ckpt, target, mean, std = _load_for_export(run_or_checkpoint, out)
+    name = str(ckpt["model"]["name"])
+    wrapper = _image_wrapper(model, mean, std, layout)
+    # The reference comes first, so that an exporter which changed the module in
+    # passing (a buffer, a cache, train/eval mode) shows up as a mismatch.
+    ref = _torch_logits(wrapper, images, layout)  # (N, num_classes)
+    proto = _export_proto(wrapper, images, name, ckpt, layout=layout, opset=opset, exporter=exporter,
+                          onnx=mods["onnx"])
+    got_opset = _default_opset(proto)
+    diff, top1 = _verify_and_write(proto, target, images, ref, name, atol=atol, opset=got_opset,
+                                   ort_version=mods["onnxruntime"].__version__)
+    return ExportResult(
+        path=target,
+        max_abs_diff=diff,
+        top1_agreement=top1,
+        opset=got_opset,
+        seconds=time.perf_counter() - started,
+        layout=layout,
+        exporter=exporter,
+        num_check_images=len(images),
+        model_name=name,
+    )
+
+
+def _check_arguments(layout, exporter: str, atol, opset, check_images):
+    """(layout, opset, check images, the onnx modules) once every argument is valid."""
     layout = str(layout).lower()
     if layout not in LAYOUTS:
         raise CifarzooError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
@@ -326,11 +334,14 @@ def export_onnx(
     images = _default_check_images() if check_images is None else _check_images_array(check_images)
     if len(images) == 0:
         raise CifarzooError("check_images is empty; give at least one image")
+    return layout, opset, images, mods
 
+
+def _load_for_export(run_or_checkpoint, out):
+    """(model, checkpoint, target path, mean, std) for a run folder or checkpoint."""
     from cifarzoo.train.checkpoint import load_model
 
     model, ckpt = load_model(run_or_checkpoint)
-    name = str(ckpt["model"]["name"])
     ckpt_path = Path(ckpt["path"])
     target = Path(out) if out is not None else ckpt_path.parent / ONNX_NAME
     if target.is_dir():
@@ -350,13 +361,13 @@ def export_onnx(
         raise CifarzooError(
             f"{ckpt_path}: normalization must be {{'mean': [r, g, b], 'std': [r, g, b]}} with std > 0, got {norm!r}"
         ) from None
-    wrapper = _image_wrapper(model, mean, std, layout)
+    return model, ckpt, target, mean, std
 
+
+def _export_proto(wrapper, images, name: str, ckpt: dict, *, layout: str, opset: int, exporter: str, onnx):
+    """The checked ONNX model of ``wrapper`` with cifarzoo's metadata."""
     import torch
 
-    # The reference comes first, so that an exporter which changed the module in
-    # passing (a buffer, a cache, train/eval mode) shows up as a mismatch.
-    ref = _torch_logits(wrapper, images, layout)  # (N, num_classes)
     # An example batch of 2, not 1: torch.export specializes size-1 dimensions.
     example = torch.from_numpy(_to_layout(images[:1].repeat(2, axis=0), layout))
     try:
@@ -403,15 +414,23 @@ def export_onnx(
     except Exception as exc:
         raise CifarzooError(f"the exported graph of {name!r} is not valid ONNX ({exc}); report this as a bug") from exc
 
-    tmp = _write_temp_beside(target, proto.SerializeToString())
-    try:
+    return proto
+
+
+def _verify_and_write(proto, target: Path, images, ref, name: str, *, atol: float, opset: int,
+                      ort_version: str) -> tuple[float, float]:
+    """Write ``proto`` to ``target`` only if ONNX Runtime's logits match ``ref``; (max abs diff, top-1 agreement)."""
+    # Renamed into place only once ONNX Runtime's logits match; deleted otherwise.
+    with atomic_file(target) as (f, tmp):
+        f.write(proto.SerializeToString())
+        f.flush()
         try:
             session = OnnxClassifier(tmp, threads=1)  # a handful of images: threads would only spin
         except CifarzooError as exc:
             cause = exc.__cause__ or exc
             raise CifarzooError(
-                f"ONNX Runtime {mods['onnxruntime'].__version__} cannot load the exported {name!r} at opset "
-                f"{got_opset} ({type(cause).__name__}: {_first_line(cause)}); try --opset {DEFAULT_OPSET}"
+                f"ONNX Runtime {ort_version} cannot load the exported {name!r} at opset "
+                f"{opset} ({type(cause).__name__}: {_first_line(cause)}); try --opset {DEFAULT_OPSET}"
             ) from exc
         got = session.predict_logits(images)
         single = session.predict_logits(images[:1])  # batch of one: the dynamic axis works both ways
@@ -437,21 +456,7 @@ def export_onnx(
                 f"(top-1 agreement {top1:.1%} on {len(images)} images); nothing written to {target}; {hint}"
             )
         del session
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return ExportResult(
-        path=target,
-        max_abs_diff=diff,
-        top1_agreement=top1,
-        opset=got_opset,
-        seconds=time.perf_counter() - started,
-        layout=layout,
-        exporter=exporter,
-        num_check_images=len(images),
-        model_name=name,
-    )
+    return diff, top1
 
 
 class OnnxClassifier:

@@ -5,7 +5,6 @@ One place turns uint8 images into logits, with the same normalization everywhere
 """
 from __future__ import annotations
 
-import contextlib
 import math
 
 import numpy as np
@@ -13,13 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def autocast_context(device: torch.device, precision: str):
-    """Autocast for ``precision`` in ("fp32", "bf16", "fp16") on ``device``."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+from cifarzoo.device import autocast_context
 
 
 @torch.inference_mode()

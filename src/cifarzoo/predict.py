@@ -37,7 +37,7 @@ class Prediction:
 class _TorchClassifier:
     def __init__(self, source: str | os.PathLike, device: str = "auto"):
         from cifarzoo.train.checkpoint import load_model
-        from cifarzoo.train.loop import resolve_device
+        from cifarzoo.device import resolve_device
 
         self.model, ckpt = load_model(source)
         self.device = resolve_device(device)

@@ -27,14 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"cifarzoo.cli.{name}")
-        except ModuleNotFoundError as exc:  # a command not built yet
-            if exc.name == f"cifarzoo.cli.{name}":
-                continue
-            raise
-        p = module.register(sub)
-        p.set_defaults(_run=module.run)
+        module = importlib.import_module(f"cifarzoo.cli.{name}")
+        module.register(sub).set_defaults(_run=module.run)
     return parser
 
 

@@ -6,6 +6,7 @@ import sys
 import time
 
 from cifarzoo.cli.common import add_data_argument
+from cifarzoo.train.config import DEVICES, PRESETS
 
 
 def _duration(seconds: float | None) -> str:
@@ -80,7 +81,7 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                     "keeps finished runs and resumes interrupted ones.")
     p.add_argument("--models", metavar="LIST",
                    help="comma list of models (see `cifarzoo models`); default: the five of the study")
-    p.add_argument("--preset", choices=["quick", "standard", "full", "seed"], default="standard",
+    p.add_argument("--preset", choices=list(PRESETS), default="standard",
                    help="quick: narrow models on the bundled sample, minutes on a CPU; standard: full CIFAR-10 "
                         "on a GPU; full: twice as long; seed: the original study's settings (default standard)")
     p.add_argument("--seeds", type=int, default=1, metavar="N", help="train seeds 0..N-1 of every model (default 1)")
@@ -88,7 +89,7 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                       "$CIFARZOO_DATA or ~/.cache/cifarzoo)")
     p.add_argument("--out", metavar="DIR", default=None, help="study folder (default study/<preset>)")
     p.add_argument("--epochs", type=int, help="override every model's epochs (the same budget for all)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto")
+    p.add_argument("--device", choices=DEVICES, help="default auto")
     p.add_argument("--force", action="store_true", help="train every run again, replacing finished ones")
     p.add_argument("--report-only", action="store_true", help="only (re)build the report from the runs in --out")
     p.add_argument("--quiet", action="store_true", help="print only the final summary")
@@ -114,9 +115,7 @@ def _print_table(results_path) -> None:
 def run(args) -> int:
     from cifarzoo.cli.common import load_dataset
     from cifarzoo.errors import CifarzooError
-    from cifarzoo.study import load_plan, plan_study
-    from cifarzoo.study.report import write_report
-    from cifarzoo.study.runner import execute
+    from cifarzoo.study import load_plan, plan_study, run_plan, write_report
 
     out = args.out or f"study/{args.preset}"
     if args.report_only:
@@ -136,7 +135,7 @@ def run(args) -> int:
     dataset = load_dataset(plan.data, "benchmark")
     reporter = ConsoleStudyReporter(quiet=args.quiet)
     try:
-        result = execute(plan, force=args.force, reporter=reporter, dataset=dataset)
+        result = run_plan(plan, force=args.force, reporter=reporter, dataset=dataset)
     except KeyboardInterrupt:
         print(f"interrupted; run the same command again to continue the study in {out} "
               "(finished runs are kept, the interrupted one resumes)", file=sys.stderr)

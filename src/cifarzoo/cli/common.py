@@ -52,3 +52,61 @@ def load_dataset(spec: str | None, command: str, labels: str = "fine"):
         else:  # not ours to reformat: hand back to the normal machinery
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return dataset
+
+
+# --------------------------------------------------------------------------- TrainConfig as options
+# Every TrainConfig field is a `--field-name` option of `cifarzoo train` (choices from
+# config.py's tuples, type from the field's annotation), except these:
+NOT_OPTIONS = ("model", "model_kwargs", "data")  # the positional MODEL; builder kwargs (recipes); --data
+OPTION_HELP = {
+    "optimizer": "default sgd (Nesterov momentum)",
+    "lr": "peak learning rate",
+    "weight_decay": "on conv/linear weights; never on BN or biases",
+    "augment": "comma list of crop, flip, cutout; or none (default crop,flip)",
+    "width_mult": "channel multiplier (1.0 = paper width)",
+    "subset": "first N training images, class-balanced",
+    "val_split": "hold N training images out as the validation set",
+    "allow_stall": "do not stop a run whose loss stays at ln(C) with chance accuracy",
+    "stall_steps": "check for a stall after N steps (default: after epoch 1)",
+    "sync_bn": "SyncBatchNorm under torchrun/DDP",
+    "eval_batch_size": "images per evaluation forward pass",
+    "ema": "evaluate an exponential moving average of the weights",
+    "whiten_init": "initialize a model's whitening stem from data patches (fastnet)",
+    "lookahead": "every 5 steps pull the weights to their short average (fastnet)",
+    "bias_lr_scale": "lr multiplier for BatchNorm parameters",
+    "aux_weight": "weight of auxiliary-classifier losses (Inception)",
+    "nan_check_every": "steps between checks for a non-finite loss on GPU",
+}
+
+
+def config_option_fields() -> tuple[str, ...]:
+    import dataclasses
+
+    from cifarzoo.train.config import TrainConfig
+
+    return tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in NOT_OPTIONS)
+
+
+def add_config_options(parser: argparse.ArgumentParser, fields: tuple[str, ...] | None = None) -> None:
+    """Add ``--field-name`` for each TrainConfig field (default None: the recipe's value)."""
+    import typing
+
+    from cifarzoo.train import config as config_mod
+
+    choices = {"optimizer": config_mod.OPTIMIZERS, "schedule": config_mod.SCHEDULES,
+               "precision": config_mod.PRECISIONS, "compile": config_mod.COMPILE_MODES,
+               "device": config_mod.DEVICES}
+    hints = typing.get_type_hints(config_mod.TrainConfig)
+    for name in fields or config_option_fields():
+        flag, kind = "--" + name.replace("_", "-"), hints[name]
+        base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)  # int | None -> int
+        help_text = OPTION_HELP.get(name)
+        if base is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            parser.add_argument(flag, type=base, choices=choices.get(name), default=None, help=help_text)
+
+
+def config_overrides(args: argparse.Namespace, fields: tuple[str, ...] | None = None) -> dict:
+    """The TrainConfig fields given on the command line (None: not given), plus ``data``."""
+    return {name: getattr(args, name, None) for name in ("data", *(fields or config_option_fields()))}

@@ -5,6 +5,7 @@ import argparse
 import json
 
 from cifarzoo.cli.common import add_data_argument
+from cifarzoo.train.config import DEVICES
 
 
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -14,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN_OR_CHECKPOINT")
     add_data_argument(p, default_help="the data source the run was trained on")
     p.add_argument("--tta", action="store_true", help="average each image with its horizontal mirror")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     return p
 

@@ -5,6 +5,8 @@ import argparse
 import json
 import sys
 
+from cifarzoo.train.config import DEVICES
+
 
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="classify image files with a trained model",
@@ -14,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("model", metavar="RUN_OR_CHECKPOINT", help="run folder, checkpoint.pt, or model.onnx")
     p.add_argument("images", metavar="IMAGE", nargs="+")
     p.add_argument("--top-k", type=int, default=3)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--json", action="store_true")
     return p
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cifarzoo.cli.common import add_data_argument
+from cifarzoo.cli.common import add_config_options, add_data_argument, config_overrides
+from cifarzoo.train.config import PRESETS
 
 
 class ConsoleReporter:
@@ -70,31 +71,8 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description="Train one model. Unset options come from the model's recipe (see cifarzoo/train/config.py).")
     p.add_argument("model", nargs="?", help="model name (see `cifarzoo models`); omit with --resume")
     add_data_argument(p)
-    p.add_argument("--preset", choices=["quick", "standard", "full", "seed"],
-                   help="start from a study preset's settings for this model")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help="default sgd (Nesterov momentum)")
-    p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--momentum", type=float)
-    p.add_argument("--weight-decay", type=float, help="on conv/linear weights; never on BN or biases")
-    p.add_argument("--schedule", choices=["onecycle", "cosine", "step", "constant"])
-    p.add_argument("--warmup-epochs", type=float)
-    p.add_argument("--label-smoothing", type=float)
-    p.add_argument("--augment", help="comma list of crop, flip, cutout; or none (default crop,flip)")
-    p.add_argument("--cutout-size", type=int)
-    p.add_argument("--width-mult", type=float, help="channel multiplier (1.0 = paper width)")
-    p.add_argument("--subset", type=int, help="first N training images, class-balanced")
-    p.add_argument("--val-split", type=int, help="hold N training images out as the validation set")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--compile", choices=["auto", "on", "off"])
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--seed", type=int)
-    p.add_argument("--allow-stall", action="store_true", default=None,
-                   help="do not stop a run whose loss stays at ln(C) with chance accuracy")
-    p.add_argument("--stall-steps", type=int, help="check for a stall after N steps (default: after epoch 1)")
-    p.add_argument("--sync-bn", action="store_true", default=None, help="SyncBatchNorm under torchrun/DDP")
+    p.add_argument("--preset", choices=list(PRESETS), help="start from a study preset's settings for this model")
+    add_config_options(p)
     p.add_argument("--out", help="run folder (default runs/<model>-<time>)")
     p.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR")
     p.add_argument("--quiet", action="store_true", help="print only the final line")
@@ -105,35 +83,29 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-OPTION_FIELDS = ("data", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule",
-                 "warmup_epochs", "label_smoothing", "augment", "cutout_size", "width_mult", "subset",
-                 "val_split", "precision", "channels_last", "compile", "device", "seed", "allow_stall",
-                 "stall_steps", "sync_bn")
-
-
 def config_from_args(args) -> "TrainConfig":  # noqa: F821
     from cifarzoo.train import make_config
 
-    return make_config(args.model, preset=args.preset, **{f: getattr(args, f) for f in OPTION_FIELDS})
+    return make_config(args.model, preset=args.preset, **config_overrides(args))
 
 
 def run(args) -> int:
-    from cifarzoo.train import distributed as D
+    from cifarzoo.train import distributed
 
-    if args.nproc_per_node is not None and not D.launched_by_torchrun():
+    if args.nproc_per_node is not None and not distributed.launched_by_torchrun():
         return _launch(args)
     if args.nproc_per_node is not None:
         from cifarzoo.errors import CifarzooError
 
         raise CifarzooError("--nproc-per-node: this process was already started by torchrun; drop the option")
-    with D.process_group():
+    with distributed.process_group():
         return _run(args)
 
 
 def _launch(args) -> int:
     """Check what can be checked here, then start the same command on N ranks under torchrun."""
     from cifarzoo.errors import CifarzooError
-    from cifarzoo.train import distributed as D
+    from cifarzoo.train import distributed
     from cifarzoo.train import launch
 
     if args.resume and args.model:
@@ -149,9 +121,9 @@ def _launch(args) -> int:
         config = config_from_args(args)
     device_type = launch.check_nproc(args.nproc_per_node, config.device)
     if args.nproc_per_node == 1:
-        with D.process_group():
+        with distributed.process_group():
             return _run(args)
-    D.check_world(config.batch_size, args.nproc_per_node, sync_bn=config.sync_bn, device_type=device_type)
+    distributed.check_world(config.batch_size, args.nproc_per_node, sync_bn=config.sync_bn, device_type=device_type)
     argv = ["train", *launch.unparse_args(args._train_parser, args, drop=("nproc_per_node",))]
     return launch.launch(argv, args.nproc_per_node)
 

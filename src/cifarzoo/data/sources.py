@@ -32,7 +32,6 @@ import http.client
 import io
 import os
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 import warnings
@@ -47,6 +46,7 @@ from PIL import ExifTags, Image, ImageOps
 from cifarzoo.data.dataset import Dataset
 from cifarzoo.data.safe_unpickle import MAX_BATCH_BYTES, MAX_IMAGES, ROW_BYTES, safe_load
 from cifarzoo.errors import DataError
+from cifarzoo.io import atomic_file
 
 # Module-level so tests (and mirrors) can point them elsewhere; read at call time.
 DOWNLOAD_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -567,43 +567,36 @@ def download(folder: str | os.PathLike, fmt: OfficialFormat = CIFAR10, *, progre
     final = folder / fmt.archive
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{fmt.archive}.", suffix=".part", dir=folder)
-    except OSError as exc:
+        # Renamed into place only after the md5 check; deleted on any failure or Ctrl-C.
+        with atomic_file(final, suffix=".part") as (out, _tmp):
+            md5 = hashlib.md5()
+            try:
+                with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp:
+                    total = int(resp.headers.get("Content-Length") or 0) or None
+                    from tqdm import tqdm  # only needed on this rare path
+
+                    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
+                              desc=f"downloading {fmt.archive}", disable=not progress) as bar:
+                        while chunk := resp.read(1 << 20):
+                            out.write(chunk)
+                            md5.update(chunk)
+                            bar.update(len(chunk))
+            except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
+                reason = getattr(exc, "reason", None) or exc
+                also = "a cifar-10-batches-py folder or an image folder" if fmt is CIFAR10 else \
+                    "or its unpacked cifar-100-python folder"
+                raise DataError(
+                    f"could not download {fmt.name} from {url} ({reason}), so point --data PATH at a copy "
+                    f"you already have ({fmt.archive}, {also}) or use --data sample for the "
+                    f"6,000-image CIFAR-10 sample bundled with cifarzoo"
+                ) from None
+            got = md5.hexdigest()
+            if got != expected:
+                raise DataError(f"downloaded {url} has md5 {got}, expected {expected}; the corrupt "
+                                f"download was deleted, try again or use --data PATH / --data sample")
+    except OSError as exc:  # the folder: not creatable, not writable, full
         raise DataError(f"cannot write to {folder} to download {fmt.name} ({exc.strerror or exc}); "
                         f"set CIFARZOO_DATA to a writable folder, or use --data PATH or --data sample") from None
-    tmp = Path(tmp_name)
-    try:
-        md5 = hashlib.md5()
-        try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp:
-                total = int(resp.headers.get("Content-Length") or 0) or None
-                from tqdm import tqdm  # only needed on this rare path
-
-                with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                          desc=f"downloading {fmt.archive}", disable=not progress) as bar:
-                    while chunk := resp.read(1 << 20):
-                        out.write(chunk)
-                        md5.update(chunk)
-                        bar.update(len(chunk))
-                out.flush()
-                os.fsync(out.fileno())
-        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
-            reason = getattr(exc, "reason", None) or exc
-            also = "a cifar-10-batches-py folder or an image folder" if fmt is CIFAR10 else \
-                "or its unpacked cifar-100-python folder"
-            raise DataError(
-                f"could not download {fmt.name} from {url} ({reason}), so point --data PATH at a copy "
-                f"you already have ({fmt.archive}, {also}) or use --data sample for the "
-                f"6,000-image CIFAR-10 sample bundled with cifarzoo"
-            ) from None
-        got = md5.hexdigest()
-        if got != expected:
-            raise DataError(f"downloaded {url} has md5 {got}, expected {expected}; the corrupt "
-                            f"download was deleted, try again or use --data PATH / --data sample")
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return final
 
 

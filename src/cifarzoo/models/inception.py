@@ -24,18 +24,33 @@ Changes for CIFAR (32×32):
   5×5 stride-3 average pool, 1×1 conv to 128 + BN + ReLU, FC 1024 + ReLU, dropout 0.7,
   linear. On the 16×16 map the pool gives 4×4, exactly the paper's size (14×14 → 4×4),
   so the FC has the paper's 128·4·4 = 2048 inputs. They run only in training mode:
-  ``model.train()`` gives ``(logits, aux1, aux2)``, ``model.eval()`` just logits (the
+  ``model.train()`` gives :class:`InceptionOutputs` ``(logits, aux1, aux2)`` (``.logits``,
+  ``.aux_logits``, as torchvision's ``GoogLeNetOutputs``), ``model.eval()`` just logits (the
   trainer weights the auxiliary losses by 0.3, as the paper does). With
   ``aux_logits=False`` (the default) the auxiliary heads are not built at all;
   :meth:`GoogLeNet.drop_aux` removes them from a trained model, e.g. before export.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
 from cifarzoo.models.init import init_weights
 from cifarzoo.models.registry import register_model, scale_width
+
+class InceptionOutputs(NamedTuple):
+    """Training-mode output with auxiliary heads; each ``(B, num_classes)``."""
+
+    logits: torch.Tensor
+    aux1: torch.Tensor  # head after 4a
+    aux2: torch.Tensor  # head after 4d
+
+    @property
+    def aux_logits(self) -> tuple[torch.Tensor, ...]:
+        return (self.aux1, self.aux2)
+
 
 # Architectures as data: the paper's Table 1, one row per module,
 # (1×1, 3×3 reduce, 3×3, 5×5 reduce, 5×5, pool proj). "M" is a 3×3/2 max-pool.
@@ -142,7 +157,7 @@ class GoogLeNet(nn.Module):
         self.aux_logits = False
         return self
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | InceptionOutputs:
         use_aux = self.training and self.aux_logits
         aux_out = []
         x = self.stem(x)
@@ -152,7 +167,7 @@ class GoogLeNet(nn.Module):
                 aux_out.append(self.aux[name](x))
         logits = self.fc(self.dropout(torch.flatten(self.pool(x), 1)))  # (B, num_classes)
         if use_aux:
-            return (logits, *aux_out)  # (logits, aux1, aux2)
+            return InceptionOutputs(logits, *aux_out)
         return logits
 
 

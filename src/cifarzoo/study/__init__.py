@@ -3,28 +3,60 @@
     result = run_study(["vgg16", "resnet50"], preset="quick", seeds=2, out_dir="study/quick")
     result.report["report.html"]
 
-See :mod:`cifarzoo.study.runner` (the runs) and :mod:`cifarzoo.study.report` (results
-and report files, with the results.json schema).
+:mod:`cifarzoo.study.plan` says what a study is, :mod:`cifarzoo.study.runner` trains its
+runs and :mod:`cifarzoo.study.report` writes the report from the run folders (with the
+results.json schema). The two import the plan, never each other: this module runs,
+then reports.
 """
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+from cifarzoo.study.plan import ORIGINAL_STUDY, STUDY_MODELS, RunSpec, StudyPlan, load_plan, plan_study
+from cifarzoo.study.report import write_report
 from cifarzoo.study.runner import (
     RunOutcome,
-    RunSpec,
-    StudyPlan,
     StudyReporter,
     StudyResult,
     estimate_seconds_left,
-    load_plan,
-    plan_study,
-    run_study,
+    execute,
 )
 
 
-def write_report(out_dir, *, dataset=None, plan=None):
-    """(Re)build the report of the study in ``out_dir`` (see :func:`cifarzoo.study.report.write_report`)."""
-    from cifarzoo.study.report import write_report as _write
+def run_plan(plan: StudyPlan, *, force: bool = False, reporter: StudyReporter | None = None, dataset=None,
+             report: bool = True) -> StudyResult:
+    """Train every run of ``plan`` not done yet (:func:`cifarzoo.study.runner.execute`), then write the report."""
+    reporter = reporter or StudyReporter()
+    result = execute(plan, force=force, reporter=reporter, dataset=dataset)
+    if report:
+        result.report = write_report(plan.out_dir, dataset=result.dataset, plan=plan)
+        reporter.on_report(result.report)
+    return result
 
-    return _write(out_dir, dataset=dataset, plan=plan)
+
+def run_study(
+    models: Sequence[str] | str | None = None,
+    *,
+    preset: str = "standard",
+    seeds: int = 1,
+    data: str | None = None,
+    out_dir: str | os.PathLike = "study",
+    force: bool = False,
+    reporter: StudyReporter | None = None,
+    dataset=None,
+    report: bool = True,
+    **overrides: Any,
+) -> StudyResult:
+    """Train every (model, seed) of a study that is not done yet, then write its report.
+
+    ``dataset`` (a :class:`cifarzoo.data.Dataset`) skips loading ``data``; every run
+    gets the same one. See :mod:`cifarzoo.study.runner` for what happens to existing
+    run folders.
+    """
+    plan = plan_study(models, preset=preset, seeds=seeds, data=data, out_dir=out_dir, **overrides)
+    return run_plan(plan, force=force, reporter=reporter, dataset=dataset, report=report)
 
 
-__all__ = ["RunOutcome", "RunSpec", "StudyPlan", "StudyReporter", "StudyResult", "estimate_seconds_left",
-           "load_plan", "plan_study", "run_study", "write_report"]
+__all__ = ["ORIGINAL_STUDY", "STUDY_MODELS", "RunOutcome", "RunSpec", "StudyPlan", "StudyReporter", "StudyResult",
+           "estimate_seconds_left", "execute", "load_plan", "plan_study", "run_plan", "run_study", "write_report"]

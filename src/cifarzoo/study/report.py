@@ -50,17 +50,16 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
 from cifarzoo import __version__
 from cifarzoo.errors import CifarzooError
-from cifarzoo.study import plots
-from cifarzoo.study.runner import EVAL_FILE, StudyPlan, load_plan
-from cifarzoo.train.checkpoint import CHECKPOINT_NAME, atomic_write_bytes
-from cifarzoo.train.config import ORIGINAL_STUDY
-from cifarzoo.train.rundir import read_json, read_metrics, write_json
+from cifarzoo import plots
+from cifarzoo.io import atomic_write_bytes, read_json_object, write_json
+from cifarzoo.study.plan import EVAL_FILE, ORIGINAL_STUDY, STUDY_FILE, StudyPlan, load_plan
+from cifarzoo.train.rundir import FAILED, FINISHED, FOREIGN, RESUMABLE, RunDir
 
 SCHEMA = "cifarzoo.study.results/1"
 RESULT_COLUMNS = (
@@ -89,44 +88,31 @@ class RunRecord:
     evaluation: dict | None  # EVAL_FILE (per-class accuracy, confusion, top losses)
 
 
-def _read_optional_json(path: Path) -> dict | None:
-    if not path.exists():
-        return None
-    try:
-        obj = read_json(path)
-    except CifarzooError:
-        return None
-    return obj if isinstance(obj, dict) else None
-
-
 def collect_runs(plan: StudyPlan) -> list[RunRecord]:
     """Read every run folder of ``plan`` (missing ones included, as status "missing")."""
     records = []
     for spec in plan.runs:
-        d = spec.run_dir
-        summary = _read_optional_json(d / "summary.json") or {}
-        info = _read_optional_json(d / "config.json")
-        evaluation = _read_optional_json(d / EVAL_FILE)
-        metrics: list[dict] = []
-        if (d / "metrics.csv").exists():
-            try:
-                metrics = read_metrics(d / "metrics.csv")
-            except (OSError, ValueError, KeyError):
-                metrics = []
-        status = summary.get("status")
-        if status not in ("finished", "failed"):
-            status = "unfinished" if (d / CHECKPOINT_NAME).exists() or metrics else "missing"
+        run = RunDir(spec.run_dir)
+        summary = run.read_summary() or {}
+        info = run.read_info()
+        evaluation = read_json_object(run.path / EVAL_FILE)
+        metrics = run.read_metrics()
+        state = run.state()
+        if state in (FINISHED, FAILED):
+            status = state
+        else:
+            status = "unfinished" if state in (RESUMABLE, FOREIGN) or metrics else "missing"
         row = {k: None for k in RUN_KEYS}
         row.update({
             "name": spec.name, "model": spec.model, "seed": spec.seed, "status": status,
-            "run_dir": os.path.relpath(d, plan.out_dir), "epochs": spec.config.epochs,
+            "run_dir": os.path.relpath(run.path, plan.out_dir), "epochs": spec.config.epochs,
             "epochs_completed": len(metrics),
         })
         for k in ("test_acc", "test_acc_tta", "test_loss", "test_loss_tta", "train_seconds", "images_per_second",
                   "peak_memory_bytes", "peak_memory_kind", "parameters", "macs", "precision", "device"):
             if k in summary:
                 row[k] = summary[k]
-        if status == "failed":
+        if status == FAILED:
             row.update(kind=summary.get("kind"), reason=summary.get("reason"), diagnosis=summary.get("diagnosis"))
             row["epochs_completed"] = summary.get("epochs_completed", len(metrics))
         if row["parameters"] is None and info:
@@ -177,9 +163,9 @@ def model_rows(plan: StudyPlan, records: list[RunRecord]) -> list[dict]:
             try:
                 from cifarzoo import models
 
-                m = models.create(model, num_classes=10, width_mult=cfg.width_mult, **cfg.model_kwargs)
-                params = count_parameters(m) if params is None else params
-                macs = count_macs(m) if macs is None else macs
+                net = models.create(model, num_classes=10, width_mult=cfg.width_mult, **cfg.model_kwargs)
+                params = count_parameters(net) if params is None else params
+                macs = count_macs(net) if macs is None else macs
             except Exception:  # sizing is informative only
                 pass
         row: dict[str, Any] = {"model": model, "status": status, "n_seeds": len(done), "n_failed": len(failed),
@@ -302,12 +288,29 @@ def fmt_loss(mean, std=None) -> str:
 
 
 # --------------------------------------------------------------------------- document model
-# The report is a list of blocks rendered twice, to Markdown and to HTML, so the two
-# never disagree: ("h1"|"h2"|"h3", text) · ("p", text) · ("table", id, headers, rows,
-# row_classes) · ("img", path, alt) · ("gallery"|"stack", [(path, caption)]: side by side
-# | one under another) · ("pre", text)
-# · ("kv", [(key, value)]).
-Block = tuple
+class Block(NamedTuple):
+    """One element of the report, rendered twice (Markdown and HTML) so the two never disagree.
+
+    ``kind`` is h1 | h2 | h3 | p | pre (``text``), kv (``items``: [(key, value)]), table
+    (``text``: its id, ``headers``, ``items``: rows, ``row_classes``), img (``path``,
+    ``text``: alt), gallery | stack (``items``: [(path, caption)], side by side | one
+    under another).
+    """
+
+    kind: str
+    text: str = ""
+    items: Sequence = ()
+    path: Path | None = None
+    headers: Sequence = ()
+    row_classes: Sequence | None = None
+
+
+def _table(table_id: str, headers: Sequence, rows: Sequence, row_classes: Sequence | None) -> Block:
+    return Block("table", table_id, items=rows, headers=headers, row_classes=row_classes)
+
+
+def _img(path: Path, alt: str) -> Block:
+    return Block("img", alt, path=path)
 
 
 def _summary_table(rows: list[dict], seed_preset: bool) -> Block:
@@ -327,7 +330,7 @@ def _summary_table(rows: list[dict], seed_preset: bool) -> Block:
             cells.insert(4, r.get("original_study") or "–")
         body.append(cells)
         classes.append(r["status"])
-    return ("table", "summary", headers, body, classes)
+    return _table("summary", headers, body, classes)
 
 
 def _figure_path(out_dir: Path, name: str) -> Path:
@@ -352,19 +355,19 @@ def make_figures(out_dir: Path, plan: StudyPlan, records: list[RunRecord], rows:
               for m in plan.models}
     curves = {m: c for m, c in curves.items() if c}
     if curves:
-        p = _figure_path(out_dir, "curves.png")
-        plots.plot_learning_curves(p, curves, eval_name=eval_name)
-        figs["curves"] = p
+        path = _figure_path(out_dir, "curves.png")
+        plots.plot_learning_curves(path, curves, eval_name=eval_name)
+        figs["curves"] = path
     if any(r["test_acc_mean"] is not None for r in rows):
-        p = _figure_path(out_dir, "tradeoffs.png")
-        plots.plot_tradeoffs(p, rows)
-        figs["tradeoffs"] = p
+        path = _figure_path(out_dir, "tradeoffs.png")
+        plots.plot_tradeoffs(path, rows)
+        figs["tradeoffs"] = path
     if dataset is not None:
         from cifarzoo.data.show import draw_class_grid
 
-        p = _figure_path(out_dir, "data-examples.png")
-        draw_class_grid(dataset, p, per_class=10, seed=0)
-        figs["data"] = p
+        path = _figure_path(out_dir, "data-examples.png")
+        draw_class_grid(dataset, path, per_class=10, seed=0)
+        figs["data"] = path
     for model in plan.models:
         evals = [r.evaluation for r in records if r.row["model"] == model and r.row["status"] == "finished"
                  and r.evaluation]
@@ -373,10 +376,10 @@ def make_figures(out_dir: Path, plan: StudyPlan, records: list[RunRecord], rows:
         classes = evals[0]["classes"]
         cm = np.sum([np.asarray(e["confusion"]) for e in evals], axis=0)
         acc = np.trace(cm) / max(1, cm.sum())
-        p = _figure_path(out_dir, f"confusion-{_safe(model)}.png")
+        path = _figure_path(out_dir, f"confusion-{_safe(model)}.png")
         seeds = f", {len(evals)} seeds summed" if len(evals) > 1 else ""
-        plots.plot_confusion(p, cm, classes, title=f"{model}: test accuracy {100 * acc:.2f}%{seeds}")
-        figs[f"confusion:{model}"] = p
+        plots.plot_confusion(path, cm, classes, title=f"{model}: test accuracy {100 * acc:.2f}%{seeds}")
+        figs[f"confusion:{model}"] = path
         first = next(r for r in records if r.row["model"] == model and r.evaluation is evals[0])
         items = evals[0].get("top_losses", [])
         if dataset is None:
@@ -386,10 +389,10 @@ def make_figures(out_dir: Path, plan: StudyPlan, records: list[RunRecord], rows:
               and int(dataset.test_labels[it["index"]]) == it["true"]]
         if len(ok) < len(items):
             notes.append(f"{model}: some most-wrong images do not match the loaded test set; they are left out")
-        p = _figure_path(out_dir, f"top-losses-{_safe(model)}.png")
-        plots.plot_top_losses(p, np.stack([images[it["index"]] for it in ok]) if ok else np.zeros((0, 32, 32, 3)),
+        path = _figure_path(out_dir, f"top-losses-{_safe(model)}.png")
+        plots.plot_top_losses(path, np.stack([images[it["index"]] for it in ok]) if ok else np.zeros((0, 32, 32, 3)),
                               ok, classes)
-        figs[f"top:{model}"] = p
+        figs[f"top:{model}"] = path
         top_seed[model] = first.row["seed"]
     return figs
 
@@ -407,110 +410,147 @@ def _memory_note(rows: list[dict]) -> str:
 
 def build_blocks(out_dir: Path, results: dict, records: list[RunRecord], figs: dict[str, Path],
                  notes: list[str], figs_meta: dict | None = None) -> list[Block]:
-    st, data, env, rows = results["study"], results["data"], results["environment"], results["models"]
+    st, data, rows = results["study"], results["data"], results["models"]
     seed_preset = st["preset"] == "seed"
     n_runs = len(results["runs"])
     blocks: list[Block] = [
-        ("h1", f"cifarzoo study — preset “{st['preset']}”"),
-        ("p", f"{len(st['models'])} models × {len(st['seeds'])} seed{'s' if len(st['seeds']) != 1 else ''} "
-              f"= {n_runs} runs on {data.get('source') or st['data_spec'] or 'CIFAR-10'}. "
-              f"Preset: {st['preset_description']}. Report built {st['report_date']} by cifarzoo {st['cifarzoo']}."),
-        ("kv", [("Budget rule", st["rule"])]),
-        ("h2", "Results"),
-        ("p", "Test accuracy and loss are the final epoch's weights on the test split; mean ± sample standard "
-              "deviation over the finished seeds. Flip TTA averages each image's and its mirror's logits. "
-              "Train time excludes evaluation." + _memory_note(rows)),
+        Block("h1", f"cifarzoo study — preset “{st['preset']}”"),
+        Block("p", f"{len(st['models'])} models × {len(st['seeds'])} seed{'s' if len(st['seeds']) != 1 else ''} "
+                   f"= {n_runs} runs on {data.get('source') or st['data_spec'] or 'CIFAR-10'}. "
+                   f"Preset: {st['preset_description']}. Report built {st['report_date']} by cifarzoo "
+                   f"{st['cifarzoo']}."),
+        Block("kv", items=[("Budget rule", st["rule"])]),
+        Block("h2", "Results"),
+        Block("p", "Test accuracy and loss are the final epoch's weights on the test split; mean ± sample standard "
+                   "deviation over the finished seeds. Flip TTA averages each image's and its mirror's logits. "
+                   "Train time excludes evaluation." + _memory_note(rows)),
         _summary_table(rows, seed_preset),
     ]
+    blocks += _status_blocks(records)
+    if seed_preset:
+        blocks += _original_study_blocks(rows)
+    blocks += _figure_blocks(figs)
+    blocks += _data_blocks(data, figs, st["models"], records)
+    blocks += _model_figure_blocks(figs, st["models"], figs_meta)
+    blocks += _environment_blocks(results)
+    blocks += [Block("p", "Note: " + n) for n in notes]
+    return blocks
+
+
+def _status_blocks(records: list[RunRecord]) -> list[Block]:
+    """The failed runs with their reasons, and the runs not finished yet."""
+    blocks: list[Block] = []
     failed = [r.row for r in records if r.row["status"] == "failed"]
     pending = [r.row for r in records if r.row["status"] in ("missing", "unfinished")]
     if failed:
-        blocks.append(("h2", "Failed runs"))
+        blocks.append(Block("h2", "Failed runs"))
         for f in failed:
-            blocks.append(("h3", f"{f['name']}: {f['kind']} after {f['epochs_completed']} of {f['epochs']} epochs"))
-            blocks.append(("p", f["reason"] or ""))
+            blocks.append(Block("h3", f"{f['name']}: {f['kind']} after {f['epochs_completed']} of "
+                                      f"{f['epochs']} epochs"))
+            blocks.append(Block("p", f["reason"] or ""))
             if f.get("diagnosis"):
-                blocks.append(("pre", f["diagnosis"]))
+                blocks.append(Block("pre", f["diagnosis"]))
     if pending:
-        blocks.append(("p", "Not finished yet: " + ", ".join(
+        blocks.append(Block("p", "Not finished yet: " + ", ".join(
             f"{r['name']} ({r['status']}, {r['epochs_completed']}/{r['epochs']} epochs)" for r in pending)
             + ". Run the same `cifarzoo benchmark` command again to continue."))
-    if seed_preset:
-        blocks += [
-            ("h2", "The original study beside this one"),
-            ("p", "The original Keras study trained these networks with the same settings (Adam 1e-3, batch 32, "
-                  "no augmentation, 50 epochs). Its figures, as it reported them, next to the same settings on "
-                  "correctly built networks:"),
-            ("table", "original", ["Model", "Original study", "This study (test accuracy)", "Status"],
-             [[r["model"], r.get("original_study") or "–", fmt_pct(r["test_acc_mean"], r["test_acc_std"]),
-               r["status"]] for r in rows], [r["status"] for r in rows]),
-        ]
-    blocks.append(("h2", "Learning curves"))
+    return blocks
+
+
+def _original_study_blocks(rows: list[dict]) -> list[Block]:
+    return [
+        Block("h2", "The original study beside this one"),
+        Block("p", "The original Keras study trained these networks with the same settings (Adam 1e-3, batch 32, "
+                   "no augmentation, 50 epochs). Its figures, as it reported them, next to the same settings on "
+                   "correctly built networks:"),
+        _table("original", ["Model", "Original study", "This study (test accuracy)", "Status"],
+               [[r["model"], r.get("original_study") or "–", fmt_pct(r["test_acc_mean"], r["test_acc_std"]),
+                 r["status"]] for r in rows], [r["status"] for r in rows]),
+    ]
+
+
+def _figure_blocks(figs: dict[str, Path]) -> list[Block]:
+    blocks = [Block("h2", "Learning curves")]
     if "curves" in figs:
-        blocks.append(("img", figs["curves"], "test accuracy against epoch and against training seconds"))
+        blocks.append(_img(figs["curves"], "test accuracy against epoch and against training seconds"))
     else:
-        blocks.append(("p", "No finished run yet."))
-    blocks.append(("h2", "Accuracy against cost"))
+        blocks.append(Block("p", "No finished run yet."))
+    blocks.append(Block("h2", "Accuracy against cost"))
     if "tradeoffs" in figs:
-        blocks.append(("img", figs["tradeoffs"], "test accuracy against training time and against parameters"))
+        blocks.append(_img(figs["tradeoffs"], "test accuracy against training time and against parameters"))
+    return blocks
+
+
+def _data_blocks(data: dict, figs: dict[str, Path], models: list[str], records: list[RunRecord]) -> list[Block]:
+    """The data set, its example images, and each model's per-class test accuracy."""
     mean, std = data.get("mean"), data.get("std")
-    blocks += [
-        ("h2", "Data"),
-        ("kv", [("Source", data.get("source") or "–"),
-                ("Training images", f"{data['train_images']:,}" if data.get("train_images") else "–"),
-                ("Test images", f"{data['test_images']:,}" if data.get("test_images") else "–"),
-                ("Per-epoch evaluation", f"{data.get('eval_split', 'test')} split"),
-                ("Classes", ", ".join(data.get("classes") or [])),
-                ("Channel mean (0–255)", ", ".join(f"{v:.2f}" for v in mean) if mean else "–"),
-                ("Channel std (0–255)", ", ".join(f"{v:.2f}" for v in std) if std else "–")]),
+    blocks = [
+        Block("h2", "Data"),
+        Block("kv", items=[
+            ("Source", data.get("source") or "–"),
+            ("Training images", f"{data['train_images']:,}" if data.get("train_images") else "–"),
+            ("Test images", f"{data['test_images']:,}" if data.get("test_images") else "–"),
+            ("Per-epoch evaluation", f"{data.get('eval_split', 'test')} split"),
+            ("Classes", ", ".join(data.get("classes") or [])),
+            ("Channel mean (0–255)", ", ".join(f"{v:.2f}" for v in mean) if mean else "–"),
+            ("Channel std (0–255)", ", ".join(f"{v:.2f}" for v in std) if std else "–")]),
     ]
     if "data" in figs:
-        blocks.append(("img", figs["data"], "ten random training images of each class"))
+        blocks.append(_img(figs["data"], "ten random training images of each class"))
     classes = data.get("classes") or []
     pc_rows = []
-    for m in st["models"]:
+    for model in models:
         pcs = [r.row["per_class_accuracy"] for r in records
-               if r.row["model"] == m and r.row["status"] == "finished" and r.row["per_class_accuracy"]]
+               if r.row["model"] == model and r.row["status"] == "finished" and r.row["per_class_accuracy"]]
         if pcs:
             mean_pc = np.mean(np.asarray(pcs, dtype=float), axis=0)
-            pc_rows.append([m] + [f"{100 * v:.1f}" for v in mean_pc])
+            pc_rows.append([model] + [f"{100 * v:.1f}" for v in mean_pc])
     if pc_rows and classes:
-        blocks += [("h2", "Per-class test accuracy (%)"),
-                   ("table", "per-class", ["Model"] + list(classes), pc_rows, None)]
-    conf = [(figs[f"confusion:{m}"], m) for m in st["models"] if f"confusion:{m}" in figs]
+        blocks += [Block("h2", "Per-class test accuracy (%)"),
+                   _table("per-class", ["Model"] + list(classes), pc_rows, None)]
+    return blocks
+
+
+def _model_figure_blocks(figs: dict[str, Path], models: list[str], figs_meta: dict | None) -> list[Block]:
+    """Confusion matrices and most confidently wrong images, per model."""
+    blocks: list[Block] = []
+    conf = [(figs[f"confusion:{m}"], m) for m in models if f"confusion:{m}" in figs]
     if conf:
-        blocks += [("h2", "Confusion matrices"),
-                   ("p", "Rows are the true class, columns the prediction; cells in % of the true class."),
-                   ("gallery", conf)]
+        blocks += [Block("h2", "Confusion matrices"),
+                   Block("p", "Rows are the true class, columns the prediction; cells in % of the true class."),
+                   Block("gallery", items=conf)]
     top_seed = (figs_meta or {}).get("top_seed", {})
     tops = [(figs[f"top:{m}"], f"{m} (seed {top_seed[m]})" if m in top_seed else m)
-            for m in st["models"] if f"top:{m}" in figs]
+            for m in models if f"top:{m}" in figs]
     if tops:
-        blocks += [("h2", "Most confidently wrong test images"),
-                   ("p", "Per model, the test images it misclassifies with the highest probability: predicted "
-                         "class and its probability, the true class, and the loss."),
-                   ("stack", tops)]
-    blocks += [
-        ("h2", "Environment"),
-        ("kv", [("Device", env.get("device") or "–"), ("Precision", env.get("precision") or "–"),
-                ("torch.compile", "on" if env.get("compiled") else "off"),
-                ("torch", env.get("torch") or "–"), ("Python", env.get("python") or "–"),
-                ("NumPy", env.get("numpy") or "–"), ("cifarzoo", env.get("cifarzoo") or "–"),
-                ("Host", env.get("host") or "–"), ("Preset", st["preset"]),
-                ("Data source", data.get("source") or "–"), ("Study started", st.get("created") or "–"),
-                ("Report built", st["report_date"])]),
-        ("h2", "Runs"),
-        ("table", "runs", ["Run", "Status", "Epochs", "Test accuracy", "Flip TTA", "Test loss", "Train time",
-                           "Images/s", "Folder"],
-         [[r["name"], r["status"] + (f" ({r['kind']})" if r["kind"] else ""),
-           f"{r['epochs_completed']}/{r['epochs']}", fmt_pct(r["test_acc"]), fmt_pct(r["test_acc_tta"]),
-           fmt_loss(_num(r["test_loss"])), fmt_seconds(_num(r["train_seconds"])),
-           "–" if _num(r["images_per_second"]) is None else f"{r['images_per_second']:,.0f}", r["run_dir"]]
-          for r in results["runs"]], [r["status"] for r in results["runs"]]),
-    ]
-    for n in notes:
-        blocks.append(("p", "Note: " + n))
+        blocks += [Block("h2", "Most confidently wrong test images"),
+                   Block("p", "Per model, the test images it misclassifies with the highest probability: "
+                              "predicted class and its probability, the true class, and the loss."),
+                   Block("stack", items=tops)]
     return blocks
+
+
+def _environment_blocks(results: dict) -> list[Block]:
+    st, data, env = results["study"], results["data"], results["environment"]
+    return [
+        Block("h2", "Environment"),
+        Block("kv", items=[
+            ("Device", env.get("device") or "–"), ("Precision", env.get("precision") or "–"),
+            ("torch.compile", "on" if env.get("compiled") else "off"),
+            ("torch", env.get("torch") or "–"), ("Python", env.get("python") or "–"),
+            ("NumPy", env.get("numpy") or "–"), ("cifarzoo", env.get("cifarzoo") or "–"),
+            ("Host", env.get("host") or "–"), ("Preset", st["preset"]),
+            ("Data source", data.get("source") or "–"), ("Study started", st.get("created") or "–"),
+            ("Report built", st["report_date"])]),
+        Block("h2", "Runs"),
+        _table("runs", ["Run", "Status", "Epochs", "Test accuracy", "Flip TTA", "Test loss", "Train time",
+                        "Images/s", "Folder"],
+               [[r["name"], r["status"] + (f" ({r['kind']})" if r["kind"] else ""),
+                 f"{r['epochs_completed']}/{r['epochs']}", fmt_pct(r["test_acc"]), fmt_pct(r["test_acc_tta"]),
+                 fmt_loss(_num(r["test_loss"])), fmt_seconds(_num(r["train_seconds"])),
+                 "–" if _num(r["images_per_second"]) is None else f"{r['images_per_second']:,.0f}", r["run_dir"]]
+                for r in results["runs"]], [r["status"] for r in results["runs"]]),
+    ]
 
 
 # --------------------------------------------------------------------------- renderers
@@ -519,28 +559,28 @@ def _md_cell(text: str) -> str:
 
 
 def render_markdown(blocks: list[Block], out_dir: Path) -> str:
+    def rel(path) -> str:
+        return Path(os.path.relpath(path, out_dir)).as_posix()
+
     out: list[str] = []
     for b in blocks:
-        kind = b[0]
-        if kind in ("h1", "h2", "h3"):
-            out.append("#" * int(kind[1]) + " " + b[1])
-        elif kind == "p":
-            out.append(b[1])
-        elif kind == "kv":
-            out.append("\n".join(f"- **{k}:** {v}" for k, v in b[1]))
-        elif kind == "table":
-            _, _, headers, rows, _ = b
-            lines = ["| " + " | ".join(_md_cell(h) for h in headers) + " |",
-                     "|" + "|".join("---" if i == 0 else "---:" for i in range(len(headers))) + "|"]
-            lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+        if b.kind in ("h1", "h2", "h3"):
+            out.append("#" * int(b.kind[1]) + " " + b.text)
+        elif b.kind == "p":
+            out.append(b.text)
+        elif b.kind == "kv":
+            out.append("\n".join(f"- **{k}:** {v}" for k, v in b.items))
+        elif b.kind == "table":
+            lines = ["| " + " | ".join(_md_cell(h) for h in b.headers) + " |",
+                     "|" + "|".join("---" if i == 0 else "---:" for i in range(len(b.headers))) + "|"]
+            lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in b.items]
             out.append("\n".join(lines))
-        elif kind == "img":
-            out.append(f"![{b[2]}]({Path(os.path.relpath(b[1], out_dir)).as_posix()})")
-        elif kind in ("gallery", "stack"):
-            out.append("\n\n".join(f"**{cap}**\n\n![{cap}]({Path(os.path.relpath(p, out_dir)).as_posix()})"
-                                   for p, cap in b[1]))
-        elif kind == "pre":
-            out.append("```\n" + b[1].rstrip() + "\n```")
+        elif b.kind == "img":
+            out.append(f"![{b.text}]({rel(b.path)})")
+        elif b.kind in ("gallery", "stack"):
+            out.append("\n\n".join(f"**{cap}**\n\n![{cap}]({rel(path)})" for path, cap in b.items))
+        elif b.kind == "pre":
+            out.append("```\n" + b.text.rstrip() + "\n```")
     return "\n\n".join(out) + "\n"
 
 
@@ -575,41 +615,44 @@ def _data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
 
 
+def _html_table(b: Block) -> str:
+    e = html.escape
+    head = "<tr>" + "".join(f"<th>{e(str(h))}</th>" for h in b.headers) + "</tr>"
+    body = []
+    for i, row in enumerate(b.items):
+        cls = f' class="{e(b.row_classes[i])}"' if b.row_classes else ""
+        body.append(f"<tr{cls}>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>")
+    return (f'<div class="scroll"><table id="{e(b.text)}"><thead>{head}</thead><tbody>'
+            + "".join(body) + "</tbody></table></div>")
+
+
 def render_html(blocks: list[Block], title: str) -> str:
     e = html.escape
     parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
              '<meta name="viewport" content="width=device-width, initial-scale=1">',
              f"<title>{e(title)}</title>", f"<style>{CSS}</style>", "</head>", "<body>"]
     for b in blocks:
-        kind = b[0]
-        if kind in ("h1", "h2", "h3"):
-            parts.append(f"<{kind}>{e(b[1])}</{kind}>")
-        elif kind == "p":
-            parts.append(f"<p>{e(b[1])}</p>")
-        elif kind == "kv":
-            parts.append('<dl class="kv">' + "".join(f"<dt>{e(str(k))}</dt><dd>{e(str(v))}</dd>" for k, v in b[1])
-                         + "</dl>")
-        elif kind == "table":
-            _, tid, headers, rows, classes = b
-            head = "<tr>" + "".join(f"<th>{e(str(h))}</th>" for h in headers) + "</tr>"
-            body = []
-            for i, row in enumerate(rows):
-                cls = f' class="{e(classes[i])}"' if classes else ""
-                body.append(f"<tr{cls}>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>")
-            parts.append(f'<div class="scroll"><table id="{e(tid)}"><thead>{head}</thead><tbody>'
-                         + "".join(body) + "</tbody></table></div>")
-        elif kind == "img":
-            parts.append(f'<figure><img src="{_data_uri(b[1])}" alt="{e(b[2])}"></figure>')
-        elif kind == "gallery":
+        if b.kind in ("h1", "h2", "h3"):
+            parts.append(f"<{b.kind}>{e(b.text)}</{b.kind}>")
+        elif b.kind == "p":
+            parts.append(f"<p>{e(b.text)}</p>")
+        elif b.kind == "kv":
+            parts.append('<dl class="kv">' + "".join(f"<dt>{e(str(k))}</dt><dd>{e(str(v))}</dd>"
+                                                     for k, v in b.items) + "</dl>")
+        elif b.kind == "table":
+            parts.append(_html_table(b))
+        elif b.kind == "img":
+            parts.append(f'<figure><img src="{_data_uri(b.path)}" alt="{e(b.text)}"></figure>')
+        elif b.kind == "gallery":
             parts.append('<div class="gallery">' + "".join(
-                f'<figure><figcaption>{e(cap)}</figcaption><img src="{_data_uri(p)}" alt="{e(cap)}"></figure>'
-                for p, cap in b[1]) + "</div>")
-        elif kind == "stack":
+                f'<figure><figcaption>{e(cap)}</figcaption><img src="{_data_uri(path)}" alt="{e(cap)}"></figure>'
+                for path, cap in b.items) + "</div>")
+        elif b.kind == "stack":
             parts.append("".join(
-                f'<figure class="wide"><figcaption>{e(cap)}</figcaption><img src="{_data_uri(p)}" alt="{e(cap)}">'
-                "</figure>" for p, cap in b[1]))
-        elif kind == "pre":
-            parts.append(f"<pre>{e(b[1].rstrip())}</pre>")
+                f'<figure class="wide"><figcaption>{e(cap)}</figcaption><img src="{_data_uri(path)}" '
+                f'alt="{e(cap)}"></figure>' for path, cap in b.items))
+        elif b.kind == "pre":
+            parts.append(f"<pre>{e(b.text.rstrip())}</pre>")
     parts += ["</body>", "</html>"]
     return "\n".join(parts) + "\n"
 
@@ -624,7 +667,7 @@ def write_report(out_dir: str | os.PathLike, *, dataset=None, plan: StudyPlan | 
     """
     out = Path(out_dir)
     plan = plan or load_plan(out)
-    meta = _read_optional_json(out / "study.json") or {}
+    meta = read_json_object(out / STUDY_FILE) or {}
     records = collect_runs(plan)
     notes: list[str] = []
     if dataset is None:

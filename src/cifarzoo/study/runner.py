@@ -1,13 +1,8 @@
-"""A study: every (model, seed) of a preset trained as an ordinary run folder, then one report.
+"""A study's runs: every (model, seed) of a plan trained as an ordinary run folder.
 
-Layout of a study folder ``DIR``::
-
-    DIR/study.json                  what was asked: preset, models, seeds, data, overrides, budget rule
-    DIR/runs/<model>-s<seed>/       one ordinary run folder per (model, seed) (see train/rundir.py), plus
-        confusion.json/.png         written by ``cifarzoo.evaluate.evaluate`` after training
-        report_eval.json            per-class accuracy, confusion and the most confidently wrong
-                                    test images, for the report (EVAL_FILE)
-    DIR/results.json, results.csv, report.md, report.html, figures/*.png   (see report.py)
+What a study is (its plan and folder layout) lives in :mod:`cifarzoo.study.plan`;
+the report that compares the runs in :mod:`cifarzoo.study.report`;
+:func:`cifarzoo.study.run_study` runs, then reports.
 
 Starting the same study again continues it: a run whose ``summary.json`` says
 ``finished`` (or ``failed``) is kept as it is, a run with an unfinished checkpoint is
@@ -36,145 +31,17 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cifarzoo import __version__
 from cifarzoo.errors import CifarzooError, TrainingError
-from cifarzoo.train.config import PRESETS, STUDY_MODELS, TrainConfig, make_config
+from cifarzoo.io import write_json
+from cifarzoo.study.plan import EVAL_FILE, RUNS_DIR, RunSpec, StudyPlan, write_plan
+from cifarzoo.train.config import TrainConfig
 from cifarzoo.train.loop import Reporter
-from cifarzoo.train.rundir import read_json, read_metrics, write_json
+from cifarzoo.train.rundir import EMPTY, FAILED, FINISHED, FOREIGN, RESUMABLE, RunDir
 
-STUDY_FILE = "study.json"
-RUNS_DIR = "runs"
-EVAL_FILE = "report_eval.json"
 TOP_LOSSES = 8  # most confidently wrong test images kept per run
 # Settings that do not change what a run computes: a run folder that differs only in
 # these still belongs to the study.
 _IGNORED_SETTINGS = ("compile", "nan_check_every", "eval_batch_size")
-
-
-# --------------------------------------------------------------------------- plan
-@dataclass(frozen=True)
-class RunSpec:
-    """One (model, seed) of a study: its full training config and its run folder."""
-
-    model: str
-    seed: int
-    config: TrainConfig
-    run_dir: Path
-
-    @property
-    def name(self) -> str:
-        return run_name(self.model, self.seed)
-
-
-@dataclass(frozen=True)
-class StudyPlan:
-    out_dir: Path
-    preset: str
-    models: tuple[str, ...]
-    seeds: tuple[int, ...]
-    data: str | None  # the --data spec every run uses (None: the default CIFAR-10 cache)
-    overrides: dict
-    runs: tuple[RunSpec, ...]
-    rule: str  # the budget rule, in words, as the report states it
-
-    def to_dict(self) -> dict:
-        return {
-            "format": "cifarzoo.study", "version": 1,
-            "preset": self.preset, "preset_description": PRESETS[self.preset].get("description", ""),
-            "models": list(self.models), "seeds": list(self.seeds), "data": self.data,
-            "overrides": dict(self.overrides), "rule": self.rule,
-            "runs": [{"name": s.name, "model": s.model, "seed": s.seed,
-                      "run_dir": os.path.relpath(s.run_dir, self.out_dir)} for s in self.runs],
-            "configs": {m: _config_for(self, m).to_dict() for m in self.models},
-            "cifarzoo": __version__,
-        }
-
-
-def _config_for(plan: StudyPlan, model: str) -> TrainConfig:
-    return next(s.config for s in plan.runs if s.model == model)
-
-
-def run_name(model: str, seed: int) -> str:
-    return f"{model}-s{seed}"
-
-
-def resolve_models(models: Sequence[str] | str | None) -> tuple[str, ...]:
-    """Canonical names, in the order given, duplicates dropped; default: the five study models.
-
-    A string is a comma list. Unknown names raise with the list of known ones.
-    """
-    from cifarzoo.models import resolve
-
-    if models is None:
-        return tuple(STUDY_MODELS)
-    if isinstance(models, str):
-        models = [m for m in models.split(",")]
-    names = [m.strip() for m in models if m and m.strip()]
-    if not names:
-        raise CifarzooError("--models is empty; give a comma list such as vgg16,resnet50 (see `cifarzoo models`)")
-    out: list[str] = []
-    for m in names:
-        r = resolve(m)
-        if r not in out:
-            out.append(r)
-    return tuple(out)
-
-
-def budget_rule(configs: dict[str, TrainConfig]) -> str:
-    """The rule every model of the study is trained under, in one sentence or three."""
-    cs = list(configs.values())
-    epochs = {m: c.epochs for m, c in configs.items()}
-    if len(set(epochs.values())) == 1:
-        ep = f"{cs[0].epochs} epoch{'s' if cs[0].epochs != 1 else ''} for every model"
-    else:
-        ep = "each model's preset epochs (" + ", ".join(f"{m} {e}" for m, e in epochs.items()) + ")"
-    aug = {c.augment for c in cs}
-    aug_text = (f"the same augmentation ({cs[0].augment})" if len(aug) == 1
-                else "augmentation per model: " + ", ".join(f"{m} {c.augment}" for m, c in configs.items()))
-    opt = {(c.optimizer, c.lr, c.batch_size, c.schedule) for c in cs}
-    if len(opt) == 1:
-        c = cs[0]
-        batch = c.batch_size if c.batch_size is not None else "auto (512, smaller on small data)"
-        opt_text = f"{c.optimizer} at peak lr {c.lr:g}, batch {batch}, {c.schedule} schedule for all"
-    else:
-        opt_text = "each model's recipe for optimizer, learning rate and batch size (see results.json configs)"
-    return (f"{ep}; same data, {aug_text} and seeds; {opt_text}; "
-            "final-epoch weights, no test-set selection (the test set is only ever used for reporting)")
-
-
-def plan_study(
-    models: Sequence[str] | str | None = None,
-    *,
-    preset: str = "standard",
-    seeds: int = 1,
-    data: str | None = None,
-    out_dir: str | os.PathLike = "study",
-    **overrides: Any,
-) -> StudyPlan:
-    """Every (model, seed) run of a study and its config: ``make_config(model, preset, data=, seed=, **overrides)``.
-
-    ``seeds`` runs seeds 0..seeds-1 of each model. ``data`` replaces the preset's data
-    source; ``overrides`` (None values ignored) apply to every model alike.
-    """
-    if preset not in PRESETS:
-        raise CifarzooError(f"unknown preset {preset!r}; known presets: {', '.join(PRESETS)}")
-    if not (isinstance(seeds, int) and seeds >= 1):
-        raise CifarzooError(f"--seeds must be a positive integer, got {seeds!r}")
-    names = resolve_models(models)
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    for k in ("seed", "model"):
-        if k in overrides:
-            raise CifarzooError(f"a study sets {k!r} itself; use --seeds / --models")
-    data_spec = data if data is not None else PRESETS[preset].get("data")
-    out = Path(out_dir)
-    runs = []
-    for m in names:
-        for s in range(seeds):
-            cfg = make_config(m, preset=preset, data=data_spec, seed=s, **overrides)
-            runs.append(RunSpec(m, s, cfg, out / RUNS_DIR / run_name(m, s)))
-    configs = {m: next(r.config for r in runs if r.model == m) for m in names}
-    return StudyPlan(out, preset, names, tuple(range(seeds)), data_spec, overrides, tuple(runs),
-                     budget_rule(configs))
 
 
 # --------------------------------------------------------------------------- outcomes and progress
@@ -192,6 +59,7 @@ class StudyResult:
     plan: StudyPlan
     outcomes: list[RunOutcome]
     report: dict[str, Path] = field(default_factory=dict)  # name -> path of each report file
+    dataset: Any = field(default=None, repr=False)  # the Dataset every run used
 
     @property
     def failed(self) -> list[RunOutcome]:
@@ -285,19 +153,9 @@ def _normalized(config: dict) -> dict:
     return d
 
 
-def _saved_config(run_dir: Path) -> dict | None:
-    p = run_dir / "config.json"
-    if not p.exists():
-        return None
-    try:
-        return read_json(p).get("config")
-    except (CifarzooError, AttributeError):
-        return None
-
-
 def check_compatible(spec: RunSpec) -> None:
     """Raise if ``spec.run_dir`` holds a run made with other settings than ``spec.config``."""
-    saved = _saved_config(spec.run_dir)
+    saved = RunDir(spec.run_dir).saved_config()
     if saved is None:
         return
     want, have = _normalized(spec.config.to_dict()), _normalized(saved)
@@ -310,29 +168,6 @@ def check_compatible(spec: RunSpec) -> None:
         raise CifarzooError(
             f"{spec.run_dir} was trained with other settings: {shown}; rerun with --force to train it "
             "again, or choose another --out")
-
-
-def run_state(run_dir: Path) -> str:
-    """``finished``, ``failed``, ``resume`` (an unfinished checkpoint) or ``fresh``."""
-    from cifarzoo.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
-
-    summary = run_dir / "summary.json"
-    if summary.exists():
-        try:
-            status = read_json(summary).get("status")
-        except (CifarzooError, AttributeError):
-            status = None
-        if status in ("finished", "failed"):
-            return status
-    if (run_dir / CHECKPOINT_NAME).exists():
-        try:
-            ckpt = load_checkpoint(run_dir)
-        except CifarzooError:  # truncated or foreign: start again
-            return "fresh"
-        # A checkpoint marked finished without its summary (stopped between the two
-        # writes) cannot be resumed; train it again.
-        return "fresh" if ckpt.get("finished") else "resume"
-    return "fresh"
 
 
 def remove_run_dir(run_dir: Path, root: Path) -> None:
@@ -398,16 +233,6 @@ def evaluate_for_report(spec: RunSpec, dataset) -> dict:
     return record
 
 
-def _failure_summary(spec: RunSpec, kind: str, reason: str, diagnosis: str) -> dict:
-    metrics_path = spec.run_dir / "metrics.csv"
-    done = len(read_metrics(metrics_path)) if metrics_path.exists() else 0
-    return {
-        "model": spec.model, "status": "failed", "seed": spec.seed, "epochs": spec.config.epochs,
-        "epochs_completed": done, "kind": kind, "reason": reason, "diagnosis": diagnosis,
-        "data_source": spec.config.data, "failed": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-
-
 def _release_memory() -> None:
     gc.collect()
     try:
@@ -429,61 +254,45 @@ def train_one(spec: RunSpec, dataset, *, action: str, reporter: Reporter | None 
 
     from cifarzoo.train import fit
 
+    run = RunDir(spec.run_dir)
+
+    def failed(kind: str, reason: str, diagnosis: str) -> tuple[str, dict]:
+        summary = run.failure_summary(model=spec.model, seed=spec.seed, epochs=spec.config.epochs,
+                                      data=spec.config.data, kind=kind, reason=reason, diagnosis=diagnosis)
+        run.write_summary(summary)
+        return FAILED, summary
+
     try:
-        try:
-            if action == "resumed":
-                result = fit(resume=spec.run_dir, dataset=dataset, reporter=reporter)
-            else:
-                result = fit(spec.config, dataset=dataset, out_dir=spec.run_dir, reporter=reporter)
-        except TrainingError as exc:
-            summary = _failure_summary(spec, exc.kind, str(exc).split("\n", 1)[0], exc.diagnosis or str(exc))
-        except torch.OutOfMemoryError as exc:
-            summary = _failure_summary(
-                spec, "oom", f"out of memory: {str(exc).splitlines()[0] if str(exc) else 'OutOfMemoryError'}",
-                "The model, batch and activations do not fit the device's memory. Lower the batch size "
-                "(--batch-size), the width (--width-mult) or use bf16 precision; close other programs "
-                "using the device.")
-        except CifarzooError as exc:
-            summary = _failure_summary(spec, "error", str(exc), str(exc))
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:  # a bug in one model must not cost the rest of the study
-            tb = traceback.format_exc(limit=6)
-            summary = _failure_summary(spec, "error", f"{type(exc).__name__}: {exc}", tb)
+        if action == "resumed":
+            result = fit(resume=spec.run_dir, dataset=dataset, reporter=reporter)
         else:
-            evaluate_for_report(spec, dataset)
-            return "finished", result.summary
-        write_json(spec.run_dir / "summary.json", summary)
-        return "failed", summary
+            result = fit(spec.config, dataset=dataset, out_dir=spec.run_dir, reporter=reporter)
+    except TrainingError as exc:
+        return failed(exc.kind, str(exc).split("\n", 1)[0], exc.diagnosis or str(exc))
+    except torch.OutOfMemoryError as exc:
+        return failed(
+            "oom", f"out of memory: {str(exc).splitlines()[0] if str(exc) else 'OutOfMemoryError'}",
+            "The model, batch and activations do not fit the device's memory. Lower the batch size "
+            "(--batch-size), the width (--width-mult) or use bf16 precision; close other programs "
+            "using the device.")
+    except CifarzooError as exc:
+        return failed("error", str(exc), str(exc))
+    except Exception as exc:  # a bug in one model must not cost the rest of the study
+        return failed("error", f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=6))
     finally:
         _release_memory()
+    evaluate_for_report(spec, dataset)
+    return FINISHED, result.summary
 
 
 # --------------------------------------------------------------------------- the study
-def run_study(
-    models: Sequence[str] | str | None = None,
-    *,
-    preset: str = "standard",
-    seeds: int = 1,
-    data: str | None = None,
-    out_dir: str | os.PathLike = "study",
-    force: bool = False,
-    reporter: StudyReporter | None = None,
-    dataset=None,
-    report: bool = True,
-    **overrides: Any,
-) -> StudyResult:
-    """Train every (model, seed) of a study that is not done yet, then write its report.
-
-    ``dataset`` (a :class:`cifarzoo.data.Dataset`) skips loading ``data``; every run
-    gets the same one. See the module doc for what happens to existing run folders.
-    """
-    plan = plan_study(models, preset=preset, seeds=seeds, data=data, out_dir=out_dir, **overrides)
-    return execute(plan, force=force, reporter=reporter, dataset=dataset, report=report)
-
-
 def execute(plan: StudyPlan, *, force: bool = False, reporter: StudyReporter | None = None,
-            dataset=None, report: bool = True) -> StudyResult:
+            dataset=None) -> StudyResult:
+    """Train every run of ``plan`` that is not done yet (see the module doc); no report.
+
+    ``dataset`` (a :class:`cifarzoo.data.Dataset`) skips loading ``plan.data``; every run
+    gets the same one.
+    """
     reporter = reporter or StudyReporter()
     root = plan.out_dir / RUNS_DIR
     if not force:
@@ -493,8 +302,7 @@ def execute(plan: StudyPlan, *, force: bool = False, reporter: StudyReporter | N
         from cifarzoo.data import load
 
         dataset = load(plan.data)
-    plan.out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(plan.out_dir / STUDY_FILE, {**plan.to_dict(), "created": _created(plan.out_dir)})
+    write_plan(plan)
     reporter.on_study_start(plan, dataset)
 
     total = len(plan.runs)
@@ -502,26 +310,26 @@ def execute(plan: StudyPlan, *, force: bool = False, reporter: StudyReporter | N
     for spec in plan.runs:
         if force:
             remove_run_dir(spec.run_dir, root)
-            states[spec.name] = "fresh"
+            states[spec.name] = EMPTY
         else:
-            states[spec.name] = run_state(spec.run_dir)
-    to_train = [s for s in plan.runs if states[s.name] in ("fresh", "resume")]
+            states[spec.name] = RunDir(spec.run_dir).state()
+    to_train = [s for s in plan.runs if states[s.name] in (RESUMABLE, FOREIGN, EMPTY)]
     costs = _costs(to_train, dataset.num_classes)
     finished: list[tuple[float, float]] = []  # (wall seconds, cost) of the runs trained now
     outcomes: list[RunOutcome] = []
     for index, spec in enumerate(plan.runs, start=1):
         state = states[spec.name]
-        if state in ("finished", "failed"):
-            if state == "finished" and not (spec.run_dir / EVAL_FILE).exists():
+        if state in (FINISHED, FAILED):
+            if state == FINISHED and not (spec.run_dir / EVAL_FILE).exists():
                 evaluate_for_report(spec, dataset)  # e.g. finished before its evaluation was written
-            outcome = RunOutcome(spec, state, "skipped", read_json(spec.run_dir / "summary.json"))
+            outcome = RunOutcome(spec, state, "skipped", RunDir(spec.run_dir).read_summary() or {})
             outcomes.append(outcome)
             upcoming = [costs[s.name] for s in to_train if s.name not in {o.spec.name for o in outcomes}]
             reporter.on_run_end(index, total, outcome, estimate_seconds_left(finished, upcoming))
             continue
-        action = "resumed" if state == "resume" else "trained"
+        action = "resumed" if state == RESUMABLE else "trained"
         if action == "trained":
-            remove_run_dir(spec.run_dir, root)  # leftovers of a run that never saved an epoch
+            remove_run_dir(spec.run_dir, root)  # leftovers of a run that never saved an epoch, or foreign
         pos = [s.name for s in to_train].index(spec.name)
         upcoming = [costs[s.name] for s in to_train[pos + 1:]]
         cost = costs[spec.name]
@@ -531,19 +339,13 @@ def execute(plan: StudyPlan, *, force: bool = False, reporter: StudyReporter | N
         t0 = time.perf_counter()
         status, summary = train_one(spec, dataset, action=action, reporter=progress)
         wall = time.perf_counter() - t0
-        if status == "finished" and action == "trained":  # a resumed run's wall time covers only its rest
+        if status == FINISHED and action == "trained":  # a resumed run's wall time covers only its rest
             finished.append((wall, cost))
         outcome = RunOutcome(spec, status, action, summary, wall)
         outcomes.append(outcome)
         reporter.on_run_end(index, total, outcome, estimate_seconds_left(finished, upcoming))
 
-    result = StudyResult(plan, outcomes)
-    if report:
-        from cifarzoo.study.report import write_report
-
-        result.report = write_report(plan.out_dir, dataset=dataset)
-        reporter.on_report(result.report)
-    return result
+    return StudyResult(plan, outcomes, dataset=dataset)
 
 
 def _costs(specs: Sequence[RunSpec], num_classes: int) -> dict[str, float]:
@@ -556,30 +358,3 @@ def _costs(specs: Sequence[RunSpec], num_classes: int) -> dict[str, float]:
     fill = statistics.fmean(known) if known else 1.0
     return {s.name: (per_model[s.model] if math.isfinite(per_model[s.model]) and per_model[s.model] > 0 else fill)
             * s.config.epochs for s in specs}
-
-
-def _created(out_dir: Path) -> str:
-    """When this study folder was first started (kept across invocations)."""
-    p = out_dir / STUDY_FILE
-    if p.exists():
-        try:
-            created = read_json(p).get("created")
-            if created:
-                return created
-        except (CifarzooError, AttributeError):
-            pass
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-def load_plan(out_dir: str | os.PathLike) -> StudyPlan:
-    """The plan recorded in ``out_dir/study.json`` (for ``--report-only``)."""
-    out = Path(out_dir)
-    p = out / STUDY_FILE
-    if not p.exists():
-        raise CifarzooError(f"{out}: no study here ({STUDY_FILE} missing); run `cifarzoo benchmark --out {out}` first")
-    meta = read_json(p)
-    try:
-        return plan_study(meta["models"], preset=meta["preset"], seeds=len(meta["seeds"]), data=meta["data"],
-                          out_dir=out, **meta.get("overrides", {}))
-    except KeyError as exc:
-        raise CifarzooError(f"{p}: not a cifarzoo study file (missing {exc})") from None

@@ -1,5 +1,12 @@
-"""Training: one config, one loop, one run folder."""
+"""Training: one config, one step, one loop, one run folder.
+
+    fit(config) -> RunResult                          the whole run (train/loop.py)
+    build_model(config, num_classes, device)          the recipe's model (train/step.py)
+    make_step(model, config, device, ...) -> TrainStep; step(x, y) -> (loss, logits)
+"""
 from cifarzoo.train.config import PRESETS, RECIPES, TrainConfig, make_config
 from cifarzoo.train.loop import Reporter, RunResult, fit
+from cifarzoo.train.step import TrainStep, build_model, make_step, model_loss
 
-__all__ = ["PRESETS", "RECIPES", "Reporter", "RunResult", "TrainConfig", "fit", "make_config"]
+__all__ = ["PRESETS", "RECIPES", "Reporter", "RunResult", "TrainConfig", "TrainStep", "build_model", "fit",
+           "make_config", "make_step", "model_loss"]

@@ -1,21 +1,31 @@
 """Self-describing checkpoints, written atomically, readable with ``weights_only=True``.
 
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so that
-``torch.load(path, weights_only=True)`` reads it (no pickled classes):
+``torch.load(path, weights_only=True)`` reads it (no pickled classes). ``fit`` writes
+(see ``Trainer.checkpoint`` in loop.py and ``TrainStep.state_dict`` in step.py):
 
-    format        "cifarzoo.checkpoint"
-    version       1
-    model         {"name": str, "kwargs": {"num_classes": int, "width_mult": float, ...}}
-    classes       [str, ...]
-    normalization {"mean": [r, g, b], "std": [r, g, b]}  # [0, 255] units, training-set stats
-    config        TrainConfig as a dict
-    metrics       [ {epoch row as in metrics.csv}, ... ]
-    epoch         number of finished epochs
-    state_dict    model weights (the un-wrapped, un-compiled module's)
-    optimizer     optimizer.state_dict() or None
-    scheduler     scheduler state or None
-    rng           {"torch": ByteTensor, "cuda": [ByteTensor] | None, "loader": int, ...}
-    finished      bool, True once the run has completed every epoch
+    format          "cifarzoo.checkpoint"
+    version         1
+    model           {"name": str, "kwargs": {"num_classes": int, "width_mult": float, ...}}
+    classes         [str, ...]
+    normalization   {"mean": [r, g, b], "std": [r, g, b]}  # [0, 255] units, training-set stats
+    config          TrainConfig as a dict
+    metrics         [ {epoch row as in metrics.csv}, ... ]
+    epoch           number of finished epochs
+    state_dict      the weights to evaluate: the EMA copy's with --ema, else the model's
+                    (the un-wrapped, un-compiled module's)
+    optimizer       optimizer.state_dict()
+    scheduler       the lr scheduler's state_dict()
+    scaler          fp16 GradScaler state, or None when not in fp16
+    rng             {"torch": ByteTensor} (+ "cuda": ByteTensor on a GPU)
+    partial         None at an epoch's end; after Ctrl-C mid-epoch {"step": int, "step_loss",
+                    "step_correct", "step_count": per-step tensors, "epoch_seconds": float}
+    train_seconds   training time so far (evaluation not counted)
+    finished        bool, True once the run has completed every epoch
+    data_source     the Dataset's source string
+    ema_state_dict  (with --ema) the AveragedModel's state_dict
+    train_state_dict (with --ema) the trained model's own weights, to resume from
+    lookahead       (with --lookahead) the averaged tensors, a list
 
 ``predict``, ``evaluate`` and ``export`` rebuild the model from ``model`` alone, as
 nanoGPT's ``sample.py`` does from ``model_args``.
@@ -23,7 +33,6 @@ nanoGPT's ``sample.py`` does from ``model_args``.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,37 +40,12 @@ import torch
 from torch import nn
 
 from cifarzoo.errors import CifarzooError
+from cifarzoo.io import atomic_write_bytes
+from cifarzoo.train.rundir import CHECKPOINT_FILE
 
 FORMAT = "cifarzoo.checkpoint"
 VERSION = 1
-CHECKPOINT_NAME = "checkpoint.pt"
-
-
-def atomic_write_bytes(path: str | os.PathLike, write) -> None:
-    """Call ``write(fileobj)`` on a temp file beside ``path``, fsync, then rename over ``path``.
-
-    A crash or Ctrl-C mid-write leaves the previous file intact and no partial file
-    under the final name.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp makes the file 0600; give it the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+CHECKPOINT_NAME = CHECKPOINT_FILE  # the run folder names it (rundir.py)
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:

@@ -13,14 +13,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from cifarzoo.errors import CifarzooError
+from cifarzoo.errors import CifarzooError, DataError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("onecycle", "cosine", "step", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 COMPILE_MODES = ("auto", "on", "off")
 DEVICES = ("auto", "cpu", "cuda")
-AUGMENTS = ("crop", "flip", "cutout")
 
 
 @dataclass(frozen=True)
@@ -77,10 +76,11 @@ class TrainConfig:
 
     @property
     def augmentations(self) -> tuple[str, ...]:
-        a = self.augment.strip().lower()
-        if a in ("", "none"):
-            return ()
-        return tuple(p.strip() for p in a.split(",") if p.strip())
+        """The augmentations ``augment`` names, in the loader's order (parsed by the loader's own parser)."""
+        from cifarzoo.data.loader import AUGMENTATIONS, parse_augment
+
+        names = parse_augment(self.augment)
+        return tuple(a for a in AUGMENTATIONS if a in names)
 
 
 def validate(c: TrainConfig) -> None:
@@ -97,9 +97,12 @@ def validate(c: TrainConfig) -> None:
         bad("--compile", c.compile, " | ".join(COMPILE_MODES))
     if c.device not in DEVICES:
         bad("--device", c.device, " | ".join(DEVICES))
-    for a in c.augmentations:
-        if a not in AUGMENTS:
-            bad("--augment", c.augment, "a comma list of crop, flip, cutout, or none")
+    try:
+        c.augmentations
+    except DataError:
+        from cifarzoo.data.loader import AUGMENTATIONS
+
+        bad("--augment", c.augment, f"a comma list of {', '.join(AUGMENTATIONS)}, or none")
     if not (isinstance(c.epochs, int) and c.epochs >= 1):
         bad("--epochs", c.epochs, "an integer >= 1")
     if c.batch_size is not None and not (isinstance(c.batch_size, int) and c.batch_size >= 1):
@@ -122,9 +125,10 @@ def validate(c: TrainConfig) -> None:
 
 # Per-model recipes: what `cifarzoo train MODEL` uses unless told otherwise, and the
 # base of the `standard` preset. SGD + Nesterov, one-cycle, label smoothing 0.1,
-# crop+flip, batch 512 (auto_batch_size: smaller on small data), bf16 on GPU: the simple recipe of ../shared/data/README.md
-# (VGG16 89.1%, ResNet18 90.7%, ResNet50 88.8% on the JPEG copy). Peak lr and epochs
-# per model follow that recipe; see benchmarks/RESULTS.md for what has been measured.
+# crop+flip, batch 512 (auto_batch_size: smaller on small data), bf16 on GPU: a simple
+# recipe measured at VGG16 89.1%, ResNet18 90.7%, ResNet50 88.8% on a JPEG copy of
+# CIFAR-10. Peak lr and epochs per model follow it; see benchmarks/RESULTS.md for what
+# has been measured with this code.
 RECIPES: dict[str, dict[str, Any]] = {
     "vgg16": dict(epochs=40, lr=0.1),
     "vgg19": dict(epochs=40, lr=0.1),
@@ -139,8 +143,6 @@ RECIPES: dict[str, dict[str, Any]] = {
                     label_smoothing=0.2, bias_lr_scale=64.0, lookahead=True, whiten_init=True,
                     warmup_epochs=2.3),
 }
-
-STUDY_MODELS = ("vgg16", "vgg19", "resnet50", "inception", "xception")
 
 # Study presets. "all" applies to every model; a model's own entry wins over "all".
 PRESETS: dict[str, dict[str, Any]] = {
@@ -189,16 +191,6 @@ PRESETS: dict[str, dict[str, Any]] = {
                     ema=False, whiten_init=False, lookahead=False, bias_lr_scale=1.0, model_kwargs={}),
     },
 }
-
-# What the original Keras study reported, for the seed preset's report.
-ORIGINAL_STUDY = {
-    "vgg16": "10.0% (loss stuck at ln 10)",
-    "vgg19": "10.0% (loss stuck at ln 10)",
-    "resnet50": "10.0% (loss stuck at ln 10)",
-    "inception": "not finished",
-    "xception": "75.3%",
-}
-
 
 def recipe(model: str) -> dict[str, Any]:
     from cifarzoo.models import resolve

@@ -1,30 +1,149 @@
-"""The run folder: the one record a training run leaves.
+"""The run folder: the one record a training run leaves, and the one place that knows its format.
 
     config.json   every setting, data source and statistics, versions, device
     metrics.csv   one row per epoch (METRIC_COLUMNS)
     checkpoint.pt self-describing, atomic, rewritten every epoch (see checkpoint.py)
-    summary.json  final test figures, time, throughput, memory, size
+    summary.json  final test figures, time, throughput, memory, size (or, for a failed
+                  run, status "failed" with kind, reason and diagnosis)
     curves.png    loss and accuracy per epoch
 
 Every file is written atomically (temp file, then rename), so an interrupted run
-never leaves a half-written record.
+never leaves a half-written record. :meth:`RunDir.state` says what a folder holds.
 """
 from __future__ import annotations
 
 import csv
 import io
-import json
-import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from cifarzoo.errors import CifarzooError
-from cifarzoo.train.checkpoint import atomic_write_bytes
+from cifarzoo.io import atomic_write_bytes, read_json_object, write_json
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.csv"
+CHECKPOINT_FILE = "checkpoint.pt"
+SUMMARY_FILE = "summary.json"
+CURVES_FILE = "curves.png"
 
 METRIC_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "eval_loss", "eval_acc",
                   "epoch_seconds", "elapsed_seconds", "images_per_second")
+
+# RunDir.state(): what a folder holds, and so what to do with it.
+FINISHED = "finished"  # summary.json says finished: keep
+FAILED = "failed"  # summary.json says failed (stall, non-finite loss, error): keep
+RESUMABLE = "resume"  # an unfinished checkpoint: continue from it
+FOREIGN = "foreign"  # a checkpoint that cannot be resumed (unreadable, not ours, or finished without summary)
+EMPTY = "empty"  # no checkpoint and no verdict: nothing to continue from
+
+
+def timestamp() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """A run folder (it need not exist yet): its files, their writers and readers, and its state."""
+
+    path: Path
+
+    def __init__(self, path: str | os.PathLike):
+        object.__setattr__(self, "path", Path(path))
+
+    @classmethod
+    def new(cls, model: str, root: str | os.PathLike = "runs") -> "RunDir":
+        """``runs/<model>-<YYYYmmdd-HHMMSS>`` (a numeric suffix if that exists already)."""
+        return cls(new_run_dir(model, root))
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / METRICS_FILE
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path / CHECKPOINT_FILE
+
+    @property
+    def summary_path(self) -> Path:
+        return self.path / SUMMARY_FILE
+
+    @property
+    def curves_path(self) -> Path:
+        return self.path / CURVES_FILE
+
+    # ---- writing
+    def write_config(self, info: dict) -> None:
+        write_json(self.config_path, info)
+
+    def write_metrics(self, rows: list[dict]) -> None:
+        write_metrics(self.metrics_path, rows)
+
+    def write_summary(self, summary: dict) -> None:
+        write_json(self.summary_path, summary)
+
+    def write_curves(self, rows: list[dict], title: str = "") -> None:
+        from cifarzoo.plots import plot_curves
+
+        plot_curves(self.curves_path, rows, title=title)
+
+    # ---- reading (None / [] for a file that is missing or unreadable)
+    def read_info(self) -> dict | None:
+        """config.json as written (``{"config": TrainConfig dict, "data": ..., ...}``)."""
+        return read_json_object(self.config_path)
+
+    def saved_config(self) -> dict | None:
+        """The TrainConfig dict the run was made with."""
+        info = self.read_info()
+        config = info.get("config") if info else None
+        return config if isinstance(config, dict) else None
+
+    def read_summary(self) -> dict | None:
+        return read_json_object(self.summary_path)
+
+    def read_metrics(self) -> list[dict]:
+        if not self.metrics_path.exists():
+            return []
+        try:
+            return read_metrics(self.metrics_path)
+        except (OSError, ValueError, KeyError):
+            return []
+
+    def state(self) -> str:
+        """FINISHED, FAILED, RESUMABLE, FOREIGN or EMPTY (see the constants above)."""
+        from cifarzoo.train.checkpoint import load_checkpoint
+
+        status = (self.read_summary() or {}).get("status")
+        if status in (FINISHED, FAILED):
+            return status
+        if not self.checkpoint_path.exists():
+            return EMPTY
+        try:
+            ckpt = load_checkpoint(self.path)
+        except CifarzooError:  # truncated or not a cifarzoo checkpoint
+            return FOREIGN
+        # A checkpoint marked finished without its summary (stopped between the two
+        # writes) cannot be resumed.
+        return FOREIGN if ckpt.get("finished") else RESUMABLE
+
+    def failure_summary(self, *, model: str, seed: int, epochs: int, data: str | None, kind: str,
+                        reason: str, diagnosis: str) -> dict:
+        """The summary.json of a run that stopped with an error (written by :meth:`write_summary`)."""
+        return {
+            "model": model, "status": FAILED, "seed": seed, "epochs": epochs,
+            "epochs_completed": len(self.read_metrics()), "kind": kind, "reason": reason,
+            "diagnosis": diagnosis, "data_source": data, "failed": timestamp(),
+        }
+
+
+def run_state(run_dir: str | os.PathLike) -> str:
+    """``RunDir(run_dir).state()``."""
+    return RunDir(run_dir).state()
 
 
 def new_run_dir(model: str, root: str | os.PathLike = "runs") -> Path:
@@ -38,38 +157,13 @@ def new_run_dir(model: str, root: str | os.PathLike = "runs") -> Path:
     return path
 
 
-def _clean(obj):
-    """JSON has no NaN/Infinity: write them as null rather than emit invalid JSON."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    return obj
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    text = json.dumps(_clean(obj), indent=2, sort_keys=False) + "\n"
-    atomic_write_bytes(path, lambda f: f.write(text.encode()))
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise CifarzooError(f"{path}: file not found") from None
-    except json.JSONDecodeError as exc:
-        raise CifarzooError(f"{path}: not valid JSON ({exc})") from None
-
-
 def write_metrics(path: str | os.PathLike, rows: list[dict]) -> None:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for r in rows:
         w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    atomic_write_bytes(path, lambda f: f.write(buf.getvalue().encode()))
+    atomic_write_bytes(path, buf.getvalue().encode())
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
@@ -79,29 +173,3 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
             rows.append({k: (int(v) if k == "epoch" else (float(v) if v not in ("", None) else float("nan")))
                          for k, v in r.items()})
     return rows
-
-
-def plot_curves(path: str | os.PathLike, rows: list[dict], title: str = "") -> None:
-    """Loss and accuracy per epoch, train and eval, side by side."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [r["epoch"] for r in rows]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
-    ax1.plot(epochs, [r["train_loss"] for r in rows], "o-", label="train")
-    ax1.plot(epochs, [r["eval_loss"] for r in rows], "s-", label="eval")
-    ax1.set_xlabel("epoch"), ax1.set_ylabel("loss"), ax1.set_title("loss"), ax1.legend()
-    ax2.plot(epochs, [100 * r["train_acc"] for r in rows], "o-", label="train")
-    ax2.plot(epochs, [100 * r["eval_acc"] for r in rows], "s-", label="eval")
-    ax2.set_xlabel("epoch"), ax2.set_ylabel("accuracy (%)"), ax2.set_title("accuracy"), ax2.legend()
-    for ax in (ax1, ax2):
-        ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, lambda f: f.write(buf.getvalue()))

@@ -1,4 +1,5 @@
-"""The study report's figures, as PNG files written atomically.
+"""Every figure cifarzoo draws, as PNG files written atomically: a run's curves, a confusion
+matrix, and the study report's figures.
 
 Drawn with matplotlib's object-oriented ``Figure`` API (the Agg canvas, no pyplot):
 no global state, no display needed, safe inside other programs. Each model keeps
@@ -6,14 +7,13 @@ one colour in every figure (``model_colors``).
 """
 from __future__ import annotations
 
-import io
 import math
 import os
 from typing import Sequence
 
 import numpy as np
 
-from cifarzoo.train.checkpoint import atomic_write_bytes
+from cifarzoo.io import save_figure
 
 DPI = 100
 
@@ -25,9 +25,7 @@ def _figure(width: float, height: float, layout: str | None = None):
 
 
 def _save(fig, path: str | os.PathLike) -> None:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
-    atomic_write_bytes(path, lambda f: f.write(buf.getvalue()))
+    save_figure(fig, path, format="png", dpi=DPI)
 
 
 def model_colors(models: Sequence[str]) -> dict[str, tuple]:
@@ -163,7 +161,41 @@ def plot_top_losses(path: str | os.PathLike, images: np.ndarray, items: list[dic
 
 
 def plot_confusion(path: str | os.PathLike, cm: np.ndarray, classes: Sequence[str], title: str = "") -> None:
-    """A confusion matrix (rows true, columns predicted, cells in % of the true class): evaluate's figure."""
-    from cifarzoo.evaluate import plot_confusion as _plot
+    """A confusion matrix as a PNG: rows true, columns predicted, cells in % of the true class."""
+    cm = np.asarray(cm)
+    pct = 100 * cm / np.maximum(1, cm.sum(1, keepdims=True))
+    n = len(classes)
+    fig = _figure(1.0 + 0.55 * n, 0.8 + 0.5 * n)
+    ax = fig.subplots()
+    ax.imshow(pct, cmap="Blues", vmin=0, vmax=100)
+    ax.set_xticks(range(n), list(classes), rotation=45, ha="right")
+    ax.set_yticks(range(n), list(classes))
+    ax.set_xlabel("predicted"), ax.set_ylabel("true")
+    for i in range(n):
+        for j in range(n):
+            if cm[i, j]:
+                ax.text(j, i, f"{pct[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                        color="white" if pct[i, j] > 50 else "black")
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
 
-    _plot(path, np.asarray(cm), list(classes), title=title)
+
+def plot_curves(path: str | os.PathLike, rows: list[dict], title: str = "") -> None:
+    """One run's loss and accuracy per epoch, train and eval, side by side (the run folder's curves.png)."""
+    epochs = [r["epoch"] for r in rows]
+    fig = _figure(10, 3.8)
+    ax1, ax2 = fig.subplots(1, 2)
+    ax1.plot(epochs, [r["train_loss"] for r in rows], "o-", label="train")
+    ax1.plot(epochs, [r["eval_loss"] for r in rows], "s-", label="eval")
+    ax1.set_xlabel("epoch"), ax1.set_ylabel("loss"), ax1.set_title("loss"), ax1.legend()
+    ax2.plot(epochs, [100 * r["train_acc"] for r in rows], "o-", label="train")
+    ax2.plot(epochs, [100 * r["eval_acc"] for r in rows], "s-", label="eval")
+    ax2.set_xlabel("epoch"), ax2.set_ylabel("accuracy (%)"), ax2.set_title("accuracy"), ax2.legend()
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)

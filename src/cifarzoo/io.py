@@ -1,0 +1,102 @@
+"""Files written so that nothing already saved is lost or half-written: one copy of each helper.
+
+Every writer goes through :func:`atomic_file`: the bytes go to a temp file beside the
+target (same folder, so the same file system), are flushed and fsynced, get the
+permissions a plain ``open()`` would give, and only then are renamed over the target.
+A crash or Ctrl-C mid-write leaves the previous file intact and no partial file under
+the final name.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Callable, Iterator
+
+from cifarzoo.errors import CifarzooError
+
+
+def _normal_permissions(fd: int) -> None:
+    """mkstemp makes the file owner-only (0600); give it what a plain open() would (0666 less the umask)."""
+    if hasattr(os, "fchmod"):  # POSIX
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, *, suffix: str = ".tmp") -> Iterator[tuple[IO[bytes], Path]]:
+    """Yield ``(binary file, temp path)`` beside ``path``; on a clean exit fsync and rename it over ``path``.
+
+    On any exception (Ctrl-C included) the temp file is deleted and ``path`` is untouched.
+    The temp path lets a caller check the written file (e.g. load it) before it is renamed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    tmp = Path(name)
+    try:
+        _normal_permissions(fd)
+        with os.fdopen(fd, "wb") as f:
+            yield f, tmp
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, write: Callable[[IO[bytes]], Any] | bytes) -> None:
+    """Write ``bytes`` (or call ``write(fileobj)``) to ``path`` atomically (see :func:`atomic_file`)."""
+    with atomic_file(path) as (f, _tmp):
+        if isinstance(write, (bytes, bytearray)):
+            f.write(write)
+        else:
+            write(f)
+
+
+def json_safe(obj: Any) -> Any:
+    """JSON has no NaN/Infinity: turn them into None (null) rather than emit invalid JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """``obj`` as indented JSON (NaN/inf as null), written atomically."""
+    text = json.dumps(json_safe(obj), indent=2, sort_keys=False) + "\n"
+    atomic_write_bytes(path, text.encode())
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise CifarzooError(f"{path}: file not found") from None
+    except json.JSONDecodeError as exc:
+        raise CifarzooError(f"{path}: not valid JSON ({exc})") from None
+
+
+def read_json_object(path: str | os.PathLike) -> dict | None:
+    """The JSON object in ``path``, or None when the file is missing, not valid JSON or not an object."""
+    try:
+        obj = read_json(path)
+    except (CifarzooError, OSError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def save_figure(fig, path: str | os.PathLike, *, format: str = "png", dpi: float | None = None, **kwargs) -> None:
+    """Render a matplotlib ``Figure`` (object-oriented API, no pyplot state) to ``path`` atomically."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format=format, dpi=dpi if dpi is not None else "figure", **kwargs)
+    atomic_write_bytes(path, buf.getvalue())

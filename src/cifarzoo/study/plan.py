@@ -1,0 +1,194 @@
+"""What a study is: its models, seeds, presets and per-run configs, and where each run lives.
+
+Layout of a study folder ``DIR``::
+
+    DIR/study.json                  what was asked: preset, models, seeds, data, overrides, budget rule
+    DIR/runs/<model>-s<seed>/       one ordinary run folder per (model, seed) (see train/rundir.py), plus
+        confusion.json/.png         written by ``cifarzoo.evaluate.evaluate`` after training
+        report_eval.json            per-class accuracy, confusion and the most confidently wrong
+                                    test images, for the report (EVAL_FILE)
+    DIR/results.json, results.csv, report.md, report.html, figures/*.png   (see report.py)
+
+Both the runner (which trains the runs) and the report (which reads them) import this
+module; neither imports the other.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from cifarzoo import __version__
+from cifarzoo.errors import CifarzooError
+from cifarzoo.io import read_json, read_json_object, write_json
+from cifarzoo.train.config import PRESETS, TrainConfig, make_config
+
+STUDY_FILE = "study.json"
+RUNS_DIR = "runs"
+EVAL_FILE = "report_eval.json"
+
+# The five networks of the original study (the default of `cifarzoo benchmark`).
+STUDY_MODELS = ("vgg16", "vgg19", "resnet50", "inception", "xception")
+
+# What the original Keras study reported, for the seed preset's report.
+ORIGINAL_STUDY = {
+    "vgg16": "10.0% (loss stuck at ln 10)",
+    "vgg19": "10.0% (loss stuck at ln 10)",
+    "resnet50": "10.0% (loss stuck at ln 10)",
+    "inception": "not finished",
+    "xception": "75.3%",
+}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One (model, seed) of a study: its full training config and its run folder."""
+
+    model: str
+    seed: int
+    config: TrainConfig
+    run_dir: Path
+
+    @property
+    def name(self) -> str:
+        return run_name(self.model, self.seed)
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    out_dir: Path
+    preset: str
+    models: tuple[str, ...]
+    seeds: tuple[int, ...]
+    data: str | None  # the --data spec every run uses (None: the default CIFAR-10 cache)
+    overrides: dict
+    runs: tuple[RunSpec, ...]
+    rule: str  # the budget rule, in words, as the report states it
+
+    def to_dict(self) -> dict:
+        return {
+            "format": "cifarzoo.study", "version": 1,
+            "preset": self.preset, "preset_description": PRESETS[self.preset].get("description", ""),
+            "models": list(self.models), "seeds": list(self.seeds), "data": self.data,
+            "overrides": dict(self.overrides), "rule": self.rule,
+            "runs": [{"name": s.name, "model": s.model, "seed": s.seed,
+                      "run_dir": os.path.relpath(s.run_dir, self.out_dir)} for s in self.runs],
+            "configs": {m: _config_for(self, m).to_dict() for m in self.models},
+            "cifarzoo": __version__,
+        }
+
+
+def _config_for(plan: StudyPlan, model: str) -> TrainConfig:
+    return next(s.config for s in plan.runs if s.model == model)
+
+
+def run_name(model: str, seed: int) -> str:
+    return f"{model}-s{seed}"
+
+
+def resolve_models(models: Sequence[str] | str | None) -> tuple[str, ...]:
+    """Canonical names, in the order given, duplicates dropped; default: the five study models.
+
+    A string is a comma list. Unknown names raise with the list of known ones.
+    """
+    from cifarzoo.models import resolve
+
+    if models is None:
+        return tuple(STUDY_MODELS)
+    if isinstance(models, str):
+        models = [m for m in models.split(",")]
+    names = [m.strip() for m in models if m and m.strip()]
+    if not names:
+        raise CifarzooError("--models is empty; give a comma list such as vgg16,resnet50 (see `cifarzoo models`)")
+    out: list[str] = []
+    for m in names:
+        r = resolve(m)
+        if r not in out:
+            out.append(r)
+    return tuple(out)
+
+
+def budget_rule(configs: dict[str, TrainConfig]) -> str:
+    """The rule every model of the study is trained under, in one sentence or three."""
+    cs = list(configs.values())
+    epochs = {m: c.epochs for m, c in configs.items()}
+    if len(set(epochs.values())) == 1:
+        ep = f"{cs[0].epochs} epoch{'s' if cs[0].epochs != 1 else ''} for every model"
+    else:
+        ep = "each model's preset epochs (" + ", ".join(f"{m} {e}" for m, e in epochs.items()) + ")"
+    aug = {c.augment for c in cs}
+    aug_text = (f"the same augmentation ({cs[0].augment})" if len(aug) == 1
+                else "augmentation per model: " + ", ".join(f"{m} {c.augment}" for m, c in configs.items()))
+    opt = {(c.optimizer, c.lr, c.batch_size, c.schedule) for c in cs}
+    if len(opt) == 1:
+        c = cs[0]
+        batch = c.batch_size if c.batch_size is not None else "auto (512, smaller on small data)"
+        opt_text = f"{c.optimizer} at peak lr {c.lr:g}, batch {batch}, {c.schedule} schedule for all"
+    else:
+        opt_text = "each model's recipe for optimizer, learning rate and batch size (see results.json configs)"
+    return (f"{ep}; same data, {aug_text} and seeds; {opt_text}; "
+            "final-epoch weights, no test-set selection (the test set is only ever used for reporting)")
+
+
+def plan_study(
+    models: Sequence[str] | str | None = None,
+    *,
+    preset: str = "standard",
+    seeds: int = 1,
+    data: str | None = None,
+    out_dir: str | os.PathLike = "study",
+    **overrides: Any,
+) -> StudyPlan:
+    """Every (model, seed) run of a study and its config: ``make_config(model, preset, data=, seed=, **overrides)``.
+
+    ``seeds`` runs seeds 0..seeds-1 of each model. ``data`` replaces the preset's data
+    source; ``overrides`` (None values ignored) apply to every model alike.
+    """
+    if preset not in PRESETS:
+        raise CifarzooError(f"unknown preset {preset!r}; known presets: {', '.join(PRESETS)}")
+    if not (isinstance(seeds, int) and seeds >= 1):
+        raise CifarzooError(f"--seeds must be a positive integer, got {seeds!r}")
+    names = resolve_models(models)
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    for k in ("seed", "model"):
+        if k in overrides:
+            raise CifarzooError(f"a study sets {k!r} itself; use --seeds / --models")
+    data_spec = data if data is not None else PRESETS[preset].get("data")
+    out = Path(out_dir)
+    runs = []
+    for m in names:
+        for s in range(seeds):
+            cfg = make_config(m, preset=preset, data=data_spec, seed=s, **overrides)
+            runs.append(RunSpec(m, s, cfg, out / RUNS_DIR / run_name(m, s)))
+    configs = {m: next(r.config for r in runs if r.model == m) for m in names}
+    return StudyPlan(out, preset, names, tuple(range(seeds)), data_spec, overrides, tuple(runs),
+                     budget_rule(configs))
+
+
+
+def _created(out_dir: Path) -> str:
+    """When this study folder was first started (kept across invocations)."""
+    created = (read_json_object(out_dir / STUDY_FILE) or {}).get("created")
+    return created or time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def load_plan(out_dir: str | os.PathLike) -> StudyPlan:
+    """The plan recorded in ``out_dir/study.json`` (for ``--report-only``)."""
+    out = Path(out_dir)
+    p = out / STUDY_FILE
+    if not p.exists():
+        raise CifarzooError(f"{out}: no study here ({STUDY_FILE} missing); run `cifarzoo benchmark --out {out}` first")
+    meta = read_json(p)
+    try:
+        return plan_study(meta["models"], preset=meta["preset"], seeds=len(meta["seeds"]), data=meta["data"],
+                          out_dir=out, **meta.get("overrides", {}))
+    except KeyError as exc:
+        raise CifarzooError(f"{p}: not a cifarzoo study file (missing {exc})") from None
+
+
+def write_plan(plan: StudyPlan) -> None:
+    """``DIR/study.json``: the plan, and when the study was first started (kept across invocations)."""
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(plan.out_dir / STUDY_FILE, {**plan.to_dict(), "created": _created(plan.out_dir)})

@@ -1,0 +1,151 @@
+"""The one training step: ``fit``, ``benchmarks/throughput.py`` and ``doctor``'s lr range test all call it.
+
+    model = build_model(config, num_classes=10, device=device, whiten_images=x)   # the recipe's model
+    step = make_step(model, config, device, total_steps=n, steps_per_epoch=k)      # optimizer, schedule, ...
+    loss, logits = step(x, y)                                                      # one optimizer step
+
+``TrainStep`` holds everything a step touches (optimizer, lr schedule, fp16 grad
+scaler, EMA, lookahead, the compiled or DDP-wrapped forward) and its state for a
+checkpoint, so what the benchmark times is exactly what training runs.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cifarzoo.device import autocast_context
+from cifarzoo.train.config import TrainConfig
+from cifarzoo.train.optim import Lookahead, make_optimizer, make_scheduler
+
+
+def model_loss(out, y: torch.Tensor, config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss to optimize, main logits). Auxiliary heads (Inception, training only) add aux_weight x their loss."""
+    logits = getattr(out, "logits", out)
+    aux = tuple(getattr(out, "aux_logits", ()) or ())
+    loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+    for a in aux:
+        loss = loss + config.aux_weight * F.cross_entropy(a.float(), y, label_smoothing=config.label_smoothing)
+    return loss, logits
+
+
+def build_model(config: TrainConfig, num_classes: int, device: torch.device, *,
+                whiten_images: torch.Tensor | None = None) -> nn.Module:
+    """The recipe's model on ``device``: whitened stem (fastnet), frozen filters, channels_last.
+
+    ``whiten_images`` (normalized ``(N, 3, 32, 32)``) initializes a ``whiten`` conv from
+    data patches; without them (a resumed run, a benchmark) the filters are only frozen.
+    """
+    from cifarzoo import models
+
+    model = models.create(config.model, num_classes=num_classes, width_mult=config.width_mult,
+                          **config.model_kwargs)
+    if config.whiten_init and hasattr(model, "whiten"):
+        from cifarzoo.models.fastnet import init_whitening
+
+        if whiten_images is not None:
+            init_whitening(model, whiten_images)
+        # The filters stay as the data made them (airbench); only the bias learns. Also on
+        # resume, so that the optimizer's parameter groups match the saved state.
+        model.whiten.weight.requires_grad_(False)
+    model.to(device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+class TrainStep:
+    """One optimizer step of ``model`` under ``config``; call it with a batch, get ``(loss, logits)`` back.
+
+    ``model`` is the plain module whose weights are saved; ``forward`` is what runs the
+    batch (``model`` itself, or wrapped in DDP and/or torch.compile). The returned
+    tensors are detached and stay on the device: no host sync inside the step.
+    """
+
+    def __init__(self, model: nn.Module, config: TrainConfig, device: torch.device, *, precision: str,
+                 total_steps: int, steps_per_epoch: int, forward: nn.Module | None = None, lr_lambda=None):
+        self.model, self.config, self.device, self.precision = model, config, device, precision
+        self.forward = forward if forward is not None else model
+        self.total_steps = total_steps
+        self.global_step = 0  # optimizer steps taken so far (lookahead's clock)
+        self.optimizer = make_optimizer(model, config, device)
+        self.scheduler = make_scheduler(self.optimizer, config, total_steps=total_steps,
+                                        steps_per_epoch=steps_per_epoch, lr_lambda=lr_lambda)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=(precision == "fp16"))
+        self.ema = None
+        if config.ema:
+            # Average of weights (and BN statistics) for evaluation; decay per step.
+            self.ema = torch.optim.swa_utils.AveragedModel(
+                model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.999), use_buffers=True)
+        self.lookahead = Lookahead(model) if config.lookahead else None
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast_context(self.device, self.precision):
+            out = self.forward(x)
+        loss, logits = model_loss(out, y, self.config)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        self.global_step += 1
+        if self.lookahead is not None:
+            self.lookahead.step(self.model, self.global_step, self.total_steps)
+        return loss.detach(), logits.detach()
+
+    step = __call__
+
+    def train(self) -> None:
+        self.forward.train()
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights to evaluate and save: the EMA copy when the recipe keeps one."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def state_dict(self) -> dict:
+        """The checkpoint keys this step owns (see :mod:`cifarzoo.train.checkpoint`)."""
+        state = {
+            "state_dict": self.eval_model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+        }
+        if self.ema is not None:
+            state["ema_state_dict"] = self.ema.state_dict()
+            state["train_state_dict"] = self.model.state_dict()
+        if self.lookahead is not None:
+            state["lookahead"] = self.lookahead.state_dict()
+        return state
+
+    def load_state_dict(self, ckpt: dict) -> None:
+        self.model.load_state_dict(ckpt["train_state_dict"] if "train_state_dict" in ckpt else ckpt["state_dict"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.ema is not None and "ema_state_dict" in ckpt:
+            self.ema.load_state_dict(ckpt["ema_state_dict"])
+        if self.lookahead is not None and "lookahead" in ckpt:
+            self.lookahead.load_state_dict(ckpt["lookahead"])
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+
+
+def make_step(model: nn.Module, config: TrainConfig, device: torch.device, *, total_steps: int,
+              steps_per_epoch: int, precision: str = "fp32", compile: bool = False, ddp: bool = False,
+              lr_lambda=None) -> TrainStep:
+    """The :class:`TrainStep` ``fit`` runs for ``model`` (from :func:`build_model`) under ``config``.
+
+    ``total_steps``/``steps_per_epoch`` shape the lr schedule and lookahead's decay;
+    ``lr_lambda(step)`` replaces the schedule's multiplier of the peak lr. ``ddp`` wraps
+    the forward in DistributedDataParallel, ``compile`` in torch.compile (in that order).
+    """
+    forward: nn.Module = model
+    if ddp:
+        forward = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if compile:
+        forward = torch.compile(forward)
+    return TrainStep(model, config, device, precision=precision, total_steps=total_steps,
+                     steps_per_epoch=steps_per_epoch, forward=forward, lr_lambda=lr_lambda)
