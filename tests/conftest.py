@@ -17,8 +17,8 @@ Fixtures (all function-scoped, a few ms each):
 
 Each class has its own base colour plus noise, so a model can learn the fake data
 and a bug that mixes up labels and images shows. The official files are written by
-``Py2Pickler`` exactly as /work/shared/tools/cifar10_from_jpeg.py (and the real
-cifar-10-python.tar.gz) write them: Python 2 ``str`` for bytes, arrays under
+``Py2Pickler`` exactly as the real cifar-10-python.tar.gz (and converters that
+mimic it) store them: Python 2 ``str`` for bytes, arrays under
 ``numpy.core``, so the restricted unpickler is tested against the true format.
 """
 from __future__ import annotations
@@ -66,10 +66,7 @@ def make_fake_cifar(train_per_class: int = 6, test_per_class: int = 2,
 
 
 class Py2Pickler(pickle._Pickler):
-    """Writes bytes as Python 2 str and numpy under numpy.core, as the official files do.
-
-    Copied from /work/shared/tools/cifar10_from_jpeg.py.
-    """
+    """Writes bytes as Python 2 str and numpy under numpy.core, as the official files do."""
 
     def save_bytes(self, obj):
         n = len(obj)

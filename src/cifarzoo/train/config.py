@@ -142,7 +142,7 @@ def validate(c: TrainConfig) -> None:
 
 # Per-model recipes: what `cifarzoo train MODEL` uses unless told otherwise, and the
 # base of the `standard` preset. SGD + Nesterov, one-cycle, label smoothing 0.1,
-# crop+flip, batch 512 (auto_batch_size: smaller on small data), bf16 on GPU: the simple recipe of ../shared/data/README.md
+# crop+flip, batch 512 (auto_batch_size: smaller on small data), bf16 on GPU: a simple reference recipe
 # (VGG16 89.1%, ResNet18 90.7%, ResNet50 88.8% on the JPEG copy). Peak lr and epochs
 # per model follow that recipe; see benchmarks/RESULTS.md for what has been measured.
 RECIPES: dict[str, dict[str, Any]] = {
