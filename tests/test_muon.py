@@ -1,7 +1,6 @@
 """optimizer "muon": Muon on conv filters, SGD on the rest; it learns, freezes the whitening bias, resumes exactly."""
 from __future__ import annotations
 
-import io
 import math
 
 import pytest
@@ -88,7 +87,9 @@ def test_whitening_bias_trains_then_freezes():
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_state_dict_round_trip_gives_bit_identical_next_steps(channels_last):
+def test_state_dict_round_trip_gives_bit_identical_next_steps(channels_last, tmp_path):
+    from cifarzoo.train.checkpoint import load_checkpoint, save_checkpoint
+
     c, model, x, y = tiny(channels_last=channels_last, whiten_bias_epochs=1)
 
     def make(m):
@@ -97,14 +98,15 @@ def test_state_dict_round_trip_gives_bit_identical_next_steps(channels_last):
 
     opt, sched = make(model)
     train(model, opt, x, y, 4, sched)
-    buf = io.BytesIO()
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict()}, buf)
+    # Through the trainer's own checkpoint files, which load with weights_only=True.
+    save_checkpoint(tmp_path / "checkpoint.pt", {"model": {"name": "fastnet"}, "classes": [], "normalization": {},
+                                                 "state_dict": model.state_dict(), "opt": opt.state_dict(),
+                                                 "sched": sched.state_dict()})
     train(model, opt, x, y, 3, sched)  # the whitening bias froze after step 3
 
-    buf.seek(0)
-    saved = torch.load(buf, weights_only=False)
+    saved = load_checkpoint(tmp_path)
     _, fresh, _, _ = tiny(channels_last=channels_last)
-    fresh.load_state_dict(saved["model"])
+    fresh.load_state_dict(saved["state_dict"])
     opt2, sched2 = make(fresh)
     opt2.load_state_dict(saved["opt"])
     sched2.load_state_dict(saved["sched"])
@@ -139,6 +141,8 @@ def test_airbench_preset_and_the_new_settings_validate():
     assert make_config("vgg16", preset="airbench") == make_config("vgg16", preset="standard")
     for bad, match in [(dict(augment="flip,altflip"), "--augment"), (dict(crop_pad=-1), "crop_pad"),
                        (dict(tta_level=3), "tta_level"), (dict(muon_momentum=1.0), "muon_momentum"),
-                       (dict(whiten_bias_epochs=-1), "whiten_bias_epochs"), (dict(bn_bias_decay=-1.0), "bn_bias_decay")]:
+                       (dict(optimizer="muon", whiten_bias_epochs=-1), "whiten_bias_epochs"),
+                       (dict(bn_bias_decay=-1.0), "bn_bias_decay"),
+                       (dict(optimizer="sgd", whiten_bias_epochs=3), "muon for bn_bias_decay and whiten_bias_epochs")]:
         with pytest.raises(CifarzooError, match=match):
             TrainConfig(**bad)

@@ -136,6 +136,8 @@ def validate(c: TrainConfig) -> None:
         bad("bn_bias_decay", c.bn_bias_decay, "a number >= 0")
     if c.whiten_bias_epochs is not None and not (isinstance(c.whiten_bias_epochs, int) and c.whiten_bias_epochs >= 0):
         bad("whiten_bias_epochs", c.whiten_bias_epochs, "an integer >= 0, or None")
+    if c.optimizer != "muon" and (c.bn_bias_decay or c.whiten_bias_epochs is not None):
+        bad("--optimizer", c.optimizer, "muon for bn_bias_decay and whiten_bias_epochs (its optimizer applies them)")
     if c.tta_level not in (0, 1, 2):
         bad("tta_level", c.tta_level, "0 (none), 1 (flip) or 2 (flip and 1-pixel translations)")
 
