@@ -131,16 +131,17 @@ run_capped() {
 }
 
 say "gpu_benchmark: commit $BENCH_COMMIT, stages $STAGES, budget ${BUDGET}s, tiny=$TINY, out $OUT"
-{
-    command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
-    "$PY" -c "import sys, torch, numpy; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available(), 'numpy', numpy.__version__)"
-    "$PY" -c "import cifarzoo; print('cifarzoo', cifarzoo.__version__, cifarzoo.__file__)"
+{  # each check capped too, so nothing outside a stage can hang the run
+    command -v nvidia-smi >/dev/null && timeout 30 nvidia-smi \
+        --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+    timeout 60 "$PY" -c "import sys, torch, numpy; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available(), 'numpy', numpy.__version__)"
+    timeout 60 "$PY" -c "import cifarzoo; print('cifarzoo', cifarzoo.__version__, cifarzoo.__file__)"
 } >>"$LOG" 2>&1 || { say "preflight failed: $PY cannot import torch, numpy or cifarzoo (see $LOG)"; exit 2; }
 
 DEVICE=cpu
 if [[ $TINY != 1 ]]; then
     DEVICE=cuda
-    "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
+    timeout 60 "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
         || { say "no CUDA device visible to $PY: stopping (--tiny runs the CPU smoke mode)"; exit 2; }
 fi
 

@@ -3,8 +3,8 @@
 :class:`DeviceLoader` copies a whole split to the device once, as uint8 NHWC
 (50,000 CIFAR images are 150 MB), and builds every batch there with tensor ops over
 the whole batch: gather by a shuffled index, random crop from a reflect-padded image
-(``crop_pad`` pixels, 4 by default), horizontal flip, optional cutout, normalization. This is how
-the fast CIFAR trainers (airbench, hlb-CIFAR10) avoid a DataLoader's worker
+(``crop_pad`` pixels, 4 by default), horizontal flip, optional cutout, normalization.
+This is how the fast CIFAR trainers (airbench, hlb-CIFAR10) avoid a DataLoader's worker
 processes and per-image Python, which on a fast GPU cost more than the model.
 
 Randomness. All random numbers of an epoch (the permutation and every image's crop
@@ -15,7 +15,7 @@ epoch's batches are the same on any device, any rank and after a restart, and
 parameters are drawn per *position* in the epoch (not per image) and always in the
 same order, so turning cutout on does not change which crops and flips are used.
 
-Alternating flip (``altflip``, airbench's derandomized flip; Jordan 2024, section 3.6).
+Alternating flip (``altflip``, the derandomized flip of airbench, Jordan 2024).
 Random flipping gives an image the same orientation in two consecutive epochs half
 the time, so over a short run many images are seen mostly one way round. Instead,
 every image gets one random bit ``b`` (exactly half the images get 1), drawn from a
@@ -191,9 +191,9 @@ class DeviceLoader:
     ranks gets ``batch_size // world_size`` images of it.
 
     ``train=True`` turns on augmentation (``augment``: comma list of crop, flip or
-    altflip, cutout, or "none"; crops from a ``crop_pad``-pixel reflect-padded frame,
-    so a shift of at most ``crop_pad`` pixels each way), and by default shuffling and dropping the last incomplete
-    global batch. ``train=False`` never augments and by default keeps the data order
+    altflip, cutout, or "none"; a crop is taken from a ``crop_pad``-pixel reflect-padded
+    frame, a shift of at most ``crop_pad`` pixels each way), and by default shuffling
+    and dropping the last incomplete global batch. ``train=False`` never augments and by default keeps the data order
     and every image. Call :meth:`set_epoch` before each epoch, as with
     ``DistributedSampler``: the epoch's order and augmentation depend only on
     ``(seed, epoch)``. ``prenormalize`` keeps the split normalized in ``dtype`` on the
