@@ -15,8 +15,8 @@ REPO = Path(__file__).resolve().parent.parent
 def git_commit() -> str:
     """Short commit of the working tree, "+dirty" when it has changes; $BENCH_COMMIT wins.
 
-    The GPU machine gets a copy of the working tree that may have no .git, so the
-    session that starts it passes the commit in $BENCH_COMMIT.
+    A copy of the working tree without .git (e.g. one copied to a GPU machine) gets
+    the commit from whoever starts the run, in $BENCH_COMMIT.
     """
     if os.environ.get("BENCH_COMMIT"):
         return os.environ["BENCH_COMMIT"]

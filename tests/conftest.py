@@ -25,8 +25,8 @@ Fixtures (all function-scoped, a few ms each):
 
 Each class has its own base colour plus noise, so a model can learn the fake data
 and a bug that mixes up labels and images shows. The official files are written by
-``Py2Pickler`` exactly as the real cifar-10-python.tar.gz (and the usual JPEG-to-batches
-converters) write them: Python 2 ``str`` for bytes, arrays under
+``Py2Pickler`` exactly as the real cifar-10-python.tar.gz (and converters that
+mimic it) store them: Python 2 ``str`` for bytes, arrays under
 ``numpy.core``, so the restricted unpickler is tested against the true format.
 """
 from __future__ import annotations
@@ -74,10 +74,7 @@ def make_fake_cifar(train_per_class: int = 6, test_per_class: int = 2,
 
 
 class Py2Pickler(pickle._Pickler):
-    """Writes bytes as Python 2 str and numpy under numpy.core, as the official files do.
-
-    The same pickler the JPEG-to-batches converters use.
-    """
+    """Writes bytes as Python 2 str and numpy under numpy.core, as the official files do."""
 
     def save_bytes(self, obj):
         n = len(obj)

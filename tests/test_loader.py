@@ -29,14 +29,14 @@ def collect(loader, start=0):
     return list(xs), list(ys)
 
 
-def reference_batch(images, indices, params, *, mean, std, crop, flip, cutout, cutout_size=12):
+def reference_batch(images, indices, params, *, mean, std, crop, flip, cutout, cutout_size=12, pad=PAD):
     """The slow, obviously-right version: one image at a time, plain numpy."""
     out = []
     m, s = np.float32(mean), np.float32(std)
     for k, i in enumerate(indices):
         img = images[i]
         if crop:
-            padded = np.pad(img, ((PAD, PAD), (PAD, PAD), (0, 0)), mode="reflect")
+            padded = np.pad(img, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
             y0, x0 = params["crop_y"][k], params["crop_x"][k]
             img = padded[y0:y0 + 32, x0:x0 + 32]
         if flip and params["flip"][k]:
@@ -231,3 +231,77 @@ def test_bad_configurations_are_data_errors(images, labels):
         DeviceLoader(images, labels, batch_size=10, rank=2, world_size=2, **kw)
     with pytest.raises(DataError, match="uint8"):
         DeviceLoader(images.astype(np.float32), labels, batch_size=10, **kw)
+
+
+# --------------------------------------------------------------------------- airbench's pieces
+
+
+@pytest.mark.parametrize("pad", [0, 1, 2])
+def test_crop_pad_sets_the_translation_range(images, labels, pad):
+    loader = DeviceLoader(np.repeat(images, 4, axis=0), np.repeat(labels, 4), batch_size=20, mean=MEAN, std=STD,
+                          train=True, augment="crop,flip", crop_pad=pad, seed=2)
+    xs, _ = collect(loader)
+    idx = loader.epoch_indices().numpy()
+    params = {k: v.numpy() for k, v in loader.epoch_params().items()}
+    # Shifts of at most `pad` pixels each way, and every shift in that range is used.
+    assert set(params["crop_y"].tolist()) == set(params["crop_x"].tolist()) == set(range(2 * pad + 1))
+    ref = reference_batch(np.repeat(images, 4, axis=0), idx, params, mean=MEAN, std=STD, crop=True, flip=True,
+                          cutout=False, pad=pad)
+    assert torch.equal(torch.cat(xs), torch.from_numpy(ref))
+
+
+def test_crop_pad_must_fit_the_image(images, labels):
+    with pytest.raises(DataError, match="too small for a 32-pixel crop"):
+        DeviceLoader(images, labels, batch_size=10, mean=MEAN, std=STD, train=True, crop_pad=32)
+    with pytest.raises(DataError, match="crop padding must be an integer"):
+        DeviceLoader(images, labels, batch_size=10, mean=MEAN, std=STD, train=True, crop_pad=-1)
+
+
+def test_alternating_flip_flips_every_image_on_alternate_epochs(images, labels):
+    loader = DeviceLoader(images, labels, batch_size=10, mean=MEAN, std=STD, train=True, augment="crop,altflip",
+                          seed=4, drop_last=False)
+
+    def flips(epoch):  # image index -> flipped in that epoch
+        p = loader.epoch_params(epoch)
+        return dict(zip(p["index"].tolist(), p["flip"].tolist()))
+
+    per_epoch = [flips(e) for e in range(4)]
+    assert sum(per_epoch[0].values()) == 25  # exactly half on even epochs
+    for e in range(3):  # the other half on odd epochs: every image flips state from one epoch to the next
+        assert all(per_epoch[e][i] != per_epoch[e + 1][i] for i in range(50))
+    assert per_epoch[0] == per_epoch[2] and per_epoch[1] == per_epoch[3]
+    # The mask comes from the seed alone: a new loader (a resumed run) sees the same flips; another seed does not.
+    again = DeviceLoader(images, labels, batch_size=10, mean=MEAN, std=STD, train=True, augment="crop,altflip",
+                         seed=4, drop_last=False)
+    assert dict(zip(*(again.epoch_params(3)[k].tolist() for k in ("index", "flip")))) == per_epoch[3]
+    other = DeviceLoader(images, labels, batch_size=10, mean=MEAN, std=STD, train=True, augment="crop,altflip",
+                         seed=5, drop_last=False)
+    assert dict(zip(*(other.epoch_params(0)[k].tolist() for k in ("index", "flip")))) != per_epoch[0]
+    # And the batches are the images flipped exactly as the plan says.
+    loader.set_epoch(1)
+    xs, _ = collect(loader)
+    params = {k: v.numpy() for k, v in loader.epoch_params().items()}
+    ref = reference_batch(images, params["index"], params, mean=MEAN, std=STD, crop=True, flip=True, cutout=False)
+    assert torch.equal(torch.cat(xs), torch.from_numpy(ref))
+
+
+def test_flip_and_altflip_exclude_each_other(images, labels):
+    with pytest.raises(DataError, match="flip and altflip exclude each other"):
+        DeviceLoader(images, labels, batch_size=10, mean=MEAN, std=STD, train=True, augment="flip,altflip")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("train", [True, False])
+def test_prenormalized_copy_gives_the_same_batches(images, labels, dtype, train):
+    kw = dict(batch_size=16, mean=MEAN, std=STD, train=train, augment="crop,altflip,cutout", crop_pad=2, seed=1,
+              dtype=dtype, channels_last=True)
+    plain = DeviceLoader(images, labels, **kw)
+    pre = DeviceLoader(images, labels, prenormalize=True, **kw)
+    assert pre.images.dtype == dtype and pre.images.shape == (50, 32, 32, 3)
+    for epoch in (0, 1):
+        plain.set_epoch(epoch)
+        pre.set_epoch(epoch)
+        (xa, ya), (xb, yb) = collect(plain), collect(pre)
+        assert all(a.dtype == b.dtype == dtype and torch.equal(a, b) for a, b in zip(xa, xb))
+        assert all(b.is_contiguous(memory_format=torch.channels_last) for b in xb)
+        assert all(torch.equal(a, b) for a, b in zip(ya, yb))

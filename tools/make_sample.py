@@ -1,9 +1,8 @@
 #!/usr/bin/env python3
 """Build the CIFAR-10 sample bundled with cifarzoo (``--data sample``).
 
-Usage: python tools/make_sample.py [ARCHIVE] [OUT]
-  ARCHIVE  the JPEG copy of CIFAR-10 (default /work/shared/data/cifar10-jpeg.tar.gz),
-           laid out as train/<class>/NNNN.jpg (5,000 per class), test/<class>/NNNN.jpg (1,000)
+Usage: python tools/make_sample.py ARCHIVE [OUT]
+  ARCHIVE  the JPEG copy of CIFAR-10 (cifar10-jpeg.tar.gz), laid out as train/<class>/NNNN.jpg (5,000 per class), test/<class>/NNNN.jpg (1,000)
   OUT      default src/cifarzoo/data/sample/cifar10_sample.npz beside this script
 
 Takes 500 training and 100 test images per class, chosen with a fixed seed, and stores
@@ -35,7 +34,6 @@ import numpy as np
 PER_CLASS = {"train": 500, "test": 100}
 SEED = 0
 HERE = Path(__file__).resolve().parent
-DEFAULT_ARCHIVE = Path("/work/shared/data/cifar10-jpeg.tar.gz")
 DEFAULT_OUT = HERE.parent / "src" / "cifarzoo" / "data" / "sample" / "cifar10_sample.npz"
 
 
@@ -90,7 +88,9 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def main() -> None:
-    archive = Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_ARCHIVE
+    if len(sys.argv) < 2:
+        sys.exit("usage: python tools/make_sample.py ARCHIVE [OUT]  (ARCHIVE: the JPEG copy, cifar10-jpeg.tar.gz)")
+    archive = Path(sys.argv[1])
     out = Path(sys.argv[2]) if len(sys.argv) > 2 else DEFAULT_OUT
     found = read_archive(archive)
     classes = sorted(found["train"])

@@ -1,7 +1,8 @@
 """Batched inference shared by training-time evaluation, `evaluate`, `predict` and the study report.
 
 One place turns uint8 images into logits, with the same normalization everywhere
-(``cifarzoo.data.loader.normalize``) and optional flip test-time augmentation.
+(``cifarzoo.data.loader.normalize``) and optional test-time augmentation: the
+horizontal mirror (level 1), or airbench's multi-crop (level 2, :func:`tta_views`).
 """
 from __future__ import annotations
 
@@ -15,6 +16,32 @@ from torch import nn
 from cifarzoo.device import autocast_context
 
 
+# Level 2's views and weights (airbench94, ``tta_level=2``): the image and its mirror count
+# half, and the two 1-pixel diagonal shifts (up-left, down-right) of each count a quarter.
+# As (flip, shift, weight); shift s moves the content by s pixels down and right.
+TTA_VIEWS = {
+    0: ((False, 0, 1.0),),
+    1: ((False, 0, 0.5), (True, 0, 0.5)),
+    2: ((False, 0, 0.25), (True, 0, 0.25), (False, -1, 0.125), (True, -1, 0.125),
+        (False, 1, 0.125), (True, 1, 0.125)),
+}
+
+
+def tta_views(x: torch.Tensor, level: int):
+    """Yield ``(weight, view)`` for normalized images ``x`` ``(B, C, H, W)``; the weights sum to 1.
+
+    A shift by ``s`` is a 1-pixel reflect pad cropped at offset ``1 - s`` in both axes (pixel
+    (i, j) of the view is (i - s, j - s) of the image, the border reflected), as airbench does.
+    """
+    if level not in TTA_VIEWS:
+        raise ValueError(f"tta level must be 0 (none), 1 (flip) or 2 (flip and translations), got {level!r}")
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect") if level == 2 else None  # (B, C, H+2, W+2)
+    for flip, shift, weight in TTA_VIEWS[level]:
+        v = x if shift == 0 else padded[:, :, 1 - shift:1 - shift + h, 1 - shift:1 - shift + w]
+        yield weight, (torch.flip(v, dims=[3]) if flip else v)
+
+
 @torch.inference_mode()
 def predict_logits(
     model: nn.Module,
@@ -24,18 +51,23 @@ def predict_logits(
     *,
     device: torch.device | str = "cpu",
     batch_size: int = 1024,
-    tta: bool = False,
+    tta: bool | int = False,
     precision: str = "fp32",
     channels_last: bool = False,
 ) -> torch.Tensor:
     """Logits ``(N, C)`` float32 on CPU for uint8 NHWC ``images`` ``(N, 32, 32, 3)``.
 
-    ``tta`` averages the logits of each image and its horizontal mirror. The model is
-    put in eval mode and left there.
+    ``tta`` is the test-time augmentation level: False/0 none; True/1 the mean of the
+    logits of each image and its horizontal mirror; 2 airbench's six views (the image and
+    its mirror, each also shifted one pixel up-left and down-right; :data:`TTA_VIEWS`
+    gives their weights). The model is put in eval mode and left there.
     """
     from cifarzoo.data.loader import normalize
 
     device = torch.device(device)
+    level = int(tta)
+    if level not in TTA_VIEWS:
+        raise ValueError(f"tta must be 0/False (none), 1/True (flip) or 2 (flip and translations), got {tta!r}")
     model.eval()
     if isinstance(images, np.ndarray):
         images = torch.from_numpy(np.ascontiguousarray(images))
@@ -44,9 +76,10 @@ def predict_logits(
         x = normalize(images[start:start + batch_size].to(device, non_blocking=True), mean, std,
                       channels_last=channels_last)
         with autocast_context(device, precision):
-            logits = model(x).float()
-            if tta:
-                logits = 0.5 * (logits + model(torch.flip(x, dims=[3])).float())
+            logits = None
+            for weight, view in tta_views(x, level):
+                y = weight * model(view).float() if level else model(view).float()
+                logits = y if logits is None else logits + y
         out.append(logits)
     if not out:
         return torch.empty(0, 0)

@@ -2,9 +2,9 @@
 
 :class:`DeviceLoader` copies a whole split to the device once, as uint8 NHWC
 (50,000 CIFAR images are 150 MB), and builds every batch there with tensor ops over
-the whole batch: gather by a shuffled index, random crop from a 4-pixel
-reflect-padded image, horizontal flip, optional cutout, normalization. This is how
-the fast CIFAR trainers (airbench, hlb-CIFAR10) avoid a DataLoader's worker
+the whole batch: gather by a shuffled index, random crop from a reflect-padded image
+(``crop_pad`` pixels, 4 by default), horizontal flip, optional cutout, normalization.
+This is how the fast CIFAR trainers (airbench, hlb-CIFAR10) avoid a DataLoader's worker
 processes and per-image Python, which on a fast GPU cost more than the model.
 
 Randomness. All random numbers of an epoch (the permutation and every image's crop
@@ -14,6 +14,22 @@ epoch's batches are the same on any device, any rank and after a restart, and
 :meth:`DeviceLoader.iter_from` can resume mid-epoch by just skipping batches. The
 parameters are drawn per *position* in the epoch (not per image) and always in the
 same order, so turning cutout on does not change which crops and flips are used.
+
+Alternating flip (``altflip``, the derandomized flip of airbench, Jordan 2024).
+Random flipping gives an image the same orientation in two consecutive epochs half
+the time, so over a short run many images are seen mostly one way round. Instead,
+every image gets one random bit ``b`` (exactly half the images get 1), drawn from a
+generator seeded by ``seed`` alone, and in epoch ``e`` it is flipped iff
+``b XOR (e odd)``: on even epochs a random half is flipped, on odd epochs exactly the
+other half, so every image is seen both ways in every pair of epochs. The bit belongs
+to the image, not to its position in the epoch, and depends on nothing but the seed,
+so a resumed run sees the same flips.
+
+Pre-normalized copy (``prenormalize=True``). Instead of the uint8 split, the loader
+keeps the whole split normalized once in ``dtype`` (fp16/bf16: 300 MB for CIFAR-10's
+training set) and batches are gathered from it, so no batch pays for normalization.
+The values are the same bits as the per-batch path (the normalization is per pixel
+and rounds once to ``dtype`` either way); airbench keeps its data this way.
 
 Distributed. With ``world_size`` ranks every rank draws the same permutation; each
 global batch of ``batch_size`` images is cut into ``world_size`` contiguous chunks
@@ -30,8 +46,8 @@ import torch
 
 from cifarzoo.errors import DataError
 
-AUGMENTATIONS = ("crop", "flip", "cutout")
-PAD = 4  # pixels of reflect padding for the random crop (the standard CIFAR recipe)
+AUGMENTATIONS = ("crop", "flip", "altflip", "cutout")
+PAD = 4  # default pixels of reflect padding for the random crop (the standard CIFAR recipe; airbench: 2)
 
 # Columns of the per-epoch plan tensor, one row per position in the epoch.
 _IDX, _DY, _DX, _FLIP, _CY, _CX = range(6)
@@ -104,6 +120,9 @@ def parse_augment(augment: str | Sequence[str] | None) -> frozenset[str]:
     if unknown:
         raise DataError(f"unknown augmentation {', '.join(sorted(unknown))}; "
                         f"use a comma list of {', '.join(AUGMENTATIONS)}, or none")
+    if {"flip", "altflip"} <= names:
+        raise DataError("augmentations flip and altflip exclude each other: choose random (flip) "
+                        "or alternating (altflip) flipping")
     return frozenset(names)
 
 
@@ -114,8 +133,20 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return ((hi << 32) | lo) & ((1 << 63) - 1)
 
 
+def _flip_mask_seed(seed: int) -> int:
+    # A stream of its own (a spawned child of the seed), unrelated to every (seed, epoch) stream.
+    hi, lo = np.random.SeedSequence(seed, spawn_key=(1,)).generate_state(2, np.uint32).tolist()
+    return ((hi << 32) | lo) & ((1 << 63) - 1)
+
+
+def alternating_flip_mask(n: int, seed: int) -> torch.Tensor:
+    """Each image's flip bit on even epochs: int64 (n,), exactly n // 2 ones, from ``seed`` only."""
+    g = torch.Generator().manual_seed(_flip_mask_seed(seed))
+    return (torch.randperm(n, generator=g) < n // 2).to(torch.int64)
+
+
 def _reflect(i: torch.Tensor, n: int) -> torch.Tensor:
-    """Map indices in [-PAD, n-1+PAD] into [0, n-1] as numpy's ``mode="reflect"`` pad does."""
+    """Map indices in [-(n-1), 2(n-1)] into [0, n-1] as numpy's ``mode="reflect"`` pad does."""
     i = i.abs()
     return torch.where(i > n - 1, 2 * (n - 1) - i, i)
 
@@ -124,12 +155,12 @@ def crop_flip(images: torch.Tensor, idx: torch.Tensor, dy: torch.Tensor, dx: tor
               flip: torch.Tensor, pad: int = PAD) -> torch.Tensor:
     """Gather a batch of randomly cropped, maybe flipped images in one indexing op.
 
-    images: uint8 (N, H, W, C) on the device; idx, dy, dx, flip: int64 (B,).
+    images: (N, H, W, C) on the device, any dtype; idx, dy, dx, flip: int64 (B,).
     Output pixel (i, j) of image b is padded image ``idx[b]`` at (dy+i, dx+j) in a
     ``pad``-pixel reflect-padded frame, with j reversed when ``flip[b]``; dy, dx lie in
     0..2*pad. The padding is never materialized: the reflected source rows and columns
     are computed as indices, so there is no padded copy of the dataset or the batch.
-    Returns uint8 (B, H, W, C).
+    Returns (B, H, W, C) in ``images``' dtype.
     """
     _, h, w, _ = images.shape
     rows = _reflect(torch.arange(h, device=images.device) + (dy - pad)[:, None], h)  # (B, H)
@@ -159,12 +190,14 @@ class DeviceLoader:
     both on ``device``. ``batch_size`` is the *global* batch; each of ``world_size``
     ranks gets ``batch_size // world_size`` images of it.
 
-    ``train=True`` turns on augmentation (``augment``: comma list of crop, flip,
-    cutout, or "none"), and by default shuffling and dropping the last incomplete
-    global batch. ``train=False`` never augments and by default keeps the data order
+    ``train=True`` turns on augmentation (``augment``: comma list of crop, flip or
+    altflip, cutout, or "none"; a crop is taken from a ``crop_pad``-pixel reflect-padded
+    frame, a shift of at most ``crop_pad`` pixels each way), and by default shuffling
+    and dropping the last incomplete global batch. ``train=False`` never augments and by default keeps the data order
     and every image. Call :meth:`set_epoch` before each epoch, as with
     ``DistributedSampler``: the epoch's order and augmentation depend only on
-    ``(seed, epoch)``.
+    ``(seed, epoch)``. ``prenormalize`` keeps the split normalized in ``dtype`` on the
+    device instead of as uint8 (see the module docstring).
     """
 
     def __init__(
@@ -179,6 +212,7 @@ class DeviceLoader:
         train: bool = False,
         augment: str = "crop,flip",
         cutout_size: int = 12,
+        crop_pad: int = PAD,
         seed: int = 0,
         shuffle: bool | None = None,
         drop_last: bool | None = None,
@@ -187,6 +221,7 @@ class DeviceLoader:
         rank: int = 0,
         world_size: int = 1,
         num_classes: int | None = None,
+        prenormalize: bool = False,
     ):
         if batch_size < 1:
             raise DataError(f"batch size must be at least 1, got {batch_size}")
@@ -202,14 +237,18 @@ class DeviceLoader:
             raise DataError(f"DeviceLoader needs uint8 (N, H, W, 3) images, got {images_np.shape} {images_np.dtype}")
         if labels_np.shape != (len(images_np),):
             raise DataError(f"labels have shape {labels_np.shape}, expected ({len(images_np)},)")
-        if min(images_np.shape[1:3]) <= PAD:
-            raise DataError(f"images of {images_np.shape[1]}x{images_np.shape[2]} are too small for a {PAD}-pixel crop")
+        if not (isinstance(crop_pad, int) and crop_pad >= 0):
+            raise DataError(f"crop padding must be an integer number of pixels >= 0, got {crop_pad!r}")
+        if min(images_np.shape[1:3]) <= crop_pad:
+            raise DataError(f"images of {images_np.shape[1]}x{images_np.shape[2]} are too small "
+                            f"for a {crop_pad}-pixel crop")
 
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.train = train
         self.augment = parse_augment(augment) if train else frozenset()
         self.cutout_size = cutout_size
+        self.crop_pad = crop_pad
         self.seed = seed
         self.shuffle = train if shuffle is None else shuffle
         self.drop_last = train if drop_last is None else drop_last
@@ -225,6 +264,13 @@ class DeviceLoader:
         self.labels = torch.from_numpy(labels_np.astype(np.int64)).to(self.device)  # (N,) int64
         self.mean = torch.tensor(list(mean), dtype=torch.float32, device=self.device)  # (3,), [0, 255]
         self.std = torch.tensor(list(std), dtype=torch.float32, device=self.device)
+        self.prenormalize = prenormalize
+        if prenormalize:
+            # (N, H, W, 3) in ``dtype``, normalized once, in chunks so the float32 temporary stays small.
+            self.images = torch.cat([normalize(chunk, self.mean, self.std, dtype=dtype).permute(0, 2, 3, 1)
+                                     for chunk in self.images.split(4096)]).contiguous()
+        self._flip_mask = (alternating_flip_mask(len(images_np), seed)
+                           if "altflip" in self.augment else None)  # (N,) int64 on the CPU
 
         n = len(images_np)
         self.num_batches = n // batch_size if self.drop_last else math.ceil(n / batch_size)
@@ -262,11 +308,12 @@ class DeviceLoader:
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
         plan = torch.zeros(n, 6, dtype=torch.int64)
         plan[:, _IDX] = order
-        plan[:, _DY:_DX + 1] = PAD  # centred crop = identity
+        pad = self.crop_pad
+        plan[:, _DY:_DX + 1] = pad  # centred crop = identity
         if self.augment:
             # Always draw every parameter, in this order, so the draws do not depend on
             # which augmentations are enabled.
-            crop = torch.randint(0, 2 * PAD + 1, (n, 2), generator=g)
+            crop = torch.randint(0, 2 * pad + 1, (n, 2), generator=g)
             flip = torch.randint(0, 2, (n,), generator=g)
             centre = torch.stack([torch.randint(0, h, (n,), generator=g),
                                   torch.randint(0, w, (n,), generator=g)], 1)
@@ -274,6 +321,8 @@ class DeviceLoader:
                 plan[:, _DY:_DX + 1] = crop
             if "flip" in self.augment:
                 plan[:, _FLIP] = flip
+            elif "altflip" in self.augment:
+                plan[:, _FLIP] = self._flip_mask[order] ^ (epoch % 2)
             plan[:, _CY:_CX + 1] = centre
         return plan[self._positions]
 
@@ -301,7 +350,7 @@ class DeviceLoader:
         """This rank's augmentation parameters, aligned with :meth:`epoch_indices`.
 
         int64 (num_samples,) CPU tensors: crop_y, crop_x (crop offset in the padded
-        frame, 0..8; 4 = no shift), flip (0/1), cutout_y, cutout_x (square centre).
+        frame, 0..2*crop_pad; crop_pad = no shift), flip (0/1), cutout_y, cutout_x (square centre).
         """
         plan = self._host_plan(self.epoch if epoch is None else epoch)
         names = ("index", "crop_y", "crop_x", "flip", "cutout_y", "cutout_x")
@@ -332,12 +381,16 @@ class DeviceLoader:
             else:
                 p = plan[a:b]
                 idx = p[:, _IDX]
-                if self.augment & {"crop", "flip"}:
-                    x = crop_flip(self.images, idx, p[:, _DY], p[:, _DX], p[:, _FLIP])
+                if self.augment & {"crop", "flip", "altflip"}:
+                    x = crop_flip(self.images, idx, p[:, _DY], p[:, _DX], p[:, _FLIP], self.crop_pad)
                 else:
                     x = self.images[idx]
                 y = self.labels[idx]
-            x = normalize(x, self.mean, self.std, dtype=self.dtype, channels_last=self.channels_last)
+            if self.prenormalize:
+                fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+                x = x.permute(0, 3, 1, 2).contiguous(memory_format=fmt)  # (B, 3, H, W), already normalized
+            else:
+                x = normalize(x, self.mean, self.std, dtype=self.dtype, channels_last=self.channels_last)
             if "cutout" in self.augment:
                 x = cutout_(x, p[:, _CY], p[:, _CX], self.cutout_size)
             yield x, y

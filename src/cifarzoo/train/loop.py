@@ -294,7 +294,8 @@ def set_up(config: TrainConfig, *, dataset: Dataset | None = None, out_dir: str 
 
     loader = DeviceLoader(
         split.train_x, split.train_y, batch_size=config.batch_size, mean=ds.mean, std=ds.std, device=device,
-        train=True, augment=config.augment, cutout_size=config.cutout_size, seed=config.seed,
+        train=True, augment=config.augment, cutout_size=config.cutout_size, crop_pad=config.crop_pad,
+        seed=config.seed,
         channels_last=config.channels_last, rank=dist.rank, world_size=dist.world_size,
     )
     if len(loader) == 0:

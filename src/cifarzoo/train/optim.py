@@ -23,8 +23,14 @@ def param_groups(model: nn.Module, weight_decay: float):
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device,
+                   steps_per_epoch: int | None = None) -> torch.optim.Optimizer:
+    """The recipe's optimizer; ``steps_per_epoch`` is needed by Muon's whitening-bias freeze."""
     c = config
+    if c.optimizer == "muon":
+        from cifarzoo.train.muon import make_muon_optimizer
+
+        return make_muon_optimizer(model, c, device, steps_per_epoch)
     groups = param_groups(model, c.weight_decay)
     if c.bias_lr_scale != 1.0:
         # airbench's bias scaler (fastnet: 64): a larger lr for BN shifts only, in a third group.

@@ -68,7 +68,7 @@ class TrainStep:
         self.forward = forward if forward is not None else model
         self.total_steps = total_steps
         self.global_step = 0  # optimizer steps taken so far (lookahead's clock)
-        self.optimizer = make_optimizer(model, config, device)
+        self.optimizer = make_optimizer(model, config, device, steps_per_epoch)
         self.scheduler = make_scheduler(self.optimizer, config, total_steps=total_steps,
                                         steps_per_epoch=steps_per_epoch, lr_lambda=lr_lambda)
         self.scaler = torch.amp.GradScaler("cuda", enabled=(precision == "fp16"))
