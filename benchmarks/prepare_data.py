@@ -25,7 +25,9 @@ import cifarzoo  # noqa: F401  first: it sets OMP_WAIT_POLICY before torch loads
 import numpy as np
 
 from cifarzoo.data import load
-from cifarzoo.data.sources import BATCHES_DIR, META, TEST_BATCH, TRAIN_BATCHES
+from cifarzoo.data.sources import CIFAR10
+
+BATCHES_DIR, META, TEST_BATCH, TRAIN_BATCHES = CIFAR10.folder, CIFAR10.meta, CIFAR10.test, CIFAR10.train
 from cifarzoo.errors import CifarzooError
 
 
