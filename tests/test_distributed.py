@@ -1,4 +1,4 @@
-"""Data-parallel training under torchrun (gloo, CPU, 2 real processes) and parallel independent runs.
+"""Data-parallel training under torchrun (gloo, CPU, 2 real processes), on one node and on two.
 
 The multi-process tests start real ranks with ``python -m torch.distributed.run``
 (what ``torchrun`` is), on a small fake dataset (260 train / 100 test images) and
@@ -9,7 +9,6 @@ look inside them (model hashes, loader indices).
 from __future__ import annotations
 
 import json
-import operator
 import os
 import signal
 import subprocess
@@ -330,55 +329,3 @@ def test_loader_halves_are_the_single_process_batches():
                     assert torch.equal(stitched, col[k * 12:(k + 1) * 12]), (world, epoch, k, name)
             union = torch.cat([g["index"] for g in got])
             assert len(union) == len(set(union.tolist())) == 70 // 12 * 12
-
-
-# --------------------------------------------------------------------------- independent runs in parallel
-def test_run_parallel_runs_one_job_per_device_at_a_time(tmp_path, monkeypatch):
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    script = ("import os, sys, time; t0 = time.time(); time.sleep(0.4); "
-              "open(sys.argv[1], 'w').write(f\"{os.environ['CUDA_VISIBLE_DEVICES']} {t0} {time.time()}\"); "
-              "sys.exit(int(sys.argv[2]))")
-    jobs = [launch.Job([sys.executable, "-c", script, tmp_path / f"{i}.txt", 3 if i == 2 else 0], name=f"j{i}",
-                       log=tmp_path / f"{i}.log") for i in range(5)]
-    done = []
-    results = launch.run_parallel(jobs, ["cuda:0", "cuda:1"], on_done=lambda r: done.append(r.index))
-    assert [r.index for r in results] == list(range(5)) and sorted(done) == list(range(5))
-    assert [r.ok for r in results] == [True, True, False, True, True]  # a failure does not stop the rest
-    assert results[2].exitcode == 3 and results[2].error == "exit status 3"
-    spans = {}
-    for i, r in enumerate(results):
-        seen, t0, t1 = (tmp_path / f"{i}.txt").read_text().split()
-        assert seen == r.device[-1]  # the job saw only its own GPU, as physical id
-        spans.setdefault(r.device, []).append((float(t0), float(t1)))
-    assert set(spans) == {"cuda:0", "cuda:1"}  # both devices worked
-    for device, s in spans.items():
-        s.sort()
-        assert all(a[1] <= b[0] for a, b in zip(s, s[1:])), (device, s)  # never two at once on one device
-    total = max(r.ended for r in results) - min(r.started for r in results)
-    assert total < sum(r.seconds for r in results)  # and the devices ran at the same time
-
-
-def test_run_parallel_calls_functions_in_their_own_process(monkeypatch):
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,7")
-    monkeypatch.setenv("RANK", "3")  # as if inside a torchrun worker: jobs must not inherit it
-    jobs = [launch.Job(os.getenv, ("CUDA_VISIBLE_DEVICES",)), launch.Job(os.getenv, ("RANK",)),
-            launch.Job(operator.truediv, (1, 0), name="bad"), launch.Job(os.getpid)]
-    results = launch.run_parallel(jobs, ["cuda:1", "cpu"])
-    by_device = {r.index: r.device for r in results}
-    assert results[0].ok and results[0].value == {"cuda:1": "7", "cpu": ""}[by_device[0]]
-    assert results[1].ok and results[1].value is None
-    assert not results[2].ok and results[2].error.startswith("ZeroDivisionError")
-    assert "ZeroDivisionError" in results[2].traceback and results[2].name == "bad"
-    assert results[3].ok and results[3].value != os.getpid()
-
-
-def test_device_env_maps_to_physical_gpus(monkeypatch):
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
-    assert launch.device_env("cuda:1") == {"CUDA_VISIBLE_DEVICES": "5"}
-    assert launch.device_env("cpu") == {"CUDA_VISIBLE_DEVICES": ""}
-    with pytest.raises(CifarzooError, match="only 2 GPUs visible"):
-        launch.device_env("cuda:2")
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
-    assert launch.device_env("cuda:3") == {"CUDA_VISIBLE_DEVICES": "3"}
-    with pytest.raises(CifarzooError, match="expected 'cuda:N' or 'cpu'"):
-        launch.run_parallel([["true"]], ["gpu0"])

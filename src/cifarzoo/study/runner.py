@@ -185,6 +185,7 @@ class RunOutcome:
     action: str  # "trained" | "resumed" | "skipped" (kept from an earlier invocation)
     summary: dict = field(default_factory=dict)  # summary.json as written
     wall_seconds: float = 0.0  # this invocation's wall time on the run (training + evaluation)
+    where: str = ""  # the machine that trained it, where an executor spreads runs over several
 
 
 @dataclass
@@ -471,6 +472,7 @@ def run_study(
     reporter: StudyReporter | None = None,
     dataset=None,
     report: bool = True,
+    executor=None,
     **overrides: Any,
 ) -> StudyResult:
     """Train every (model, seed) of a study that is not done yet, then write its report.
@@ -479,11 +481,16 @@ def run_study(
     gets the same one. See the module doc for what happens to existing run folders.
     """
     plan = plan_study(models, preset=preset, seeds=seeds, data=data, out_dir=out_dir, **overrides)
-    return execute(plan, force=force, reporter=reporter, dataset=dataset, report=report)
+    return execute(plan, force=force, reporter=reporter, dataset=dataset, report=report, executor=executor)
 
 
 def execute(plan: StudyPlan, *, force: bool = False, reporter: StudyReporter | None = None,
-            dataset=None, report: bool = True) -> StudyResult:
+            dataset=None, report: bool = True, executor=None) -> StudyResult:
+    """Train the runs of ``plan`` that are not done yet, then write the report.
+
+    ``executor`` trains them: :class:`cifarzoo.study.executors.LocalExecutor` (the
+    default, one after the other in this process) or ``RayExecutor``.
+    """
     reporter = reporter or StudyReporter()
     root = plan.out_dir / RUNS_DIR
     if not force:
@@ -507,8 +514,8 @@ def execute(plan: StudyPlan, *, force: bool = False, reporter: StudyReporter | N
             states[spec.name] = run_state(spec.run_dir)
     to_train = [s for s in plan.runs if states[s.name] in ("fresh", "resume")]
     costs = _costs(to_train, dataset.num_classes)
-    finished: list[tuple[float, float]] = []  # (wall seconds, cost) of the runs trained now
     outcomes: list[RunOutcome] = []
+    jobs = []  # (position, spec, action) of the runs to train, in plan order
     for index, spec in enumerate(plan.runs, start=1):
         state = states[spec.name]
         if state in ("finished", "failed"):
@@ -516,26 +523,21 @@ def execute(plan: StudyPlan, *, force: bool = False, reporter: StudyReporter | N
                 evaluate_for_report(spec, dataset)  # e.g. finished before its evaluation was written
             outcome = RunOutcome(spec, state, "skipped", read_json(spec.run_dir / "summary.json"))
             outcomes.append(outcome)
-            upcoming = [costs[s.name] for s in to_train if s.name not in {o.spec.name for o in outcomes}]
-            reporter.on_run_end(index, total, outcome, estimate_seconds_left(finished, upcoming))
+            reporter.on_run_end(index, total, outcome, None)
             continue
         action = "resumed" if state == "resume" else "trained"
         if action == "trained":
             remove_run_dir(spec.run_dir, root)  # leftovers of a run that never saved an epoch
-        pos = [s.name for s in to_train].index(spec.name)
-        upcoming = [costs[s.name] for s in to_train[pos + 1:]]
-        cost = costs[spec.name]
-        reporter.on_run_start(index, total, spec, action,
-                              estimate_seconds_left(finished, upcoming, (0, spec.config.epochs, 0.0, cost)))
-        progress = _RunProgress(reporter, index, total, spec, finished, upcoming, cost)
-        t0 = time.perf_counter()
-        status, summary = train_one(spec, dataset, action=action, reporter=progress)
-        wall = time.perf_counter() - t0
-        if status == "finished" and action == "trained":  # a resumed run's wall time covers only its rest
-            finished.append((wall, cost))
-        outcome = RunOutcome(spec, status, action, summary, wall)
-        outcomes.append(outcome)
-        reporter.on_run_end(index, total, outcome, estimate_seconds_left(finished, upcoming))
+        jobs.append((index, spec, action))
+    # ---- the executor trains the runs (study/executors.py: in this process, or Ray tasks)
+    if executor is None:
+        from cifarzoo.study.executors import LocalExecutor
+
+        executor = LocalExecutor()
+    outcomes += executor.run(jobs, total=total, dataset=dataset, reporter=reporter, costs=costs)
+    order = {s.name: i for i, s in enumerate(plan.runs)}
+    outcomes.sort(key=lambda o: order[o.spec.name])
+    # ---- end of the executor hook
 
     result = StudyResult(plan, outcomes)
     if report:
