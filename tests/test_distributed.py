@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -225,6 +226,63 @@ def test_cli_resumes_an_interrupted_run_on_two_ranks(fake_data, tmp_path, one_th
     assert after["metrics"][0] == before["metrics"][0]  # epoch 1 kept as it was
     assert json.loads((run / "summary.json").read_text())["world_size"] == 2
     assert len(list(tmp_path.glob("runs/*"))) == 0  # no second folder
+
+
+def test_two_nodes_with_torchrun_c10d_write_one_run_that_matches_one_process(fake_data, tmp_path, one_thread):
+    """Two "machines" (two torchrun launches, --nnodes 2, one process each) meet at a c10d
+    rendezvous on 127.0.0.1, and train one run as the README's two-machine command does.
+
+    Global rank 0 names and writes the one run folder; the other node writes nothing and
+    prints nothing. resnet18's BatchNorm is not synced, so the losses match one process
+    with the same global batch (64) within the unsynced-BatchNorm tolerance above (2.5%).
+    """
+    from cifarzoo.cli import main
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    train = ["train", "resnet18", "--data", str(fake_data), "--width-mult", "0.125", "--epochs", "2",
+             "--batch-size", "64", "--lr", "0.05", "--warmup-epochs", "0.5", "--device", "cpu",
+             "--precision", "fp32", "--compile", "off", "--seed", "3", "--allow-stall"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}  # gloo on loopback too
+    nodes = []
+    for rank in (0, 1):
+        cwd = tmp_path / f"node{rank}"
+        cwd.mkdir()
+        argv = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+                "--node-rank", str(rank), "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
+                "--rdzv-id", "two-nodes", "--local-addr", "127.0.0.1", "-m", "cifarzoo", *train]
+        nodes.append((cwd, subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                                            stderr=subprocess.STDOUT, text=True, start_new_session=True)))
+    texts = []
+    for cwd, p in nodes:
+        try:
+            texts.append(p.communicate(timeout=LAUNCH_TIMEOUT)[0])
+        except subprocess.TimeoutExpired:
+            for _, q in nodes:
+                os.killpg(q.pid, signal.SIGKILL)
+            pytest.fail(f"a torchrun node did not finish in {LAUNCH_TIMEOUT}s:\n{p.communicate()[0][-4000:]}")
+    assert [p.returncode for _, p in nodes] == [0, 0], "\n".join(t[-3000:] for t in texts)
+    written = [d for cwd, _ in nodes if (cwd / "runs").exists() for d in (cwd / "runs").iterdir()]
+    assert len(written) == 1 and written[0].parent.parent.name == "node0", written
+    run = written[0]
+    assert json.loads((run / "summary.json").read_text())["world_size"] == 2
+    assert "test accuracy" in texts[0] and "test accuracy" not in texts[1]  # node 0's rank 0 alone prints
+
+    assert main([*train, "--out", str(tmp_path / "single"), "--quiet"]) == 0
+    single = _metrics(tmp_path / "single")
+    two = _metrics(run)
+    assert len(two) == len(single) == 2
+    for a, b in zip(two, single):
+        for key in ("train_loss", "eval_loss"):
+            assert a[key] == pytest.approx(b[key], rel=0.025), (key, a, b)
+        assert a["lr"] == b["lr"]
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    from cifarzoo.train.rundir import read_metrics
+
+    return read_metrics(run_dir / "metrics.csv")
 
 
 def test_cli_rejects_a_batch_the_ranks_cannot_split(fake_data, tmp_path, capsys):

@@ -4,7 +4,7 @@ Everything stays on the loopback interface: Ray in its single-machine mode
 (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, set before ray is imported) binds and advertises
 127.0.0.1 only, the head is started with ``--node-ip-address 127.0.0.1``, and token
 authentication is off on both sides (nothing leaves the machine; no token file in
-$HOME). Tiny runs (width 0.125, 300 images of the bundled sample, 1-2 epochs).
+$HOME). Tiny runs (width 0.125, 300 training / 100 test images of the bundled sample, 1-2 epochs).
 """
 from __future__ import annotations
 
@@ -28,9 +28,21 @@ from cifarzoo.study import StudyReporter, run_study  # noqa: E402
 from cifarzoo.study.executors import RayExecutor  # noqa: E402
 from cifarzoo.study.runner import EVAL_FILE, run_state  # noqa: E402
 
-TINY = dict(data="sample", subset=300, width_mult=0.125, epochs=1, batch_size=50, device="cpu", precision="fp32",
+TINY = dict(data="sample", width_mult=0.125, epochs=1, batch_size=50, device="cpu", precision="fp32",
             compile="off", channels_last=False)
 SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+@pytest.fixture(scope="module")
+def small():
+    """300 training and 100 test images of the bundled sample (the study's dataset, put into Ray's store)."""
+    from dataclasses import replace
+
+    from cifarzoo.data import load
+
+    ds = load("sample")
+    return replace(ds, train_images=ds.train_images[:300], train_labels=ds.train_labels[:300],
+                   test_images=ds.test_images[:100], test_labels=ds.test_labels[:100])
 
 
 class Events(StudyReporter):
@@ -56,7 +68,7 @@ def no_ray_address(monkeypatch):
         ray.shutdown()
 
 
-def test_ray_study_records_a_failure_and_sends_run_folders_back(tmp_path):
+def test_ray_study_records_a_failure_and_sends_run_folders_back(tmp_path, small):
     """Two runs on a local instance the executor starts; files travel back as from another machine.
 
     ``hidden`` is a VGG option that ResNet's builder refuses: resnet18 fails (a TypeError
@@ -66,7 +78,7 @@ def test_ray_study_records_a_failure_and_sends_run_folders_back(tmp_path):
     events = Events()
     executor = RayExecutor(num_cpus=2, shared_fs=False)
     result = run_study(["vgg16", "resnet18"], preset="quick", out_dir=out, reporter=events, executor=executor,
-                       model_kwargs={"hidden": 16}, **TINY)
+                       dataset=small, model_kwargs={"hidden": 16}, **TINY)
     assert not ray.is_initialized()  # the instance it started is stopped again
     assert [(o.spec.name, o.status, o.action) for o in result.outcomes] == [
         ("vgg16-s0", "finished", "trained"), ("resnet18-s0", "failed", "trained")]
@@ -85,11 +97,11 @@ def test_ray_study_records_a_failure_and_sends_run_folders_back(tmp_path):
     assert json.loads((out / "results.json").read_text())["models"][0]["test_acc_mean"] is not None
 
 
-def test_an_interrupted_study_resumes_through_ray(tmp_path):
-    """Ctrl-C in the middle of the first run (in-process), then the same study through Ray.
+def test_an_interrupted_study_resumes_through_ray(tmp_path, small):
+    """Ctrl-C after the first of two epochs (in-process), then the same study through Ray.
 
     The interrupted run resumes from its checkpoint (its first epoch is kept, not
-    trained again), the other is trained, on an instance this test started.
+    trained again), on an instance this test started.
     """
     class StopAfterFirstEpoch(StudyReporter):
         def on_epoch_end(self, index, total, spec, row, eta_seconds):
@@ -97,24 +109,23 @@ def test_an_interrupted_study_resumes_through_ray(tmp_path):
                 raise KeyboardInterrupt
 
     out = tmp_path / "s"
-    kw = {**TINY, "epochs": 2}
+    kw = {**TINY, "epochs": 2, "dataset": small}
     with pytest.raises(KeyboardInterrupt):
-        run_study(["vgg16"], preset="quick", seeds=2, out_dir=out, reporter=StopAfterFirstEpoch(), **kw)
+        run_study(["vgg16"], preset="quick", out_dir=out, reporter=StopAfterFirstEpoch(), **kw)
     first = out / "runs" / "vgg16-s0"
-    assert run_state(first) == "resume" and not (out / "runs" / "vgg16-s1").exists()
+    assert run_state(first) == "resume"
     epoch1 = (first / "metrics.csv").read_text().splitlines()[1]
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     events = Events()
-    result = run_study(["vgg16"], preset="quick", seeds=2, out_dir=out, reporter=events, executor=RayExecutor(),
-                       **kw)
+    result = run_study(["vgg16"], preset="quick", out_dir=out, reporter=events, executor=RayExecutor(), **kw)
     assert ray.is_initialized()  # a connection it did not make is left as it was
-    assert [(o.spec.name, o.action, o.status) for o in result.outcomes] == [
-        ("vgg16-s0", "resumed", "finished"), ("vgg16-s1", "trained", "finished")]
+    assert [(o.spec.name, o.action, o.status) for o in result.outcomes] == [("vgg16-s0", "resumed", "finished")]
+    assert events.ended[0][2].endswith("(127.0.0.1)")
     rows = (first / "metrics.csv").read_text().splitlines()
     assert len(rows) == 1 + 2 and rows[1] == epoch1
     # A third invocation has nothing left to do.
-    again = run_study(["vgg16"], preset="quick", seeds=2, out_dir=out, executor=RayExecutor(), **kw)
+    again = run_study(["vgg16"], preset="quick", out_dir=out, executor=RayExecutor(), **kw)
     assert {o.action for o in again.outcomes} == {"skipped"}
 
 
@@ -154,20 +165,14 @@ def _wait_for_head(address: str, timeout: float = 120) -> None:
     pytest.fail(f"ray start --head did not listen on {address} in {timeout}s")
 
 
-def test_cli_runs_a_study_on_a_ray_cluster(ray_head, tmp_path, capsys):
+def test_cli_runs_a_study_on_a_ray_cluster(ray_head, tmp_path, capsys, small):
     _wait_for_head(ray_head)
     out = tmp_path / "s"
     argv = ["benchmark", "--models", "vgg16", "--preset", "quick", "--out", str(out), "--epochs", "1",
             "--device", "cpu", "--executor", "ray", "--address", ray_head, "--data", "sample"]
-    # The CLI has no --subset or --width-mult: the quick preset's own narrow widths, on a
-    # 300-image part of the sample handed to the study as its dataset.
-    from dataclasses import replace
-
+    # The quick preset's own narrow widths, on a 300-image part of the sample.
     import cifarzoo.data
 
-    ds = cifarzoo.data.load("sample")
-    small = replace(ds, train_images=ds.train_images[:300], train_labels=ds.train_labels[:300],
-                    test_images=ds.test_images[:200], test_labels=ds.test_labels[:200])
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(cifarzoo.data, "load", lambda spec=None, **kw: small)
         rc = main(argv)

@@ -249,7 +249,8 @@ def fit(
     dist = D.current()
     ckpt = None
     if resume is not None:
-        ckpt = load_checkpoint(resume)
+        # Rank 0's copy for every rank: on other machines the run folder need not exist.
+        ckpt = D.broadcast_object(load_checkpoint(resume) if dist.is_main else None)
         if ckpt.get("finished"):
             raise CifarzooError(f"{resume}: this run already finished all its epochs; nothing to resume")
         config = TrainConfig.from_dict(ckpt["config"])
