@@ -182,3 +182,15 @@ def test_cli_runs_a_study_on_a_ray_cluster(ray_head, tmp_path, capsys, small):
     assert "[1/1] vgg16-s0 on " in text and "(127.0.0.1): test accuracy" in text
     assert (out / "runs" / "vgg16-s0" / "checkpoint.pt").is_file() and (out / "report.html").is_file()
     assert not ray.is_initialized()  # the CLI disconnected; the cluster itself goes on
+
+
+def test_cli_ray_options_need_the_ray_executor(tmp_path, capsys):
+    rc = main(["benchmark", "--models", "vgg16", "--preset", "quick", "--out", str(tmp_path / "s"),
+               "--address", "127.0.0.1:6379", "--cpus-per-run", "2"])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--address, --cpus-per-run: only with --executor ray" in err[0]
+    rc = main(["benchmark", "--models", "vgg16", "--preset", "quick", "--out", str(tmp_path / "s"),
+               "--executor", "ray", "--address", "head-without-port"])
+    assert rc == 2 and "expected auto or HOST:PORT" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()  # nothing started, nothing written

@@ -97,7 +97,7 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--address", metavar="auto|HOST:PORT",
                    help="with --executor ray: the Ray cluster to use (auto: the one `ray start` runs here or "
                         "RAY_ADDRESS); default: a local Ray instance for this study")
-    p.add_argument("--cpus-per-run", type=float, default=1, metavar="N",
+    p.add_argument("--cpus-per-run", type=float, metavar="N",
                    help="with --executor ray: CPUs each run asks for, and its torch threads (default 1)")
     p.add_argument("--gpus-per-run", type=float, metavar="N",
                    help="with --executor ray: GPUs each run asks for (default 1 where the cluster has GPUs, "
@@ -129,9 +129,10 @@ def _executor(args):
     from cifarzoo.study.executors import LocalExecutor, RayExecutor
 
     if args.executor == "ray":
-        return RayExecutor(args.address, cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run)
-    ray_only = [f for f, v in (("--address", args.address), ("--gpus-per-run", args.gpus_per_run),
-                               ("--cpus-per-run", None if args.cpus_per_run == 1 else 1)) if v is not None]
+        cpus = 1 if args.cpus_per_run is None else args.cpus_per_run
+        return RayExecutor(args.address, cpus_per_run=cpus, gpus_per_run=args.gpus_per_run)
+    ray_only = [f for f, v in (("--address", args.address), ("--cpus-per-run", args.cpus_per_run),
+                               ("--gpus-per-run", args.gpus_per_run)) if v is not None]
     if ray_only:
         raise CifarzooError(f"{', '.join(ray_only)}: only with --executor ray")
     return LocalExecutor()

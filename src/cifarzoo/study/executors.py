@@ -162,14 +162,14 @@ class RayExecutor:
         study_file = jobs[0][1].run_dir.parent.parent / STUDY_FILE
         token = None if self.shared_fs is False else _file_token(study_file)
         pending = {}
-        for index, spec, action in jobs:
-            files = _read_files(spec.run_dir) if action == "resumed" else {}
-            ref = task.remote(spec, action, data_ref, str(study_file), token, files, self.cpus_per_run)
-            pending[ref] = (index, spec, action, time.perf_counter())
-            reporter.on_run_start(index, total, spec, "queued", None)
         finished: list[tuple[float, float]] = []
         outcomes = []
         try:
+            for index, spec, action in jobs:
+                files = _read_files(spec.run_dir) if action == "resumed" else {}
+                ref = task.remote(spec, action, data_ref, str(study_file), token, files, self.cpus_per_run)
+                pending[ref] = (index, spec, action, time.perf_counter())
+                reporter.on_run_start(index, total, spec, "queued", None)
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
                 index, spec, action, t0 = pending.pop(done[0])
