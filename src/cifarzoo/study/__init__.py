@@ -3,7 +3,8 @@
     result = run_study(["vgg16", "resnet50"], preset="quick", seeds=2, out_dir="study/quick")
     result.report["report.html"]
 
-See :mod:`cifarzoo.study.runner` (the runs) and :mod:`cifarzoo.study.report` (results
+See :mod:`cifarzoo.study.runner` (the runs), :mod:`cifarzoo.study.executors` (who trains
+them: this process, or Ray tasks on a cluster) and :mod:`cifarzoo.study.report` (results
 and report files, with the results.json schema).
 """
 from cifarzoo.study.runner import (
