@@ -129,6 +129,57 @@ def test_an_interrupted_study_resumes_through_ray(tmp_path, small):
     assert {o.action for o in again.outcomes} == {"skipped"}
 
 
+def _own_ray_tasks() -> list[int]:
+    """Pids of the Ray workers running ``_train_task`` under a raylet this test process started."""
+    def ppid(pid):
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+
+    out = []
+    for d in Path("/proc").iterdir():
+        try:
+            title = (d / "cmdline").read_bytes().split(b"\0")[0]
+            if d.name.isdigit() and title.startswith(b"ray::_train_task") and ppid(ppid(int(d.name))) == os.getpid():
+                out.append(int(d.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def test_a_killed_task_is_a_failed_run(tmp_path, small):
+    """The worker training a run is killed (SIGKILL, as the kernel's OOM killer would):
+    the run is recorded as failed with Ray's reason, and kept as such on the next invocation."""
+    import threading
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    out = tmp_path / "s"
+    kw = {**TINY, "epochs": 200, "dataset": small}  # far longer than it takes to kill it
+    killed = []
+
+    def kill_once_training():
+        config = out / "runs" / "vgg16-s0" / "config.json"
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 120 and not killed:
+            pids = _own_ray_tasks() if config.exists() else []
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_once_training, daemon=True)
+    killer.start()
+    result = run_study(["vgg16"], preset="quick", out_dir=out, executor=RayExecutor(), **kw)
+    killer.join()
+    assert killed, "no training worker was found to kill"
+    o = result.outcomes[0]
+    assert (o.status, o.summary["kind"]) == ("failed", "killed")
+    assert o.summary["reason"].startswith(("WorkerCrashedError", "ActorDiedError", "NodeDiedError")), o.summary
+    saved = json.loads((out / "runs" / "vgg16-s0" / "summary.json").read_text())
+    assert saved["status"] == "failed" and saved["kind"] == "killed"
+    again = run_study(["vgg16"], preset="quick", out_dir=out, executor=RayExecutor(), **kw)
+    assert (again.outcomes[0].action, again.outcomes[0].status) == ("skipped", "failed")
+
+
 @pytest.fixture
 def ray_head(tmp_path):
     """``ray start --head`` on 127.0.0.1 and a free port; its whole process group is killed at the end.
