@@ -18,7 +18,8 @@ from cifarzoo.cli import main
 from cifarzoo.errors import CifarzooError, TrainingError
 from cifarzoo.study import StudyReporter, estimate_seconds_left, plan_study, run_study
 from cifarzoo.study.plan import EVAL_FILE
-from cifarzoo.study.runner import remove_run_dir, top_losses
+from cifarzoo.study.runner import remove_run_dir
+from cifarzoo.study.training import top_losses
 from cifarzoo.train.rundir import run_state
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")

@@ -43,7 +43,7 @@ class ConsoleStudyReporter:
 
     def on_run_start(self, index, total, spec, action, eta_seconds) -> None:
         c = spec.config
-        what = "resuming" if action == "resumed" else "training"
+        what = {"resumed": "resuming", "trained": "training", "queued": "queued"}.get(action, action)
         self._print(f"[{index}/{total}] {spec.name}: {what} (width {c.width_mult}, {c.epochs} epochs, "
                     f"{c.optimizer} lr {c.lr:g}, batch {c.batch_size or 'auto'}); {_duration(eta_seconds)}")
 
@@ -55,6 +55,8 @@ class ConsoleStudyReporter:
 
     def on_run_end(self, index, total, outcome, eta_seconds) -> None:
         s, name = outcome.summary, outcome.spec.name
+        if outcome.where:
+            name += f" on {outcome.where}"
         if outcome.action == "skipped":
             extra = (f"test accuracy {100 * s['test_acc']:.2f}%" if outcome.status == "finished"
                      else f"failed ({s.get('kind')}); --force to train it again")
@@ -90,6 +92,17 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", default=None, help="study folder (default study/<preset>)")
     p.add_argument("--epochs", type=int, help="override every model's epochs (the same budget for all)")
     p.add_argument("--device", choices=DEVICES, help="default auto")
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local: the runs one after the other in this process (default); ray: every run a Ray "
+                        "task, on a local Ray instance or the cluster at --address (needs cifarzoo[ray])")
+    p.add_argument("--address", metavar="auto|HOST:PORT",
+                   help="with --executor ray: the Ray cluster to use (auto: the one `ray start` runs here or "
+                        "RAY_ADDRESS); default: a local Ray instance for this study")
+    p.add_argument("--cpus-per-run", type=float, metavar="N",
+                   help="with --executor ray: CPUs each run asks for, and its torch threads (default 1)")
+    p.add_argument("--gpus-per-run", type=float, metavar="N",
+                   help="with --executor ray: GPUs each run asks for (default 1 where the cluster has GPUs, "
+                        "else 0; 0.5 puts two runs on a GPU)")
     p.add_argument("--force", action="store_true", help="train every run again, replacing finished ones")
     p.add_argument("--report-only", action="store_true", help="only (re)build the report from the runs in --out")
     p.add_argument("--quiet", action="store_true", help="print only the final summary")
@@ -112,6 +125,20 @@ def _print_table(results_path) -> None:
               f"{pct(r['test_acc_tta_mean'], r['test_acc_tta_std']):>16} {'-' if t is None else f'{t:.0f}s':>11}")
 
 
+def _executor(args):
+    from cifarzoo.errors import CifarzooError
+    from cifarzoo.study.executors import LocalExecutor, RayExecutor
+
+    if args.executor == "ray":
+        cpus = 1 if args.cpus_per_run is None else args.cpus_per_run
+        return RayExecutor(args.address, cpus_per_run=cpus, gpus_per_run=args.gpus_per_run)
+    ray_only = [f for f, v in (("--address", args.address), ("--cpus-per-run", args.cpus_per_run),
+                               ("--gpus-per-run", args.gpus_per_run)) if v is not None]
+    if ray_only:
+        raise CifarzooError(f"{', '.join(ray_only)}: only with --executor ray")
+    return LocalExecutor()
+
+
 def run(args) -> int:
     from cifarzoo.cli.common import load_dataset
     from cifarzoo.errors import CifarzooError
@@ -130,12 +157,13 @@ def run(args) -> int:
         _print_table(paths["results.json"])
         return 0
 
+    executor = _executor(args)
     plan = plan_study(args.models, preset=args.preset, seeds=args.seeds, data=args.data, out_dir=out,
                       epochs=args.epochs, device=args.device)
     dataset = load_dataset(plan.data, "benchmark")
     reporter = ConsoleStudyReporter(quiet=args.quiet)
     try:
-        result = run_plan(plan, force=args.force, reporter=reporter, dataset=dataset)
+        result = run_plan(plan, force=args.force, reporter=reporter, dataset=dataset, executor=executor)
     except KeyboardInterrupt:
         print(f"interrupted; run the same command again to continue the study in {out} "
               "(finished runs are kept, the interrupted one resumes)", file=sys.stderr)

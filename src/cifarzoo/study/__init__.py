@@ -3,10 +3,11 @@
     result = run_study(["vgg16", "resnet50"], preset="quick", seeds=2, out_dir="study/quick")
     result.report["report.html"]
 
-:mod:`cifarzoo.study.plan` says what a study is, :mod:`cifarzoo.study.runner` trains its
-runs and :mod:`cifarzoo.study.report` writes the report from the run folders (with the
-results.json schema). The two import the plan, never each other: this module runs,
-then reports.
+:mod:`cifarzoo.study.plan` says what a study is, :mod:`cifarzoo.study.runner` decides
+which runs need training and hands them to an executor (:mod:`cifarzoo.study.executors`:
+this process, or Ray tasks on a cluster), :mod:`cifarzoo.study.training` trains one, and
+:mod:`cifarzoo.study.report` writes the report from the run folders (with the results.json
+schema). Runner and report import the plan, never each other: this module runs, then reports.
 """
 from __future__ import annotations
 
@@ -15,20 +16,15 @@ from typing import Any, Sequence
 
 from cifarzoo.study.plan import ORIGINAL_STUDY, STUDY_MODELS, RunSpec, StudyPlan, load_plan, plan_study
 from cifarzoo.study.report import write_report
-from cifarzoo.study.runner import (
-    RunOutcome,
-    StudyReporter,
-    StudyResult,
-    estimate_seconds_left,
-    execute,
-)
+from cifarzoo.study.runner import StudyResult, execute
+from cifarzoo.study.training import RunOutcome, StudyReporter, estimate_seconds_left
 
 
 def run_plan(plan: StudyPlan, *, force: bool = False, reporter: StudyReporter | None = None, dataset=None,
-             report: bool = True) -> StudyResult:
+             report: bool = True, executor=None) -> StudyResult:
     """Train every run of ``plan`` not done yet (:func:`cifarzoo.study.runner.execute`), then write the report."""
     reporter = reporter or StudyReporter()
-    result = execute(plan, force=force, reporter=reporter, dataset=dataset)
+    result = execute(plan, force=force, reporter=reporter, dataset=dataset, executor=executor)
     if report:
         result.report = write_report(plan.out_dir, dataset=result.dataset, plan=plan)
         reporter.on_report(result.report)
@@ -46,16 +42,18 @@ def run_study(
     reporter: StudyReporter | None = None,
     dataset=None,
     report: bool = True,
+    executor=None,
     **overrides: Any,
 ) -> StudyResult:
     """Train every (model, seed) of a study that is not done yet, then write its report.
 
     ``dataset`` (a :class:`cifarzoo.data.Dataset`) skips loading ``data``; every run
     gets the same one. See :mod:`cifarzoo.study.runner` for what happens to existing
-    run folders.
+    run folders; ``executor`` trains the runs (default: one after the other in this
+    process; :class:`cifarzoo.study.executors.RayExecutor` for a Ray cluster).
     """
     plan = plan_study(models, preset=preset, seeds=seeds, data=data, out_dir=out_dir, **overrides)
-    return run_plan(plan, force=force, reporter=reporter, dataset=dataset, report=report)
+    return run_plan(plan, force=force, reporter=reporter, dataset=dataset, report=report, executor=executor)
 
 
 __all__ = ["ORIGINAL_STUDY", "STUDY_MODELS", "RunOutcome", "RunSpec", "StudyPlan", "StudyReporter", "StudyResult",

@@ -220,9 +220,13 @@ class Trainer:
 
 
 # --------------------------------------------------------------------------- set-up
-def _open_resume(resume: str | os.PathLike) -> tuple[dict, TrainConfig, Path]:
-    """(checkpoint, its saved config, its run folder) of a run to continue."""
-    ckpt = load_checkpoint(resume)
+def _open_resume(resume: str | os.PathLike, dist: dist_mod.DistInfo) -> tuple[dict, TrainConfig, Path]:
+    """(checkpoint, its saved config, its run folder) of a run to continue.
+
+    Rank 0 reads the checkpoint and sends it to every rank: on other machines of a
+    multi-node run the run folder need not exist.
+    """
+    ckpt = dist_mod.broadcast_object(load_checkpoint(resume) if dist.is_main else None)
     if ckpt.get("finished"):
         raise CifarzooError(f"{resume}: this run already finished all its epochs; nothing to resume")
     folder = Path(resume) if Path(resume).is_dir() else Path(resume).parent
@@ -499,7 +503,7 @@ def fit(
     reporter = reporter or Reporter()
     ckpt = None
     if resume is not None:
-        ckpt, config, out_dir = _open_resume(resume)
+        ckpt, config, out_dir = _open_resume(resume, dist_mod.current())
     if config is None:
         raise CifarzooError("fit() needs a config or a run folder to resume")
     trainer = set_up(config, dataset=dataset, out_dir=out_dir, ckpt=ckpt, runs_root=runs_root)
