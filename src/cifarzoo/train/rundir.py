@@ -81,27 +81,39 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
-def plot_curves(path: str | os.PathLike, rows: list[dict], title: str = "") -> None:
-    """Loss and accuracy per epoch, train and eval, side by side."""
-    import matplotlib
+def curves_figure(rows: list[dict], title: str = "", eval_name: str = "eval"):
+    """Loss and accuracy per epoch, train and eval, side by side, as a matplotlib Figure.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Built with the Figure API, not pyplot: no global state, no backend change (a notebook's
+    inline plots stay as they are), and the caller owns the figure.
+    """
+    from matplotlib.figure import Figure
 
     epochs = [r["epoch"] for r in rows]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig = Figure(figsize=(10, 3.8))
+    ax1, ax2 = fig.subplots(1, 2)
     ax1.plot(epochs, [r["train_loss"] for r in rows], "o-", label="train")
-    ax1.plot(epochs, [r["eval_loss"] for r in rows], "s-", label="eval")
+    ax1.plot(epochs, [r["eval_loss"] for r in rows], "s-", label=eval_name)
     ax1.set_xlabel("epoch"), ax1.set_ylabel("loss"), ax1.set_title("loss"), ax1.legend()
     ax2.plot(epochs, [100 * r["train_acc"] for r in rows], "o-", label="train")
-    ax2.plot(epochs, [100 * r["eval_acc"] for r in rows], "s-", label="eval")
+    ax2.plot(epochs, [100 * r["eval_acc"] for r in rows], "s-", label=eval_name)
     ax2.set_xlabel("epoch"), ax2.set_ylabel("accuracy (%)"), ax2.set_title("accuracy"), ax2.legend()
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    return fig
+
+
+def figure_png(fig, dpi: int = 100) -> bytes:
+    """A Figure rendered as PNG bytes."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, lambda f: f.write(buf.getvalue()))
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def plot_curves(path: str | os.PathLike, rows: list[dict], title: str = "") -> None:
+    """Write :func:`curves_figure` to ``path`` as a PNG (atomically)."""
+    png = figure_png(curves_figure(rows, title))
+    atomic_write_bytes(path, lambda f: f.write(png))
