@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import html
 import os
 import sys
@@ -32,10 +33,13 @@ from cifarzoo.errors import CifarzooError
 
 
 # --------------------------------------------------------------------------- helpers
+INLINE_BACKENDS = ("inline", "module://matplotlib_inline.backend_inline")
+
+
 @contextlib.contextmanager
 def _keep_matplotlib_backend():
-    """Undo a backend switch made while plotting to files (e.g. to Agg), so that a notebook's
-    inline plots keep working after a call into the library."""
+    """Undo a backend switch made while plotting to files (``matplotlib.use("Agg")``), so that
+    a notebook's inline pyplot figures still show after a call into the library."""
 
     def current():
         mpl = sys.modules.get("matplotlib")
@@ -48,7 +52,27 @@ def _keep_matplotlib_backend():
     finally:
         mpl = sys.modules.get("matplotlib")
         if mpl is not None and before is not None and current() != before:
-            mpl.use(before)
+            from cifarzoo.progress import in_notebook
+
+            if before in INLINE_BACKENDS and in_notebook():
+                # What `%matplotlib inline` does: the backend and IPython's figure display hooks.
+                sys.modules["IPython"].get_ipython().enable_matplotlib("inline")
+            else:
+                mpl.use(before)
+
+
+@functools.lru_cache(maxsize=None)
+def _png_figure_class():
+    """A matplotlib Figure that Jupyter shows as a PNG even before pyplot's inline backend is set up."""
+    from matplotlib.figure import Figure
+
+    from cifarzoo.train.rundir import figure_png
+
+    class PngFigure(Figure):
+        def _repr_png_(self) -> bytes:
+            return figure_png(self)
+
+    return PngFigure
 
 
 def resolve_data(data: Any, classes: Iterable[str] | None = None):
@@ -299,7 +323,8 @@ class Run:
         info = self.info
         c = info.get("config", {})
         return curves_figure(rows, title=f"{c.get('model')} (width {c.get('width_mult')}, seed {c.get('seed')})",
-                             eval_name=info.get("data", {}).get("eval_split", "eval"))
+                             eval_name=info.get("data", {}).get("eval_split", "eval"),
+                             figure_class=_png_figure_class())
 
     def _repr_html_(self) -> str:
         info, s, rows = self.info, self.summary, self.metrics

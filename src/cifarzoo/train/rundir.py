@@ -81,16 +81,17 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
-def curves_figure(rows: list[dict], title: str = "", eval_name: str = "eval"):
+def curves_figure(rows: list[dict], title: str = "", eval_name: str = "eval", figure_class=None):
     """Loss and accuracy per epoch, train and eval, side by side, as a matplotlib Figure.
 
     Built with the Figure API, not pyplot: no global state, no backend change (a notebook's
-    inline plots stay as they are), and the caller owns the figure.
+    inline plots stay as they are), and the caller owns the figure. ``figure_class``: a
+    Figure subclass to build (default Figure).
     """
     from matplotlib.figure import Figure
 
     epochs = [r["epoch"] for r in rows]
-    fig = Figure(figsize=(10, 3.8))
+    fig = (figure_class or Figure)(figsize=(10, 3.8))
     ax1, ax2 = fig.subplots(1, 2)
     ax1.plot(epochs, [r["train_loss"] for r in rows], "o-", label="train")
     ax1.plot(epochs, [r["eval_loss"] for r in rows], "s-", label=eval_name)
