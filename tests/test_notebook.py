@@ -46,6 +46,10 @@ def test_quickstart_notebook_runs_in_a_kernel(tmp_path, monkeypatch):
     work.mkdir()
 
     nb = nbformat.read(NOTEBOOK, as_version=4)
+    # Test-only last cell: the user's own pyplot figures still show inline after cifarzoo drew its files.
+    check = nbformat.v4.new_code_cell("import matplotlib.pyplot as plt\nplt.plot([0, 1]);")
+    check.metadata["tags"] = ["pyplot-after"]
+    nb.cells.append(check)
     client = NotebookClient(nb, kernel_name="cifarzoo-test", timeout=240,
                             resources={"metadata": {"path": str(work)}})
     client.execute()
@@ -61,6 +65,7 @@ def test_quickstart_notebook_runs_in_a_kernel(tmp_path, monkeypatch):
     assert m and float(m.group(1)) > 15.0, _text(_cell(nb, "evaluate"))
     # run.plot() displayed as an image.
     assert "image/png" in _mimes(_cell(nb, "plot"))
+    assert "image/png" in _mimes(_cell(nb, "pyplot-after"))
     # Five predictions with two classes each.
     lines = _text(_cell(nb, "predict")).strip().splitlines()
     assert len(lines) == 5 and all(re.search(r"predicted \w+ \d+%, \w+ \d+%", ln) for ln in lines), lines
