@@ -87,3 +87,24 @@ def test_progress_argument_is_checked():
     with pytest.raises(CifarzooError, match="or a StudyReporter"):
         progress.make_study_reporter(mine)  # a training reporter is not a study reporter
     assert type(progress.make_study_reporter("auto")) is progress.ConsoleStudyReporter
+
+
+def test_study_progress_in_a_kernel_counts_runs_on_a_notebook_bar(monkeypatch, capsys):
+    from tqdm.notebook import tqdm as notebook_tqdm
+
+    monkeypatch.setattr(progress, "in_notebook", lambda: True)
+    reporter = progress.make_study_reporter("auto")
+    assert isinstance(reporter, progress.NotebookStudyReporter)
+    plan = types.SimpleNamespace(runs=[1, 2], models=("vgg16", "resnet18"), seeds=(0,), preset="quick",
+                                 out_dir="study/quick", rule="the same for all")
+    dataset = types.SimpleNamespace(source="sample", train_labels=[0] * 5, test_labels=[0] * 2)
+    reporter.on_study_start(plan, dataset)
+    assert isinstance(reporter.bar, notebook_tqdm) and reporter.bar.total == 2
+    outcome = types.SimpleNamespace(summary={"kind": "stall", "reason": "stuck"}, spec=types.SimpleNamespace(
+        name="vgg16-s0"), action="trained", status="failed", wall_seconds=1.0)
+    reporter.on_run_end(1, 2, outcome, 30.0)
+    assert reporter.bar.n == 1 and "~30s left" in reporter.bar.postfix
+    reporter.on_report({"report.html": "study/quick/report.html"})
+    assert reporter.bar is None
+    out = capsys.readouterr().out
+    assert "[1/2] vgg16-s0: FAILED (stall): stuck; ~30s left" in out and "report: study/quick/report.html" in out

@@ -186,7 +186,7 @@ def train(
         with _keep_matplotlib_backend():
             result = fit(reporter=reporter, **kwargs)
     except KeyboardInterrupt as exc:
-        if (run_dir / "checkpoint.pt").exists():
+        if (run_dir / "checkpoint.pt").exists() and hasattr(exc, "add_note"):  # Python >= 3.11
             exc.add_note(f"a resumable checkpoint is in {run_dir}: cifarzoo.train(resume={str(run_dir)!r}"
                          + (", data=...)" if dataset is not None else ")"))
         raise

@@ -10,7 +10,8 @@ The library itself never prints: :func:`cifarzoo.train.fit` calls a
   (``tqdm.notebook``) when it runs inside a kernel and ipywidgets is installed, else
   tqdm's text bars.
 
-- :class:`ConsoleStudyReporter` (what ``cifarzoo benchmark`` uses): one line per study event.
+- :class:`ConsoleStudyReporter` (what ``cifarzoo benchmark`` uses): one line per study event;
+  :class:`NotebookStudyReporter` adds a bar counting the runs.
 
 :func:`make_reporter` / :func:`make_study_reporter` turn the Python API's
 ``progress="auto"|"bar"|"none"`` into one.
@@ -202,6 +203,31 @@ class ConsoleStudyReporter:
                     f"after {time.perf_counter() - self.t0:.0f}s")
 
 
+class NotebookStudyReporter(ConsoleStudyReporter):
+    """The CLI's study lines, under a bar counting the study's runs (a widget bar in Jupyter)."""
+
+    def __init__(self, stream=None):
+        super().__init__(stream=stream)
+        self.bar_class = notebook_bar_class()
+        self.bar = None
+
+    def on_study_start(self, plan, dataset) -> None:
+        super().on_study_start(plan, dataset)
+        self.bar = self.bar_class(total=len(plan.runs), desc="study runs", unit="run")
+
+    def on_run_end(self, index, total, outcome, eta_seconds) -> None:
+        super().on_run_end(index, total, outcome, eta_seconds)
+        if self.bar is not None:
+            self.bar.update(index - self.bar.n)
+            self.bar.set_postfix_str(_duration(eta_seconds))
+
+    def on_report(self, paths) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        super().on_report(paths)
+
+
 _HOOKS = ("on_start", "on_epoch_start", "on_step", "on_epoch_end", "on_end")
 _STUDY_HOOKS = ("on_study_start", "on_run_start", "on_epoch_end", "on_run_end", "on_report")
 
@@ -237,7 +263,8 @@ def make_reporter(progress="auto"):
 
 
 def make_study_reporter(progress="auto"):
-    """The study reporter for ``progress``: "auto" and "bar" print the CLI's lines; "none" nothing."""
+    """The study reporter for ``progress``: "auto" as :func:`make_reporter` (CLI lines outside
+    Jupyter), "bar" :class:`NotebookStudyReporter` anywhere, "none" nothing."""
     progress = _check_progress(progress, _STUDY_HOOKS, "StudyReporter")
     if not isinstance(progress, str):
         return progress
@@ -245,4 +272,6 @@ def make_study_reporter(progress="auto"):
         from cifarzoo.study.runner import StudyReporter
 
         return StudyReporter()
+    if progress == "bar" or in_notebook():
+        return NotebookStudyReporter()
     return ConsoleStudyReporter()
