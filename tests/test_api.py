@@ -92,6 +92,15 @@ def test_train_from_arrays_resume_evaluate_predict_and_show(fake_cifar, tmp_path
     assert "resnet18" in repr(run) and "finished" in repr(run)
 
 
+def test_train_from_a_data_spec_records_it_and_evaluates_from_it(fake_batches_dir, tmp_path):
+    run = cz.train("resnet18", data=str(fake_batches_dir), epochs=1, runs_root=tmp_path / "runs",
+                   progress="none", **TINY)
+    assert run.run_dir.parent == tmp_path / "runs" and run.run_dir.name.startswith("resnet18-")
+    assert run.config.data == str(fake_batches_dir) and not run.trained_on_arrays
+    reopened = cz.load_run(run.run_dir)
+    assert reopened.evaluate(save=False).accuracy == pytest.approx(run.summary["test_acc"], abs=1e-6)
+
+
 @pytest.mark.parametrize("call, message", [
     (lambda d: cz.train(data=d), r"train\(\) needs a model name"),
     (lambda d: cz.train("resnet18", data=d, epochs=0), r"invalid --epochs 0: expected an integer >= 1"),
