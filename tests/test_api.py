@@ -32,7 +32,7 @@ class StopAfterFirstEpoch(Reporter):
         raise KeyboardInterrupt
 
 
-def test_train_from_arrays_resume_evaluate_predict_and_show(fake_cifar, tmp_path, capsys):
+def test_train_from_arrays_resume_evaluate_predict_and_show(fake_cifar, fake_batches_dir, tmp_path, capsys):
     data = _data(fake_cifar)
     out = tmp_path / "run"
     # Interrupted after epoch 1 of 2 (as a kernel interrupt would): a resumable checkpoint, and how to resume.
@@ -53,7 +53,8 @@ def test_train_from_arrays_resume_evaluate_predict_and_show(fake_cifar, tmp_path
         cz.train(resume=out, data=other)
     with pytest.raises(CifarzooError, match="a resumed run keeps its settings and folder; drop model, epochs"):
         cz.train("resnet18", resume=out, epochs=3)
-    run = cz.train(resume=out, data=data, progress="none")
+    # The same images saved to disk meanwhile (fake_batches_dir holds fake_cifar) resume it too.
+    run = cz.train(resume=out, data=str(fake_batches_dir), progress="none")
     assert capsys.readouterr() == ("", "")  # library code prints nothing of its own
     assert run.summary["status"] == "finished" and [r["epoch"] for r in run.metrics] == [1, 2]
     assert run.classes == list(fake_cifar.classes) and run.config.epochs == 2

@@ -126,7 +126,13 @@ def _resume_dataset(run_dir: Path, data: Any, classes: Iterable[str] | None):
         return None
     if data is None:
         raise _arrays_needed(run_dir, "resume it")
-    _, ds = resolve_data(data, classes if classes is not None else saved.get("classes"))
+    if classes is None and is_arrays(data):
+        classes = saved.get("classes")
+    spec, ds = resolve_data(data, classes)
+    if ds is None:  # the same images, saved to disk meanwhile
+        from cifarzoo.data import load
+
+        ds = load(spec, progress=False)
     if saved.get("classes") is not None and list(ds.classes) != list(saved["classes"]):
         raise CifarzooError(f"{run_dir}: trained on classes {saved['classes']}, the arrays given have "
                             f"{list(ds.classes)}")
