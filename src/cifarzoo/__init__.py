@@ -1,4 +1,14 @@
-"""cifarzoo: train, evaluate and compare classic CNNs on CIFAR-10, correctly and fast."""
+"""cifarzoo: train, evaluate and compare classic CNNs on CIFAR-10, correctly and fast.
+
+The Python API (see :mod:`cifarzoo.api`)::
+
+    import cifarzoo as cz
+    run = cz.fit("resnet18", data="sample", epochs=3, width_mult=0.25)
+    run.evaluate(), run.predict(images), run.plot()
+    study = cz.benchmark(["resnet18", "vgg16"], preset="quick")
+
+``import cifarzoo`` stays light: these names load their modules (and torch) on first use.
+"""
 
 import os as _os
 
@@ -11,4 +21,18 @@ __version__ = "0.1.0"
 
 from cifarzoo.errors import CifarzooError  # noqa: E402
 
-__all__ = ["CifarzooError", "__version__"]
+_API = ("fit", "load_run", "load_data", "benchmark", "load_study", "Run", "Study")
+
+__all__ = ["CifarzooError", "__version__", *_API]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        from cifarzoo import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'cifarzoo' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_API))

@@ -97,6 +97,11 @@ def read_json_object(path: str | os.PathLike) -> dict | None:
 
 def save_figure(fig, path: str | os.PathLike, *, format: str = "png", dpi: float | None = None, **kwargs) -> None:
     """Render a matplotlib ``Figure`` (object-oriented API, no pyplot state) to ``path`` atomically."""
+    atomic_write_bytes(path, figure_bytes(fig, format=format, dpi=dpi, **kwargs))
+
+
+def figure_bytes(fig, *, format: str = "png", dpi: float | None = None, **kwargs) -> bytes:
+    """A matplotlib ``Figure`` rendered in memory (PNG by default), e.g. for inline HTML."""
     buf = io.BytesIO()
     fig.savefig(buf, format=format, dpi=dpi if dpi is not None else "figure", **kwargs)
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()

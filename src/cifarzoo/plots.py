@@ -182,20 +182,31 @@ def plot_confusion(path: str | os.PathLike, cm: np.ndarray, classes: Sequence[st
     _save(fig, path)
 
 
-def plot_curves(path: str | os.PathLike, rows: list[dict], title: str = "") -> None:
-    """One run's loss and accuracy per epoch, train and eval, side by side (the run folder's curves.png)."""
+def curves_figure(rows: list[dict], title: str = "", eval_name: str = "eval", figure_class=None):
+    """One run's loss and accuracy per epoch, train and eval, side by side, as a Figure.
+
+    The caller owns the figure (no pyplot state, no backend change: a notebook's inline
+    plots stay as they are). ``figure_class``: a Figure subclass to build (default Figure).
+    """
+    from matplotlib.figure import Figure
+
     epochs = [r["epoch"] for r in rows]
-    fig = _figure(10, 3.8)
+    fig = (figure_class or Figure)(figsize=(10, 3.8), dpi=DPI)
     ax1, ax2 = fig.subplots(1, 2)
     ax1.plot(epochs, [r["train_loss"] for r in rows], "o-", label="train")
-    ax1.plot(epochs, [r["eval_loss"] for r in rows], "s-", label="eval")
+    ax1.plot(epochs, [r["eval_loss"] for r in rows], "s-", label=eval_name)
     ax1.set_xlabel("epoch"), ax1.set_ylabel("loss"), ax1.set_title("loss"), ax1.legend()
     ax2.plot(epochs, [100 * r["train_acc"] for r in rows], "o-", label="train")
-    ax2.plot(epochs, [100 * r["eval_acc"] for r in rows], "s-", label="eval")
+    ax2.plot(epochs, [100 * r["eval_acc"] for r in rows], "s-", label=eval_name)
     ax2.set_xlabel("epoch"), ax2.set_ylabel("accuracy (%)"), ax2.set_title("accuracy"), ax2.legend()
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    _save(fig, path)
+    return fig
+
+
+def plot_curves(path: str | os.PathLike, rows: list[dict], title: str = "") -> None:
+    """The run folder's curves.png: :func:`curves_figure` written atomically."""
+    _save(curves_figure(rows, title), path)

@@ -3,75 +3,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 from cifarzoo.cli.common import add_data_argument
+from cifarzoo.progress import ConsoleStudyReporter
 from cifarzoo.train.config import DEVICES, PRESETS
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "time left unknown yet"
-    s = int(round(seconds))
-    if s < 60:
-        return f"~{s}s left"
-    if s < 3600:
-        return f"~{s // 60}m{s % 60:02d}s left"
-    return f"~{s // 3600}h{(s % 3600) // 60:02d}m left"
-
-
-class ConsoleStudyReporter:
-    """One line per event: which run of how many, what it does, and the time left for the study."""
-
-    def __init__(self, stream=None, quiet: bool = False):
-        self.stream = stream or sys.stdout
-        self.quiet = quiet
-        self.t0 = time.perf_counter()
-
-    def _print(self, text: str) -> None:
-        if not self.quiet:
-            print(text, file=self.stream, flush=True)
-
-    def on_study_start(self, plan, dataset) -> None:
-        n = len(plan.runs)
-        self._print(
-            f"study: {len(plan.models)} model{'s' if len(plan.models) != 1 else ''} "
-            f"({', '.join(plan.models)}) x {len(plan.seeds)} seed{'s' if len(plan.seeds) != 1 else ''} = {n} "
-            f"run{'s' if n != 1 else ''}, preset {plan.preset}; data: {dataset.source} "
-            f"({len(dataset.train_labels):,} train / {len(dataset.test_labels):,} test); folder: {plan.out_dir}")
-        self._print(f"rule: {plan.rule}")
-
-    def on_run_start(self, index, total, spec, action, eta_seconds) -> None:
-        c = spec.config
-        what = {"resumed": "resuming", "trained": "training", "queued": "queued"}.get(action, action)
-        self._print(f"[{index}/{total}] {spec.name}: {what} (width {c.width_mult}, {c.epochs} epochs, "
-                    f"{c.optimizer} lr {c.lr:g}, batch {c.batch_size or 'auto'}); {_duration(eta_seconds)}")
-
-    def on_epoch_end(self, index, total, spec, row, eta_seconds) -> None:
-        self._print(f"[{index}/{total}] {spec.name} epoch {row['epoch']}/{spec.config.epochs} - "
-                    f"{row['epoch_seconds']:.1f}s - loss {row['train_loss']:.4f} - "
-                    f"acc {100 * row['train_acc']:.1f}% - eval_acc {100 * row['eval_acc']:.1f}%; "
-                    f"{_duration(eta_seconds)}")
-
-    def on_run_end(self, index, total, outcome, eta_seconds) -> None:
-        s, name = outcome.summary, outcome.spec.name
-        if outcome.where:
-            name += f" on {outcome.where}"
-        if outcome.action == "skipped":
-            extra = (f"test accuracy {100 * s['test_acc']:.2f}%" if outcome.status == "finished"
-                     else f"failed ({s.get('kind')}); --force to train it again")
-            self._print(f"[{index}/{total}] {name}: done earlier, kept: {extra}")
-        elif outcome.status == "finished":
-            self._print(f"[{index}/{total}] {name}: test accuracy {100 * s['test_acc']:.2f}% "
-                        f"(flip TTA {100 * s['test_acc_tta']:.2f}%) in {outcome.wall_seconds:.0f}s; "
-                        f"{_duration(eta_seconds)}")
-        else:
-            self._print(f"[{index}/{total}] {name}: FAILED ({s.get('kind')}): {s.get('reason')}; "
-                        f"{_duration(eta_seconds)}")
-
-    def on_report(self, paths) -> None:
-        self._print(f"report: {paths['report.html']} (also report.md, results.json, results.csv) "
-                    f"after {time.perf_counter() - self.t0:.0f}s")
 
 
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -5,64 +5,8 @@ import argparse
 import sys
 
 from cifarzoo.cli.common import add_config_options, add_data_argument, config_overrides
+from cifarzoo.progress import ConsoleReporter
 from cifarzoo.train.config import PRESETS
-
-
-class ConsoleReporter:
-    """A progress bar per epoch (only on a TTY) and one Keras-style line per epoch."""
-
-    def __init__(self, stream=None, quiet: bool = False):
-        self.stream = stream or sys.stdout
-        self.quiet = quiet
-        self.bar = None
-        self.epochs = 0
-        self.steps = 1
-        self.eval_name = "test"
-
-    def _print(self, text: str) -> None:
-        if not self.quiet:
-            print(text, file=self.stream, flush=True)
-
-    def on_start(self, info: dict) -> None:
-        c = info["config"]
-        self.epochs = c["epochs"]
-        self.eval_name = info["data"]["eval_split"]
-        d = info["data"]
-        self._print(
-            f"{c['model']} (width {c['width_mult']}, {info['parameters']:,} parameters) on {info['device_name']}, "
-            f"{info['precision']}{', compiled' if info['compiled'] else ''}; data: {d['source']} "
-            f"({d['train_images']:,} train / {d['eval_images']:,} {d['eval_split']}); run folder: {info['run_dir']}")
-
-    def on_epoch_start(self, epoch: int, steps: int) -> None:
-        self.steps = steps
-        if self.quiet or not self.stream.isatty():
-            return
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=steps, desc=f"epoch {epoch}/{self.epochs}", leave=False, file=self.stream,
-                        dynamic_ncols=True)
-
-    def on_step(self, epoch: int, step: int, steps: int, global_step: int) -> None:
-        if self.bar is not None:
-            self.bar.update(step - self.bar.n)
-
-    def on_epoch_end(self, row: dict) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-        self._print(
-            f"epoch {row['epoch']:>3}/{self.epochs} - {row['epoch_seconds']:.1f}s "
-            f"- {1000 * row['epoch_seconds'] / max(1, self.steps):.0f}ms/step "
-            f"- {row['images_per_second']:,.0f} img/s - lr {row['lr']:.2e} "
-            f"- loss {row['train_loss']:.4f} - acc {100 * row['train_acc']:.2f}% "
-            f"- {self.eval_name}_loss {row['eval_loss']:.4f} - {self.eval_name}_acc {100 * row['eval_acc']:.2f}%"
-        )
-
-    def on_end(self, summary: dict) -> None:
-        self._print(
-            f"test accuracy {100 * summary['test_acc']:.2f}% (flip TTA {100 * summary['test_acc_tta']:.2f}%), "
-            f"test loss {summary['test_loss']:.4f}; trained {summary['train_seconds']:.1f}s at "
-            f"{summary['images_per_second']:,.0f} img/s")
 
 
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:

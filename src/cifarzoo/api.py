@@ -1,0 +1,484 @@
+"""The Python API: what the CLI does, in a few lines of a notebook or a script.
+
+    import cifarzoo as cz
+    run = cz.fit("resnet18", data="sample", epochs=3, width_mult=0.25)
+    run.evaluate().accuracy          # EvalResult, as `cifarzoo evaluate`
+    run.predict(images)              # top-3 classes and probabilities per image
+    run.plot()                       # a matplotlib Figure of the learning curves
+    run                              # in Jupyter: the summary table and the curves
+    study = cz.benchmark(["resnet18", "vgg16"], preset="quick")
+    study.report                     # the path of report.html
+
+These are thin layers over :func:`cifarzoo.train.fit`, :func:`cifarzoo.study.run_study`,
+:func:`cifarzoo.evaluate.evaluate` and :func:`cifarzoo.predict.load_classifier`: the same run
+folders, guards and reports as the CLI. Nothing here prints; progress goes through a
+reporter chosen by ``progress`` ("auto", "bar", "none" or your own Reporter, see
+:mod:`cifarzoo.progress`). ``data`` is a ``--data`` spec ("sample", a path, None for the
+default CIFAR-10 cache), a :class:`~cifarzoo.data.Dataset`, or arrays in memory
+(see :mod:`cifarzoo.data.arrays`).
+"""
+from __future__ import annotations
+
+import base64
+import contextlib
+import functools
+import html
+import os
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from cifarzoo.data.arrays import ARRAYS_SPEC, is_arrays
+from cifarzoo.errors import CifarzooError
+
+
+# --------------------------------------------------------------------------- helpers
+@functools.lru_cache(maxsize=None)
+def _png_figure_class():
+    """A matplotlib Figure that Jupyter shows as a PNG even before pyplot's inline backend is set up."""
+    from matplotlib.figure import Figure
+
+    from cifarzoo.io import figure_bytes
+
+    class PngFigure(Figure):
+        def _repr_png_(self) -> bytes:
+            return figure_bytes(self)
+
+    return PngFigure
+
+
+def resolve_data(data: Any, classes: Iterable[str] | None = None):
+    """``(spec saved in config.json, Dataset or None)`` for the API's ``data`` argument."""
+    from cifarzoo.data import Dataset
+
+    if is_arrays(data):
+        from cifarzoo.data.arrays import from_arrays
+
+        return ARRAYS_SPEC, from_arrays(data, classes)
+    if classes is not None:
+        raise CifarzooError("classes= names the classes of arrays given as data=; a data source "
+                            f"({data!r}) has its own class names")
+    if isinstance(data, Dataset):
+        return ARRAYS_SPEC, data
+    if data is None or isinstance(data, (str, os.PathLike)):
+        return (None if data is None else str(data)), None
+    raise CifarzooError(f"data: expected a --data spec ('sample', a path), a Dataset or arrays "
+                        f"(x_train, y_train, x_test, y_test); got {type(data).__name__}")
+
+
+def _run_folder(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    return p.parent if p.is_file() else p
+
+
+def _read_info(run_dir: Path) -> dict:
+    from cifarzoo.io import read_json
+
+    p = run_dir / "config.json"
+    return read_json(p) if p.exists() else {}
+
+
+def _arrays_needed(run_dir: Path, what: str) -> CifarzooError:
+    return CifarzooError(
+        f"{run_dir}: this run was trained on arrays in memory (data spec {ARRAYS_SPEC!r}), which a run folder "
+        f"does not keep; pass them again to {what}: data=(x_train, y_train, x_test, y_test)")
+
+
+def _resume_dataset(run_dir: Path, data: Any, classes: Iterable[str] | None):
+    """The Dataset to resume ``run_dir`` with (None: fit loads the run's own source)."""
+    import numpy as np
+
+    info = _read_info(run_dir)
+    spec = info.get("config", {}).get("data")
+    saved = info.get("data", {})
+    if spec != ARRAYS_SPEC:
+        if data is not None:
+            raise CifarzooError(f"{run_dir}: a resumed run keeps its data ({spec or 'the default CIFAR-10'}); "
+                                "drop data=")
+        return None
+    if data is None:
+        raise _arrays_needed(run_dir, "resume it")
+    if classes is None and is_arrays(data):
+        classes = saved.get("classes")
+    spec, ds = resolve_data(data, classes)
+    if ds is None:  # the same images, saved to disk meanwhile
+        from cifarzoo.data import load
+
+        ds = load(spec, progress=False)
+    if saved.get("classes") is not None and list(ds.classes) != list(saved["classes"]):
+        raise CifarzooError(f"{run_dir}: trained on classes {saved['classes']}, the arrays given have "
+                            f"{list(ds.classes)}")
+    if saved.get("mean") is not None and not np.allclose(ds.mean, saved["mean"], rtol=0, atol=1e-6):
+        raise CifarzooError(f"{run_dir}: these are not the arrays the run was trained on (training-image mean "
+                            f"{[round(m, 3) for m in ds.mean]}, config.json says "
+                            f"{[round(m, 3) for m in saved['mean']]})")
+    return ds
+
+
+# --------------------------------------------------------------------------- fit
+def fit(
+    model: str | None = None,
+    *,
+    data: Any = None,
+    classes: Iterable[str] | None = None,
+    preset: str | None = None,
+    out: str | os.PathLike | None = None,
+    resume: str | os.PathLike | None = None,
+    progress: Any = "auto",
+    runs_root: str | os.PathLike = "runs",
+    **settings: Any,
+) -> "Run":
+    """Train ``model`` and return its :class:`Run` (the run folder, as ``cifarzoo train`` leaves it).
+
+    ``settings`` are any :class:`~cifarzoo.train.TrainConfig` fields (``epochs=3,
+    width_mult=0.25, lr=0.1, ...``) over the model's recipe and ``preset``; unknown or
+    invalid ones raise CifarzooError. ``out`` is the run folder (default
+    ``runs_root/<model>-<time>``). ``resume=FOLDER`` continues an interrupted run with its
+    saved settings (a run trained from arrays needs ``data=`` again). On Ctrl-C / a kernel
+    interrupt, KeyboardInterrupt propagates after a resumable checkpoint is written.
+    """
+    from cifarzoo.progress import make_reporter
+    from cifarzoo.train import fit, make_config
+
+    reporter = make_reporter(progress)
+    if resume is not None:
+        if model is not None or preset is not None or settings or out is not None:
+            given = [n for n, v in (("model", model), ("preset", preset), ("out", out)) if v is not None]
+            raise CifarzooError("resume=: a resumed run keeps its settings and folder; drop "
+                                + ", ".join(given + sorted(settings)))
+        run_dir = _run_folder(resume)
+        dataset = _resume_dataset(run_dir, data, classes)
+        kwargs = dict(resume=resume, dataset=dataset)
+    else:
+        if model is None:
+            raise CifarzooError("fit() needs a model name (see `cifarzoo models`), or resume=RUN_FOLDER")
+        spec, dataset = resolve_data(data, classes)
+        config = make_config(model, preset=preset, data=spec, **settings)
+        if out is None:
+            from cifarzoo.train.rundir import RunDir
+
+            out = RunDir.new(config.model, runs_root).path
+        run_dir = Path(out)
+        kwargs = dict(config=config, dataset=dataset, out_dir=run_dir)
+    try:
+        result = fit(reporter=reporter, **kwargs)
+    except KeyboardInterrupt as exc:
+        if (run_dir / "checkpoint.pt").exists() and hasattr(exc, "add_note"):  # Python >= 3.11
+            exc.add_note(f"a resumable checkpoint is in {run_dir}: cifarzoo.fit(resume={str(run_dir)!r}"
+                         + (", data=...)" if dataset is not None else ")"))
+        raise
+    return Run(result.run_dir, dataset=dataset)
+
+
+def load_run(path: str | os.PathLike) -> "Run":
+    """Reopen a run folder (made by ``cifarzoo train``, :func:`fit` or a study) as a :class:`Run`."""
+    return Run(path)
+
+
+def load_data(spec: str | os.PathLike | None = "sample"):
+    """``((x_train, y_train), (x_test, y_test))`` of a ``--data`` source, shaped like Keras' ``load_data()``.
+
+    Images uint8 ``(N, 32, 32, 3)``, labels ``(N, 1)``. Default: the bundled sample
+    (5,000 train / 1,000 test CIFAR-10 images, offline). Class names:
+    ``cifarzoo.data.load(spec).classes`` (the sample's are CIFAR-10's, the default of ``classes=``).
+    """
+    from cifarzoo.data import load
+    from cifarzoo.data.arrays import as_keras_arrays
+
+    return as_keras_arrays(load(spec, progress=False))
+
+
+# --------------------------------------------------------------------------- Run
+class Run:
+    """A run folder: its settings, metrics and summary, and the model in it.
+
+    Everything is read from the folder, so a Run made by :func:`fit`, by
+    :func:`load_run` or for a study's run shows the same thing.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, *, dataset=None):
+        self.run_dir = _run_folder(run_dir)
+        if not (self.run_dir / "config.json").is_file():
+            raise CifarzooError(f"{run_dir}: not a run folder (no config.json); give a folder made by "
+                                "`cifarzoo train` or cifarzoo.fit()")
+        self._dataset = dataset  # the arrays it was trained on, when trained from memory in this session
+
+    # ---- what the folder says
+    @property
+    def info(self) -> dict:
+        """config.json: settings, data (source, classes, statistics), device, versions."""
+        return _read_info(self.run_dir)
+
+    @property
+    def config(self):
+        """The run's :class:`~cifarzoo.train.TrainConfig`."""
+        from cifarzoo.train.config import TrainConfig
+
+        return TrainConfig.from_dict(self.info["config"])
+
+    @property
+    def summary(self) -> dict:
+        """summary.json (test accuracy, loss, time, memory, ...); {} while the run is unfinished."""
+        from cifarzoo.io import read_json
+
+        p = self.run_dir / "summary.json"
+        return read_json(p) if p.exists() else {}
+
+    @property
+    def metrics(self) -> list[dict]:
+        """One dict per finished epoch (metrics.csv): epoch, lr, train/eval loss and accuracy, seconds, img/s."""
+        from cifarzoo.train.rundir import read_metrics
+
+        p = self.run_dir / "metrics.csv"
+        return read_metrics(p) if p.exists() else []
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.info.get("data", {}).get("classes", []))
+
+    @property
+    def trained_on_arrays(self) -> bool:
+        return self.info.get("config", {}).get("data") == ARRAYS_SPEC
+
+    def __repr__(self) -> str:
+        s = self.summary
+        acc = f", test accuracy {100 * s['test_acc']:.2f}%" if s.get("test_acc") is not None else ""
+        return f"Run({str(self.run_dir)!r}: {self.info.get('config', {}).get('model')}, {s.get('status', 'unfinished')}{acc})"
+
+    # ---- using the model
+    def evaluate(self, data: Any = None, *, classes: Iterable[str] | None = None, tta: bool = False,
+                 device: str = "auto", save: bool = True):
+        """Test accuracy, loss, per-class accuracy and confusion matrix, as ``cifarzoo evaluate``.
+
+        ``data``: default the run's own source (for a run trained from arrays in this
+        session, those arrays); or any ``data=`` form :func:`fit` takes. Returns
+        :class:`cifarzoo.evaluate.EvalResult`; ``save`` writes confusion.json/.png into the folder.
+        """
+        from cifarzoo.evaluate import evaluate
+
+        spec, dataset = (None, None) if data is None else resolve_data(
+            data, classes if classes is not None or not is_arrays(data) else self.classes)
+        if data is None and self.trained_on_arrays:
+            if self._dataset is None:
+                raise _arrays_needed(self.run_dir, "evaluate it")
+            dataset = self._dataset
+        return evaluate(self.run_dir, data=spec, dataset=dataset, tta=tta, device=device, save=save)
+
+    def predict(self, images: Any, *, top_k: int = 3, device: str = "auto") -> list:
+        """Top-``top_k`` classes and probabilities of each image, as ``cifarzoo predict``.
+
+        ``images``: uint8 ``(N, 32, 32, 3)`` or one ``(32, 32, 3)`` array, an image file path,
+        a PIL image, or a list of these (files and PIL images of any size are converted
+        to 32x32 RGB as ``cifarzoo predict`` does). Returns one
+        :class:`cifarzoo.predict.Prediction` per image, in order (``.top``: [(class,
+        probability)], best first; ``.error`` set for a file that cannot be read).
+        """
+        from cifarzoo.predict import Prediction, load_classifier
+
+        if not (isinstance(top_k, int) and top_k >= 1):
+            raise CifarzooError(f"top_k must be an integer >= 1, got {top_k!r}")
+        names, arrays, errors = _image_inputs(images)
+        results = [Prediction(n, error=e) for n, e in zip(names, errors)]
+        good = [i for i, a in enumerate(arrays) if a is not None]
+        if good:
+            import numpy as np
+
+            clf = load_classifier(self.run_dir, device=device)
+            for i, top in zip(good, _top_k(clf, np.stack([arrays[i] for i in good]), top_k)):
+                results[i].top = top
+        return results
+
+    # ---- display
+    def plot(self):
+        """The loss and accuracy curves as a matplotlib Figure (no pyplot state; display it or ``.savefig``)."""
+        from cifarzoo.plots import curves_figure
+
+        rows = self.metrics
+        if not rows:
+            raise CifarzooError(f"{self.run_dir}: no finished epoch yet (metrics.csv is missing or empty)")
+        info = self.info
+        c = info.get("config", {})
+        return curves_figure(rows, title=f"{c.get('model')} (width {c.get('width_mult')}, seed {c.get('seed')})",
+                             eval_name=info.get("data", {}).get("eval_split", "eval"),
+                             figure_class=_png_figure_class())
+
+    def _repr_html_(self) -> str:
+        info, s, rows = self.info, self.summary, self.metrics
+        c, d = info.get("config", {}), info.get("data", {})
+        items = [("run folder", str(self.run_dir)), ("model", f"{c.get('model')} (width {c.get('width_mult')})"),
+                 ("status", s.get("status", f"unfinished ({len(rows)} of {c.get('epochs')} epochs)"))]
+        if s.get("test_acc") is not None:
+            items += [("test accuracy", f"{100 * s['test_acc']:.2f}%"),
+                      ("flip TTA", f"{100 * s['test_acc_tta']:.2f}%" if s.get("test_acc_tta") is not None else "–"),
+                      ("test loss", f"{s['test_loss']:.4f}" if s.get("test_loss") is not None else "–"),
+                      ("train time", f"{s['train_seconds']:.1f} s"),
+                      ("images/s", f"{s['images_per_second']:,.0f}" if s.get("images_per_second") else "–")]
+        items += [("epochs", f"{len(rows)} of {c.get('epochs')}"),
+                  ("parameters", f"{info['parameters']:,}" if "parameters" in info else "–"),
+                  ("device", f"{info.get('device_name', '–')}, {info.get('precision', '–')}"),
+                  ("data", f"{d.get('source', '–')}")]
+        parts = [_kv_table(items)]
+        if rows:
+            from cifarzoo.io import figure_bytes
+
+            parts.append(_img(figure_bytes(self.plot()), "learning curves"))
+        return '<div class="cifarzoo-run">' + "".join(parts) + "</div>"
+
+
+def _image_inputs(images: Any) -> tuple[list[str], list, list]:
+    """(names, uint8 (32,32,3) arrays or None, errors) for what :meth:`Run.predict` accepts."""
+    import numpy as np
+
+    from cifarzoo.data.arrays import check_images
+
+    if isinstance(images, np.ndarray):
+        if images.ndim == 3:
+            return ["images[0]"], [check_images(images[None], "images")[0]], [None]
+        batch = check_images(images, "images")
+        return [f"images[{i}]" for i in range(len(batch))], list(batch), [None] * len(batch)
+    if isinstance(images, (str, os.PathLike)) or _is_pil(images):
+        images = [images]
+    if not isinstance(images, (list, tuple)) or not images:
+        raise CifarzooError(f"images: expected an array, a file path, a PIL image or a non-empty list of them, "
+                            f"got {type(images).__name__}")
+    names, arrays, errors = [], [], []
+    for i, item in enumerate(images):
+        name, array, error = _one_image(item, i)
+        names.append(name), arrays.append(array), errors.append(error)
+    return names, arrays, errors
+
+
+def _is_pil(obj: Any) -> bool:
+    pil = sys.modules.get("PIL.Image")
+    return pil is not None and isinstance(obj, pil.Image)
+
+
+def _one_image(item: Any, i: int):
+    import numpy as np
+
+    from cifarzoo.data.arrays import check_images
+    from cifarzoo.data.sources import _to_rgb32, load_image_file
+
+    if isinstance(item, (str, os.PathLike)):
+        try:
+            return str(item), load_image_file(item), None
+        except CifarzooError as exc:  # as `cifarzoo predict`: report it, classify the rest
+            return str(item), None, str(exc)
+    if _is_pil(item):
+        return f"images[{i}]", _to_rgb32(item)[0], None
+    if isinstance(item, np.ndarray):
+        return f"images[{i}]", check_images(item[None], f"images[{i}]")[0], None
+    raise CifarzooError(f"images[{i}]: expected a (32, 32, 3) uint8 array, a file path or a PIL image, "
+                        f"got {type(item).__name__}")
+
+
+def _top_k(clf, images, top_k: int, batch_size: int = 256) -> list[list[tuple[str, float]]]:
+    import numpy as np
+    import torch
+
+    k = min(top_k, len(clf.classes))
+    out = []
+    for start in range(0, len(images), batch_size):
+        logits = np.asarray(clf.predict_logits(images[start:start + batch_size]), dtype=np.float32)
+        p, idx = torch.softmax(torch.from_numpy(logits), dim=1).topk(k, dim=1)
+        out += [[(clf.classes[j], float(q)) for q, j in zip(pr, ir)] for pr, ir in zip(p.tolist(), idx.tolist())]
+    return out
+
+
+def _kv_table(items: list[tuple[str, str]]) -> str:
+    e = html.escape
+    return ("<table>" + "".join(f'<tr><th style="text-align:left">{e(k)}</th><td style="text-align:left">'
+                                f"{e(str(v))}</td></tr>" for k, v in items) + "</table>")
+
+
+def _img(png: bytes, alt: str) -> str:
+    return (f'<img src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}" '
+            f'alt="{html.escape(alt)}" style="max-width:100%">')
+
+
+# --------------------------------------------------------------------------- studies
+def benchmark(
+    models: Sequence[str] | str | None = None,
+    *,
+    preset: str = "quick",
+    seeds: int = 1,
+    data: Any = None,
+    classes: Iterable[str] | None = None,
+    out: str | os.PathLike | None = None,
+    force: bool = False,
+    progress: Any = "auto",
+    **overrides: Any,
+) -> "Study":
+    """Train every model under one rule and write the report, as ``cifarzoo benchmark``; returns a :class:`Study`.
+
+    Same folder layout (default ``study/<preset>``), the same resuming of an interrupted
+    study, and ``overrides`` (any TrainConfig field, e.g. ``epochs=2``) for every model.
+    """
+    from cifarzoo.progress import make_study_reporter
+    from cifarzoo.study import run_study
+
+    reporter = make_study_reporter(progress)
+    spec, dataset = resolve_data(data, classes)
+    out = Path(out) if out is not None else Path("study") / preset
+    result = run_study(models, preset=preset, seeds=seeds, data=spec, out_dir=out, force=force,
+                       reporter=reporter, dataset=dataset, **overrides)
+    return Study(result.plan.out_dir)
+
+
+def load_study(path: str | os.PathLike) -> "Study":
+    """Reopen a study folder (``cifarzoo benchmark --out DIR`` or :func:`benchmark`) as a :class:`Study`."""
+    return Study(path)
+
+
+class Study:
+    """A study folder with its report: ``results`` (one dict per model), ``runs``, ``report`` (report.html)."""
+
+    FIGURES = ("curves.png", "tradeoffs.png")  # shown inline, in this order, when the report has them
+
+    def __init__(self, out_dir: str | os.PathLike):
+        self.out_dir = Path(out_dir)
+        if not (self.out_dir / "results.json").is_file():
+            raise CifarzooError(f"{out_dir}: no study report here (results.json missing); run "
+                                f"cifarzoo.benchmark(..., out={str(out_dir)!r}) first")
+
+    @property
+    def report(self) -> Path:
+        """The self-contained report.html."""
+        return self.out_dir / "report.html"
+
+    @property
+    def results(self) -> list[dict]:
+        """One row per model from results.json (test_acc_mean/std, train_seconds_mean, parameters, ...)."""
+        from cifarzoo.io import read_json
+
+        return list(read_json(self.out_dir / "results.json").get("models", []))
+
+    @property
+    def runs(self) -> list[Run]:
+        """Every run folder of the study that has started, as a :class:`Run`."""
+        root = self.out_dir / "runs"
+        return [Run(p) for p in sorted(root.iterdir()) if (p / "config.json").is_file()] if root.is_dir() else []
+
+    def __repr__(self) -> str:
+        return f"Study({str(self.out_dir)!r}: {', '.join(r['model'] for r in self.results)}; report {self.report})"
+
+    def _repr_html_(self) -> str:
+        def pct(m, s=None):
+            return "–" if m is None else f"{100 * m:.2f}%" + (f" ± {100 * s:.2f}" if s is not None else "")
+
+        head = ["Model", "Status", "Test accuracy", "Flip TTA", "Test loss", "Train time", "Parameters",
+                "Epochs", "Seeds"]
+        body = [[r["model"], r["status"], pct(r.get("test_acc_mean"), r.get("test_acc_std")),
+                 pct(r.get("test_acc_tta_mean"), r.get("test_acc_tta_std")),
+                 "–" if r.get("test_loss_mean") is None else f"{r['test_loss_mean']:.4f}",
+                 "–" if r.get("train_seconds_mean") is None else f"{r['train_seconds_mean']:.1f} s",
+                 "–" if r.get("parameters") is None else f"{r['parameters']:,}", r.get("epochs"),
+                 r.get("n_seeds")] for r in self.results]
+        e = html.escape
+        table = ("<table><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr></thead><tbody>"
+                 + "".join("<tr>" + "".join(f"<td>{e(str(v))}</td>" for v in row) + "</tr>" for row in body)
+                 + "</tbody></table>")
+        figs = [_img((self.out_dir / "figures" / name).read_bytes(), name) for name in self.FIGURES
+                if (self.out_dir / "figures" / name).is_file()]
+        link = f"<p>Full report: <code>{e(str(self.report))}</code></p>"
+        return '<div class="cifarzoo-study">' + table + "".join(figs) + link + "</div>"
