@@ -101,7 +101,7 @@ def test_study_progress_in_a_kernel_counts_runs_on_a_notebook_bar(monkeypatch, c
     reporter.on_study_start(plan, dataset)
     assert isinstance(reporter.bar, notebook_tqdm) and reporter.bar.total == 2
     outcome = types.SimpleNamespace(summary={"kind": "stall", "reason": "stuck"}, spec=types.SimpleNamespace(
-        name="vgg16-s0"), action="trained", status="failed", wall_seconds=1.0)
+        name="vgg16-s0"), action="trained", status="failed", wall_seconds=1.0, where="")
     reporter.on_run_end(1, 2, outcome, 30.0)
     assert reporter.bar.n == 1 and "~30s left" in reporter.bar.postfix
     reporter.on_report({"report.html": "study/quick/report.html"})
