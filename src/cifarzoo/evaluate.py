@@ -17,7 +17,7 @@ from cifarzoo.errors import CifarzooError
 from cifarzoo.inference import confusion_matrix, loss_and_accuracy, predict_logits
 from cifarzoo.device import resolve_device
 from cifarzoo.io import write_json
-from cifarzoo.plots import plot_confusion
+from cifarzoo.plots import MANY_CLASSES, plot_confusion
 from cifarzoo.train.checkpoint import load_model
 
 
@@ -38,7 +38,8 @@ class EvalResult:
         return {
             "accuracy": self.accuracy, "loss": self.loss, "tta": self.tta, "classes": self.classes,
             "per_class_accuracy": dict(zip(self.classes, self.per_class_accuracy)),
-            "confusion": self.confusion.tolist(), "images": int(len(self.labels)),
+            "confusion": self.confusion.tolist(), "top_confusions": top_confusions(self.confusion, self.classes),
+            "images": int(len(self.labels)),
             "data_source": self.data_source, "checkpoint": self.checkpoint,
         }
 
@@ -47,6 +48,7 @@ def evaluate(
     run_or_checkpoint: str | os.PathLike,
     *,
     data: str | None = None,
+    labels: str | None = None,
     dataset: Dataset | None = None,
     tta: bool = False,
     device: str = "auto",
@@ -55,13 +57,16 @@ def evaluate(
 ) -> EvalResult:
     """Evaluate a trained model on the test split of ``dataset`` (or of ``data``, default: the run's own source).
 
+    ``labels`` is CIFAR-100's labelling to load ``data`` with (default: the run's own).
     ``save`` writes ``confusion.json`` and ``confusion.png`` (``*-tta`` with ``tta``) next to the checkpoint.
     """
-    from cifarzoo import data as data_mod
+    from cifarzoo.data.arrays import load_run_data
 
     model, ckpt = load_model(run_or_checkpoint)
     if dataset is None:
-        dataset = data_mod.load(data if data is not None else ckpt.get("config", {}).get("data"))
+        saved = ckpt.get("config", {})
+        dataset = load_run_data(data if data is not None else saved.get("data"),
+                                labels=labels or saved.get("labels", "fine"), run=run_or_checkpoint)
     classes = list(ckpt["classes"])
     if list(dataset.classes) != classes:
         raise CifarzooError(
@@ -90,6 +95,52 @@ def evaluate(
         plot_confusion(folder / f"{stem}.png", cm, classes,
                        title=f"{ckpt['model']['name']}: test accuracy {100 * acc:.2f}%{' (flip TTA)' if tta else ''}")
     return result
+
+
+TOP_CONFUSIONS = 20  # confusions listed in place of the grid
+
+
+def many_classes(classes) -> bool:
+    """Whether results for ``classes`` are shown as top confusions rather than a full grid."""
+    return len(classes) > MANY_CLASSES
+
+
+def top_confusions(cm: np.ndarray, classes, k: int = TOP_CONFUSIONS) -> list[dict]:
+    """The ``k`` most frequent mistakes of a confusion matrix, most frequent first (ties: class order).
+
+    Each: ``{true, pred, count, share}``, ``share`` the fraction of the true class's
+    images given that prediction; mistakes that never happen are not listed.
+    """
+    cm = np.asarray(cm, dtype=np.int64)
+    off = cm.copy()
+    np.fill_diagonal(off, 0)
+    totals = cm.sum(1)
+    out = []
+    for flat in np.argsort(-off, axis=None, kind="stable")[:k].tolist():
+        i, j = divmod(flat, cm.shape[1])
+        if off[i, j] == 0:
+            break
+        out.append({"true": classes[i], "pred": classes[j], "count": int(off[i, j]),
+                    "share": float(off[i, j] / max(1, totals[i]))})
+    return out
+
+
+def format_top_confusions(items: list[dict]) -> str:
+    """Top confusions as text lines: true -> predicted, count, share of the true class."""
+    if not items:
+        return "  (no mistakes)"
+    w = max(len(it["true"]) for it in items)
+    return "\n".join(f"  {it['true']:<{w}} -> {it['pred']:<{w}} {it['count']:>6}  {100 * it['share']:5.1f}%"
+                     for it in items)
+
+
+def format_per_class(classes, accuracy) -> str:
+    """Per-class accuracy lines: in class order, or worst first when there are many classes."""
+    rows = list(zip(classes, accuracy))
+    if many_classes(classes):
+        rows.sort(key=lambda r: r[1])  # stable: equal accuracies keep class order
+    w = max(12, *(len(c) for c in classes))
+    return "\n".join(f"  {name:<{w}} {100 * a:6.2f}%" for name, a in rows)
 
 
 def format_confusion(cm: np.ndarray, classes: list[str]) -> str:

@@ -16,6 +16,10 @@ import numpy as np
 from cifarzoo.io import save_figure
 
 DPI = 100
+# Above this many classes (CIFAR-100: 100 fine, 20 coarse) a C x C grid of numbers is unreadable:
+# figures drop the per-cell numbers, and tables list the most frequent confusions and sort
+# (or fold) the per-class accuracy instead (cifarzoo.evaluate, the study report).
+MANY_CLASSES = 20
 
 
 def _figure(width: float, height: float, layout: str | None = None):
@@ -161,21 +165,35 @@ def plot_top_losses(path: str | os.PathLike, images: np.ndarray, items: list[dic
 
 
 def plot_confusion(path: str | os.PathLike, cm: np.ndarray, classes: Sequence[str], title: str = "") -> None:
-    """A confusion matrix as a PNG: rows true, columns predicted, cells in % of the true class."""
+    """A confusion matrix as a PNG: rows true, columns predicted, cells in % of the true class.
+
+    Up to :data:`MANY_CLASSES` classes each cell is labelled with its percentage. Beyond (CIFAR-100),
+    the figure keeps a readable size (about 13 inches for 100 classes): shades on a
+    square-root scale and a colour bar, no numbers, every class named in small type.
+    """
     cm = np.asarray(cm)
     pct = 100 * cm / np.maximum(1, cm.sum(1, keepdims=True))
     n = len(classes)
-    fig = _figure(1.0 + 0.55 * n, 0.8 + 0.5 * n)
+    many = n > MANY_CLASSES
+    fig = _figure(2.5 + 0.105 * n, 2.0 + 0.105 * n) if many else _figure(1.0 + 0.55 * n, 0.8 + 0.5 * n)
     ax = fig.subplots()
-    ax.imshow(pct, cmap="Blues", vmin=0, vmax=100)
-    ax.set_xticks(range(n), list(classes), rotation=45, ha="right")
-    ax.set_yticks(range(n), list(classes))
+    # Many classes: most mistakes are a few % of a class; a square-root scale keeps them visible.
+    from matplotlib.colors import Normalize, PowerNorm
+
+    norm = PowerNorm(0.5, vmin=0, vmax=100) if many else Normalize(vmin=0, vmax=100)
+    image = ax.imshow(pct, cmap="Blues", norm=norm)
+    ax.set_xticks(range(n), list(classes), rotation=90 if many else 45, ha="center" if many else "right",
+                  fontsize=5.5 if many else None)
+    ax.set_yticks(range(n), list(classes), fontsize=5.5 if many else None)
     ax.set_xlabel("predicted"), ax.set_ylabel("true")
-    for i in range(n):
-        for j in range(n):
-            if cm[i, j]:
-                ax.text(j, i, f"{pct[i, j]:.0f}", ha="center", va="center", fontsize=7,
-                        color="white" if pct[i, j] > 50 else "black")
+    if many:
+        fig.colorbar(image, ax=ax, fraction=0.03, pad=0.01, label="% of the true class (square-root scale)")
+    else:
+        for i in range(n):
+            for j in range(n):
+                if cm[i, j]:
+                    ax.text(j, i, f"{pct[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                            color="white" if pct[i, j] > 50 else "black")
     if title:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()

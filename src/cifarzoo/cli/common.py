@@ -28,15 +28,21 @@ def add_data_argument(parser: argparse.ArgumentParser, *, default_help: str | No
                         help=DATA_HELP + f"Default: {default_help or DATA_DEFAULT_HELP}")
 
 
-def add_labels_argument(parser: argparse.ArgumentParser) -> None:
-    """Add ``--labels fine|coarse`` (CIFAR-100's 100 classes or 20 superclasses; default fine)."""
-    parser.add_argument("--labels", choices=("fine", "coarse"), default="fine",
+def add_labels_argument(parser: argparse.ArgumentParser, *, default_help: str = "fine") -> None:
+    """Add ``--labels fine|coarse`` (CIFAR-100's 100 classes or 20 superclasses; default None).
+
+    None leaves the choice to the command: "fine" where data is loaded afresh, the run's
+    own labelling where a run's data is reloaded (``default_help`` says which).
+    """
+    from cifarzoo.data.sources import LABELS
+
+    parser.add_argument("--labels", choices=LABELS, default=None,
                         help="CIFAR-100's labelling: fine (100 classes) or coarse (20 superclasses); "
-                             "other sources have one set of labels (default fine)")
+                             f"other sources have one set of labels (default {default_help})")
 
 
-def load_dataset(spec: str | None, command: str, labels: str = "fine"):
-    """``cifarzoo.data.load(spec, labels=labels)``, printing its warnings as one stderr line each.
+def load_dataset(spec: str | None, command: str, labels: str | None = "fine"):
+    """``cifarzoo.data.load(spec, labels=labels)`` (None: "fine"), printing its warnings as one stderr line each.
 
     ``command`` names the sub-command in the prefix (``cifarzoo train: warning: ...``).
     DataError propagates for the CLI's usual one-line error.
@@ -45,7 +51,7 @@ def load_dataset(spec: str | None, command: str, labels: str = "fine"):
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
-        dataset = load(spec, labels=labels)
+        dataset = load(spec, labels=labels or "fine")
     for w in caught:
         if issubclass(w.category, UserWarning):
             print(f"cifarzoo {command}: warning: {w.message}", file=sys.stderr)
@@ -57,7 +63,8 @@ def load_dataset(spec: str | None, command: str, labels: str = "fine"):
 # --------------------------------------------------------------------------- TrainConfig as options
 # Every TrainConfig field is a `--field-name` option of `cifarzoo train` (choices from
 # config.py's tuples, type from the field's annotation), except these:
-NOT_OPTIONS = ("model", "model_kwargs", "data")  # the positional MODEL; builder kwargs (recipes); --data
+NOT_OPTIONS = ("model", "model_kwargs", "data", "labels")  # the positional MODEL; builder kwargs (recipes);
+# --data and --labels (add_data_argument, add_labels_argument: the same options as the other commands')
 OPTION_HELP = {
     "optimizer": "default sgd (Nesterov momentum)",
     "lr": "peak learning rate",
@@ -108,5 +115,5 @@ def add_config_options(parser: argparse.ArgumentParser, fields: tuple[str, ...] 
 
 
 def config_overrides(args: argparse.Namespace, fields: tuple[str, ...] | None = None) -> dict:
-    """The TrainConfig fields given on the command line (None: not given), plus ``data``."""
-    return {name: getattr(args, name, None) for name in ("data", *(fields or config_option_fields()))}
+    """The TrainConfig fields given on the command line (None: not given), plus ``data`` and ``labels``."""
+    return {name: getattr(args, name, None) for name in ("data", "labels", *(fields or config_option_fields()))}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from cifarzoo.cli.common import add_data_argument
+from cifarzoo.cli.common import add_data_argument, add_labels_argument
 from cifarzoo.train.config import DEVICES
 
 
@@ -14,6 +14,7 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                    "and confusion.png into the run folder.")
     p.add_argument("run", metavar="RUN_OR_CHECKPOINT")
     add_data_argument(p, default_help="the data source the run was trained on")
+    add_labels_argument(p, default_help="the labels the run was trained on")
     p.add_argument("--tta", action="store_true", help="average each image with its horizontal mirror")
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -21,17 +22,25 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from cifarzoo.evaluate import evaluate, format_confusion
+    from cifarzoo.evaluate import (evaluate, format_confusion, format_per_class, format_top_confusions,
+                                   many_classes, top_confusions)
 
-    r = evaluate(args.run, data=args.data, tta=args.tta, device=args.device)
+    r = evaluate(args.run, data=args.data, labels=args.labels, tta=args.tta, device=args.device)
     if args.json:
         print(json.dumps(r.to_dict(), indent=2))
         return 0
     print(f"{r.checkpoint} on {r.data_source} ({len(r.labels):,} test images{', flip TTA' if r.tta else ''})")
     print(f"test accuracy {100 * r.accuracy:.2f}%   test loss {r.loss:.4f}\n")
+    if many_classes(r.classes):
+        print(f"per-class accuracy, worst first ({len(r.classes)} classes):")
+        print(format_per_class(r.classes, r.per_class_accuracy))
+        top = top_confusions(r.confusion, r.classes)
+        print(f"\ntop {len(top)} confusions (true -> predicted, count, share of the true class; "
+              "the whole matrix: --json or confusion.json):")
+        print(format_top_confusions(top))
+        return 0
     print("per-class accuracy:")
-    for name, a in zip(r.classes, r.per_class_accuracy):
-        print(f"  {name:<12} {100 * a:6.2f}%")
+    print(format_per_class(r.classes, r.per_class_accuracy))
     print("\nconfusion matrix (rows true, columns predicted):")
     print(format_confusion(r.confusion, r.classes))
     return 0

@@ -151,6 +151,21 @@ def from_arrays(data: Any, classes: Iterable[str] | None = None) -> Dataset:
     return build_dataset(x_train, y_train, x_test, y_test, names, "arrays in memory")
 
 
+def load_run_data(spec: str | None, *, labels: str = "fine", run: Any = None, progress: bool = True) -> Dataset:
+    """The data a run was trained on, from the ``data`` spec and ``labels`` of its config.
+
+    A run trained from arrays (spec :data:`ARRAYS_SPEC`) cannot reload them: the error
+    says so in one line, and how to give the same data again (``run`` names the run).
+    """
+    if spec == ARRAYS_SPEC:
+        raise DataError(f"{run or 'this run'}: the run was trained from arrays in memory, which its folder does "
+                        f"not keep; pass --data PATH with the same data (or, in Python, data=(x_train, y_train, "
+                        f"x_test, y_test))")
+    from cifarzoo.data.sources import load
+
+    return load(spec, labels=labels, progress=progress)
+
+
 def as_keras_arrays(ds: Dataset) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """``((x_train, y_train), (x_test, y_test))`` of ``ds`` in Keras' shapes: labels uint8/int64 ``(N, 1)``."""
     dtype = np.uint8 if ds.num_classes <= 256 else np.int64

@@ -28,6 +28,7 @@ class TrainConfig:
     width_mult: float = 1.0  # channel multiplier; 1.0 is the paper's width
     model_kwargs: dict = field(default_factory=dict)  # extra builder kwargs, e.g. {"aux_logits": True}
     data: str | None = None  # --data spec: None (default cache), "sample", or a path
+    labels: str = "fine"  # CIFAR-100's labelling: fine (100 classes) | coarse (20 superclasses); others: fine
     subset: int | None = None  # use only the first N training images, class-balanced
     val_split: int = 0  # hold N training images out as the per-epoch evaluation set (0: evaluate on test)
     epochs: int = 30  # full passes over the training set
@@ -103,6 +104,10 @@ def validate(c: TrainConfig) -> None:
         bad("--compile", c.compile, " | ".join(COMPILE_MODES))
     if c.device not in DEVICES:
         bad("--device", c.device, " | ".join(DEVICES))
+    from cifarzoo.data.sources import LABELS
+
+    if c.labels not in LABELS:
+        bad("--labels", c.labels, " | ".join(LABELS))
     try:
         c.augmentations
     except DataError:

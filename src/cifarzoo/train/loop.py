@@ -274,12 +274,12 @@ def set_up(config: TrainConfig, *, dataset: Dataset | None = None, out_dir: str 
            ckpt: dict | None = None, runs_root: str | os.PathLike = "runs") -> Trainer:
     """Everything before the first step: device, data split, model (whitened stem), the TrainStep
     (optimizer, schedule, EMA, lookahead, scaler, DDP, compile), resumed state and the run folder."""
-    from cifarzoo import data as data_mod
+    from cifarzoo.data.arrays import load_run_data
     from cifarzoo.data.loader import DeviceLoader, normalize
 
     dist = dist_mod.current()
     device, precision = _set_up_device(config, dist)
-    ds = dataset if dataset is not None else data_mod.load(config.data)
+    ds = dataset if dataset is not None else load_run_data(config.data, labels=config.labels, run=out_dir)
     split = split_dataset(ds, config)
     if config.batch_size is None:
         # Saved resolved, so config.json and a resumed run state the batch actually used.
