@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cifarzoo.cli.common import add_data_argument
+from cifarzoo.cli.common import add_data_argument, add_labels_argument
 from cifarzoo.progress import ConsoleStudyReporter
 from cifarzoo.train.config import DEVICES, PRESETS
 
@@ -24,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=1, metavar="N", help="train seeds 0..N-1 of every model (default 1)")
     add_data_argument(p, default_help="the preset's (quick: the bundled sample; others: full CIFAR-10 from "
                                       "$CIFARZOO_DATA or ~/.cache/cifarzoo)")
+    add_labels_argument(p)
     p.add_argument("--out", metavar="DIR", default=None, help="study folder (default study/<preset>)")
     p.add_argument("--epochs", type=int, help="override every model's epochs (the same budget for all)")
     p.add_argument("--device", choices=DEVICES, help="default auto")
@@ -84,7 +85,7 @@ def run(args) -> int:
         plan = load_plan(out)
         dataset = None
         try:
-            dataset = load_dataset(plan.data, "benchmark")
+            dataset = load_dataset(plan.data, "benchmark", plan.labels)
         except CifarzooError as exc:
             print(f"cifarzoo benchmark: warning: {exc}; the report leaves out the example images", file=sys.stderr)
         paths = write_report(out, dataset=dataset, plan=plan)
@@ -94,8 +95,8 @@ def run(args) -> int:
 
     executor = _executor(args)
     plan = plan_study(args.models, preset=args.preset, seeds=args.seeds, data=args.data, out_dir=out,
-                      epochs=args.epochs, device=args.device)
-    dataset = load_dataset(plan.data, "benchmark")
+                      epochs=args.epochs, device=args.device, labels=args.labels)
+    dataset = load_dataset(plan.data, "benchmark", plan.labels)
     reporter = ConsoleStudyReporter(quiet=args.quiet)
     try:
         result = run_plan(plan, force=args.force, reporter=reporter, dataset=dataset, executor=executor)

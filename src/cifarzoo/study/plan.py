@@ -67,6 +67,11 @@ class StudyPlan:
     runs: tuple[RunSpec, ...]
     rule: str  # the budget rule, in words, as the report states it
 
+    @property
+    def labels(self) -> str:
+        """CIFAR-100's labelling every run uses ("fine" or "coarse"; set with the ``labels`` override)."""
+        return self.runs[0].config.labels if self.runs else "fine"
+
     def to_dict(self) -> dict:
         return {
             "format": "cifarzoo.study", "version": 1,

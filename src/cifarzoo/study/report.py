@@ -57,6 +57,8 @@ import numpy as np
 from cifarzoo import __version__
 from cifarzoo.errors import CifarzooError
 from cifarzoo import plots
+from cifarzoo.evaluate import top_confusions
+from cifarzoo.plots import MANY_CLASSES
 from cifarzoo.io import atomic_write_bytes, read_json_object, write_json
 from cifarzoo.study.plan import EVAL_FILE, ORIGINAL_STUDY, STUDY_FILE, StudyPlan, load_plan
 from cifarzoo.train.rundir import FAILED, FINISHED, FOREIGN, RESUMABLE, RunDir
@@ -75,6 +77,7 @@ RUN_KEYS = (
     "per_class_accuracy", "eval_error",
 )
 FIGURES = "figures"
+GRID_CLASSES = 20  # rows of the example-image grid; with more classes (CIFAR-100), a random sample of them
 
 
 # --------------------------------------------------------------------------- reading the runs
@@ -138,8 +141,11 @@ def _mean_std(values: list) -> tuple[float | None, float | None]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) >= 2 else None)
 
 
-def model_rows(plan: StudyPlan, records: list[RunRecord]) -> list[dict]:
-    """One results row per model (RESULT_COLUMNS + paper), statistics over its finished seeds."""
+def model_rows(plan: StudyPlan, records: list[RunRecord], num_classes: int = 10) -> list[dict]:
+    """One results row per model (RESULT_COLUMNS + paper), statistics over its finished seeds.
+
+    ``num_classes`` sizes a model no run of which has finished (the data's class count).
+    """
     from cifarzoo.models import get_entry
     from cifarzoo.models.summary import count_macs, count_parameters
 
@@ -163,7 +169,7 @@ def model_rows(plan: StudyPlan, records: list[RunRecord]) -> list[dict]:
             try:
                 from cifarzoo import models
 
-                net = models.create(model, num_classes=10, width_mult=cfg.width_mult, **cfg.model_kwargs)
+                net = models.create(model, num_classes=num_classes, width_mult=cfg.width_mult, **cfg.model_kwargs)
                 params = count_parameters(net) if params is None else params
                 macs = count_macs(net) if macs is None else macs
             except Exception:  # sizing is informative only
@@ -215,6 +221,7 @@ def _environment(records: list[RunRecord]) -> dict:
 def build_results(plan: StudyPlan, records: list[RunRecord], dataset=None, created: str | None = None) -> dict:
     """The content of results.json (see the module doc)."""
     meta = plan.to_dict()
+    data = _data_info(records, dataset)
     return {
         "schema": SCHEMA,
         "study": {
@@ -223,10 +230,10 @@ def build_results(plan: StudyPlan, records: list[RunRecord], dataset=None, creat
             "created": created, "report_date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cifarzoo": __version__,
             "configs": meta["configs"],
         },
-        "data": _data_info(records, dataset),
+        "data": data,
         "environment": _environment(records),
         "original_study": {m: ORIGINAL_STUDY.get(m) for m in plan.models} if plan.preset == "seed" else None,
-        "models": model_rows(plan, records),
+        "models": model_rows(plan, records, len(data.get("classes") or []) or 10),
         "runs": [r.row for r in records],
     }
 
@@ -294,7 +301,7 @@ class Block(NamedTuple):
     ``kind`` is h1 | h2 | h3 | p | pre (``text``), kv (``items``: [(key, value)]), table
     (``text``: its id, ``headers``, ``items``: rows, ``row_classes``), img (``path``,
     ``text``: alt), gallery | stack (``items``: [(path, caption)], side by side | one
-    under another).
+    under another), fold (``text``: its summary line, ``items``: the Blocks shown when opened).
     """
 
     kind: str
@@ -366,15 +373,13 @@ def make_figures(out_dir: Path, plan: StudyPlan, records: list[RunRecord], rows:
         from cifarzoo.data.show import draw_class_grid
 
         path = _figure_path(out_dir, "data-examples.png")
-        draw_class_grid(dataset, path, per_class=10, seed=0)
+        draw_class_grid(dataset, path, per_class=10, seed=0, max_classes=GRID_CLASSES)
         figs["data"] = path
     for model in plan.models:
-        evals = [r.evaluation for r in records if r.row["model"] == model and r.row["status"] == "finished"
-                 and r.evaluation]
-        if not evals:
+        summed = summed_confusion(model, records)
+        if summed is None:
             continue
-        classes = evals[0]["classes"]
-        cm = np.sum([np.asarray(e["confusion"]) for e in evals], axis=0)
+        classes, cm, evals = summed
         acc = np.trace(cm) / max(1, cm.sum())
         path = _figure_path(out_dir, f"confusion-{_safe(model)}.png")
         seeds = f", {len(evals)} seeds summed" if len(evals) > 1 else ""
@@ -395,6 +400,15 @@ def make_figures(out_dir: Path, plan: StudyPlan, records: list[RunRecord], rows:
         figs[f"top:{model}"] = path
         top_seed[model] = first.row["seed"]
     return figs
+
+
+def summed_confusion(model: str, records: list[RunRecord]) -> tuple[list[str], np.ndarray, list[dict]] | None:
+    """(classes, confusion matrix summed over the finished seeds, their evaluations) of ``model``; None if none."""
+    evals = [r.evaluation for r in records if r.row["model"] == model and r.row["status"] == "finished"
+             and r.evaluation]
+    if not evals:
+        return None
+    return evals[0]["classes"], np.sum([np.asarray(e["confusion"]) for e in evals], axis=0), evals
 
 
 def _memory_note(rows: list[dict]) -> str:
@@ -431,7 +445,7 @@ def build_blocks(out_dir: Path, results: dict, records: list[RunRecord], figs: d
         blocks += _original_study_blocks(rows)
     blocks += _figure_blocks(figs)
     blocks += _data_blocks(data, figs, st["models"], records)
-    blocks += _model_figure_blocks(figs, st["models"], figs_meta)
+    blocks += _model_figure_blocks(figs, st["models"], figs_meta, records)
     blocks += _environment_blocks(results)
     blocks += [Block("p", "Note: " + n) for n in notes]
     return blocks
@@ -491,33 +505,62 @@ def _data_blocks(data: dict, figs: dict[str, Path], models: list[str], records: 
             ("Training images", f"{data['train_images']:,}" if data.get("train_images") else "–"),
             ("Test images", f"{data['test_images']:,}" if data.get("test_images") else "–"),
             ("Per-epoch evaluation", f"{data.get('eval_split', 'test')} split"),
-            ("Classes", ", ".join(data.get("classes") or [])),
+            ("Classes", f"{len(data.get('classes') or [])}: " + ", ".join(data.get("classes") or [])),
             ("Channel mean (0–255)", ", ".join(f"{v:.2f}" for v in mean) if mean else "–"),
             ("Channel std (0–255)", ", ".join(f"{v:.2f}" for v in std) if std else "–")]),
     ]
-    if "data" in figs:
-        blocks.append(_img(figs["data"], "ten random training images of each class"))
     classes = data.get("classes") or []
-    pc_rows = []
+    if "data" in figs:
+        shown = "each class" if len(classes) <= GRID_CLASSES else f"{GRID_CLASSES} random classes of {len(classes)}"
+        blocks.append(_img(figs["data"], f"ten random training images of {shown}"))
+    per_class = {}
     for model in models:
         pcs = [r.row["per_class_accuracy"] for r in records
                if r.row["model"] == model and r.row["status"] == "finished" and r.row["per_class_accuracy"]]
         if pcs:
-            mean_pc = np.mean(np.asarray(pcs, dtype=float), axis=0)
-            pc_rows.append([model] + [f"{100 * v:.1f}" for v in mean_pc])
-    if pc_rows and classes:
-        blocks += [Block("h2", "Per-class test accuracy (%)"),
-                   _table("per-class", ["Model"] + list(classes), pc_rows, None)]
+            per_class[model] = np.mean(np.asarray(pcs, dtype=float), axis=0)
+    if per_class and classes:
+        blocks += [Block("h2", "Per-class test accuracy (%)"), *_per_class_blocks(per_class, classes)]
     return blocks
 
 
-def _model_figure_blocks(figs: dict[str, Path], models: list[str], figs_meta: dict | None) -> list[Block]:
-    """Confusion matrices and most confidently wrong images, per model."""
+def _per_class_blocks(per_class: dict[str, np.ndarray], classes: list[str]) -> list[Block]:
+    """A row per model and a column per class; with many classes a row per class, worst first, folded."""
+    if len(classes) <= MANY_CLASSES:
+        return [_table("per-class", ["Model"] + list(classes),
+                       [[m] + [f"{100 * v:.1f}" for v in pc] for m, pc in per_class.items()], None)]
+    mean = np.mean(list(per_class.values()), axis=0)
+    order = np.argsort(mean, kind="stable")
+    rows = [[classes[k]] + [f"{100 * pc[k]:.1f}" for pc in per_class.values()] for k in order]
+    worst = ", ".join(f"{classes[k]} {100 * mean[k]:.1f}%" for k in order[:5])
+    return [Block("p", f"{len(classes)} classes, sorted by the mean over the models, worst first "
+                       f"(worst: {worst})."),
+            Block("fold", f"the {len(classes)} classes", items=[
+                _table("per-class", ["Class"] + list(per_class), rows, None)])]
+
+
+def _model_figure_blocks(figs: dict[str, Path], models: list[str], figs_meta: dict | None,
+                         records: list[RunRecord]) -> list[Block]:
+    """Confusion matrices (with many classes, the most frequent confusions first) and most
+    confidently wrong images, per model."""
     blocks: list[Block] = []
+    summed = {m: c for m in models if (c := summed_confusion(m, records)) is not None}
+    many = any(len(classes) > MANY_CLASSES for classes, _, _ in summed.values())
+    if many:
+        blocks += [Block("h2", "Most frequent confusions"),
+                   Block("p", "Per model, the true class → predicted class pairs it gets wrong most often "
+                              "(summed over seeds), with their count and share of the true class's test images.")]
+        for m, (classes, cm, _) in summed.items():
+            top = top_confusions(cm, classes)
+            blocks += [Block("h3", m), _table(f"confusions-{_safe(m)}", ["True class", "Predicted", "Count", "Share"],
+                                              [[t["true"], t["pred"], str(t["count"]), fmt_pct(t["share"], digits=1)]
+                                               for t in top], None) if top else Block("p", "No mistakes.")]
     conf = [(figs[f"confusion:{m}"], m) for m in models if f"confusion:{m}" in figs]
     if conf:
         blocks += [Block("h2", "Confusion matrices"),
-                   Block("p", "Rows are the true class, columns the prediction; cells in % of the true class."),
+                   Block("p", "Rows are the true class, columns the prediction; "
+                              + ("shades in % of the true class, on a square-root scale so that small "
+                                 "confusions show." if many else "cells in % of the true class.")),
                    Block("gallery", items=conf)]
     top_seed = (figs_meta or {}).get("top_seed", {})
     tops = [(figs[f"top:{m}"], f"{m} (seed {top_seed[m]})" if m in top_seed else m)
@@ -581,6 +624,9 @@ def render_markdown(blocks: list[Block], out_dir: Path) -> str:
             out.append("\n\n".join(f"**{cap}**\n\n![{cap}]({rel(path)})" for path, cap in b.items))
         elif b.kind == "pre":
             out.append("```\n" + b.text.rstrip() + "\n```")
+        elif b.kind == "fold":  # GitHub-flavoured Markdown renders <details> folded
+            out.append(f"<details><summary>{html.escape(b.text)}</summary>\n\n"
+                       + render_markdown(list(b.items), out_dir) + "\n</details>")
     return "\n\n".join(out) + "\n"
 
 
@@ -607,6 +653,8 @@ figure{margin:.5em 0 1em}
 .gallery figure{margin:0;border:1px solid #eaeef2;border-radius:6px;padding:8px}
 figcaption{font-weight:600;margin-bottom:4px}
 figure.wide{margin:0 0 14px}
+details{margin:.4em 0 1em}
+summary{cursor:pointer;color:#0969da}
 pre{background:#f6f8fa;border:1px solid #d0d7de;border-radius:6px;padding:10px 12px;overflow-x:auto;font-size:.85em}
 """
 
@@ -630,7 +678,14 @@ def render_html(blocks: list[Block], title: str) -> str:
     e = html.escape
     parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
              '<meta name="viewport" content="width=device-width, initial-scale=1">',
-             f"<title>{e(title)}</title>", f"<style>{CSS}</style>", "</head>", "<body>"]
+             f"<title>{e(title)}</title>", f"<style>{CSS}</style>", "</head>", "<body>",
+             *_html_blocks(blocks), "</body>", "</html>"]
+    return "\n".join(parts) + "\n"
+
+
+def _html_blocks(blocks: list[Block]) -> list[str]:
+    e = html.escape
+    parts: list[str] = []
     for b in blocks:
         if b.kind in ("h1", "h2", "h3"):
             parts.append(f"<{b.kind}>{e(b.text)}</{b.kind}>")
@@ -653,8 +708,10 @@ def render_html(blocks: list[Block], title: str) -> str:
                 f'alt="{e(cap)}"></figure>' for path, cap in b.items))
         elif b.kind == "pre":
             parts.append(f"<pre>{e(b.text.rstrip())}</pre>")
-    parts += ["</body>", "</html>"]
-    return "\n".join(parts) + "\n"
+        elif b.kind == "fold":
+            parts.append(f"<details><summary>{e(b.text)}</summary>" + "\n".join(_html_blocks(list(b.items)))
+                         + "</details>")
+    return parts
 
 
 # --------------------------------------------------------------------------- entry point
@@ -674,7 +731,7 @@ def write_report(out_dir: str | os.PathLike, *, dataset=None, plan: StudyPlan | 
         try:
             from cifarzoo.data import load
 
-            dataset = load(plan.data, progress=False)
+            dataset = load(plan.data, labels=plan.labels, progress=False)
         except CifarzooError as exc:
             notes.append(f"the study's data could not be loaded ({exc}); example images and most-wrong images "
                          "are left out")

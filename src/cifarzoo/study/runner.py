@@ -33,6 +33,7 @@ from cifarzoo.errors import CifarzooError
 from cifarzoo.study.executors import LocalExecutor
 from cifarzoo.study.plan import EVAL_FILE, RUNS_DIR, RunSpec, StudyPlan, write_plan
 from cifarzoo.study.training import RunOutcome, StudyReporter, evaluate_for_report, run_cost
+from cifarzoo.train.config import TrainConfig
 from cifarzoo.train.rundir import EMPTY, FAILED, FINISHED, FOREIGN, RESUMABLE, RunDir
 
 # Settings that do not change what a run computes: a run folder that differs only in
@@ -66,7 +67,8 @@ def check_compatible(spec: RunSpec) -> None:
     saved = RunDir(spec.run_dir).saved_config()
     if saved is None:
         return
-    want, have = _normalized(spec.config.to_dict()), _normalized(saved)
+    # A setting newer than the saved run (e.g. labels) was its default value then.
+    want, have = _normalized(spec.config.to_dict()), _normalized({**TrainConfig().to_dict(), **saved})
     if want.get("batch_size") is None:  # chosen by the trainer from the data size and saved resolved
         have.pop("batch_size", None)
         want.pop("batch_size", None)
@@ -113,7 +115,7 @@ def execute(plan: StudyPlan, *, force: bool = False, reporter: StudyReporter | N
     if dataset is None:
         from cifarzoo.data import load
 
-        dataset = load(plan.data)
+        dataset = load(plan.data, labels=plan.labels)
     write_plan(plan)
     reporter.on_study_start(plan, dataset)
 
