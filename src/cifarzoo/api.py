@@ -15,7 +15,8 @@ folders, guards and reports as the CLI. Nothing here prints; progress goes throu
 reporter chosen by ``progress`` ("auto", "bar", "none" or your own Reporter, see
 :mod:`cifarzoo.progress`). ``data`` is a ``--data`` spec ("sample", a path, None for the
 default CIFAR-10 cache), a :class:`~cifarzoo.data.Dataset`, or arrays in memory
-(see :mod:`cifarzoo.data.arrays`).
+(see :mod:`cifarzoo.data.arrays`). CIFAR-100: ``data="cifar100"`` or its archive's path, and
+``labels="coarse"`` (a TrainConfig field like any other) for its 20 superclasses.
 """
 from __future__ import annotations
 
@@ -84,17 +85,24 @@ def _arrays_needed(run_dir: Path, what: str) -> CifarzooError:
         f"does not keep; pass them again to {what}: data=(x_train, y_train, x_test, y_test)")
 
 
-def _resume_dataset(run_dir: Path, data: Any, classes: Iterable[str] | None):
-    """The Dataset to resume ``run_dir`` with (None: fit loads the run's own source)."""
+def resume_dataset(run_dir: str | os.PathLike, data: Any, classes: Iterable[str] | None = None,
+                   labels: str | None = None):
+    """The Dataset to resume ``run_dir`` with (None: fit loads the run's own source).
+
+    Only a run trained from arrays takes ``data`` (any ``data=`` form, or a ``--data`` spec
+    of the same images saved to disk, loaded with ``labels``, default the run's own);
+    it must hold the classes and training images the run was trained on.
+    """
     import numpy as np
 
+    run_dir = _run_folder(run_dir)
     info = _read_info(run_dir)
     spec = info.get("config", {}).get("data")
     saved = info.get("data", {})
     if spec != ARRAYS_SPEC:
         if data is not None:
             raise CifarzooError(f"{run_dir}: a resumed run keeps its data ({spec or 'the default CIFAR-10'}); "
-                                "drop data=")
+                                "give no data (data= / --data)")
         return None
     if data is None:
         raise _arrays_needed(run_dir, "resume it")
@@ -104,7 +112,7 @@ def _resume_dataset(run_dir: Path, data: Any, classes: Iterable[str] | None):
     if ds is None:  # the same images, saved to disk meanwhile
         from cifarzoo.data import load
 
-        ds = load(spec, progress=False)
+        ds = load(spec, labels=labels or info.get("config", {}).get("labels", "fine"), progress=False)
     if saved.get("classes") is not None and list(ds.classes) != list(saved["classes"]):
         raise CifarzooError(f"{run_dir}: trained on classes {saved['classes']}, the arrays given have "
                             f"{list(ds.classes)}")
@@ -147,12 +155,14 @@ def fit(
             raise CifarzooError("resume=: a resumed run keeps its settings and folder; drop "
                                 + ", ".join(given + sorted(settings)))
         run_dir = _run_folder(resume)
-        dataset = _resume_dataset(run_dir, data, classes)
+        dataset = resume_dataset(run_dir, data, classes)
         kwargs = dict(resume=resume, dataset=dataset)
     else:
         if model is None:
             raise CifarzooError("fit() needs a model name (see `cifarzoo models`), or resume=RUN_FOLDER")
         spec, dataset = resolve_data(data, classes)
+        if dataset is not None and dataset.labelling and "labels" not in settings:
+            settings["labels"] = dataset.labelling  # a CIFAR-100 Dataset: saved, so its path reloads the same
         config = make_config(model, preset=preset, data=spec, **settings)
         if out is None:
             from cifarzoo.train.rundir import RunDir
@@ -175,9 +185,10 @@ def load_run(path: str | os.PathLike) -> "Run":
     return Run(path)
 
 
-def load_data(spec: str | os.PathLike | None = "sample"):
+def load_data(spec: str | os.PathLike | None = "sample", labels: str = "fine"):
     """``((x_train, y_train), (x_test, y_test))`` of a ``--data`` source, shaped like Keras' ``load_data()``.
 
+    ``labels``: CIFAR-100's "fine" (100 classes) or "coarse" (20) labels.
     Images uint8 ``(N, 32, 32, 3)``, labels ``(N, 1)``. Default: the bundled sample
     (5,000 train / 1,000 test CIFAR-10 images, offline). Class names:
     ``cifarzoo.data.load(spec).classes`` (the sample's are CIFAR-10's, the default of ``classes=``).
@@ -185,7 +196,7 @@ def load_data(spec: str | os.PathLike | None = "sample"):
     from cifarzoo.data import load
     from cifarzoo.data.arrays import as_keras_arrays
 
-    return as_keras_arrays(load(spec, progress=False))
+    return as_keras_arrays(load(spec, labels=labels, progress=False))
 
 
 # --------------------------------------------------------------------------- Run
@@ -246,12 +257,13 @@ class Run:
         return f"Run({str(self.run_dir)!r}: {self.info.get('config', {}).get('model')}, {s.get('status', 'unfinished')}{acc})"
 
     # ---- using the model
-    def evaluate(self, data: Any = None, *, classes: Iterable[str] | None = None, tta: bool = False,
-                 device: str = "auto", save: bool = True):
+    def evaluate(self, data: Any = None, *, classes: Iterable[str] | None = None, labels: str | None = None,
+                 tta: bool = False, device: str = "auto", save: bool = True):
         """Test accuracy, loss, per-class accuracy and confusion matrix, as ``cifarzoo evaluate``.
 
         ``data``: default the run's own source (for a run trained from arrays in this
-        session, those arrays); or any ``data=`` form :func:`fit` takes. Returns
+        session, those arrays); or any ``data=`` form :func:`fit` takes (a spec is loaded
+        with ``labels``, default the run's own). Returns
         :class:`cifarzoo.evaluate.EvalResult`; ``save`` writes confusion.json/.png into the folder.
         """
         from cifarzoo.evaluate import evaluate
@@ -262,7 +274,7 @@ class Run:
             if self._dataset is None:
                 raise _arrays_needed(self.run_dir, "evaluate it")
             dataset = self._dataset
-        return evaluate(self.run_dir, data=spec, dataset=dataset, tta=tta, device=device, save=save)
+        return evaluate(self.run_dir, data=spec, labels=labels, dataset=dataset, tta=tta, device=device, save=save)
 
     def predict(self, images: Any, *, top_k: int = 3, device: str = "auto") -> list:
         """Top-``top_k`` classes and probabilities of each image, as ``cifarzoo predict``.
@@ -419,6 +431,8 @@ def benchmark(
 
     reporter = make_study_reporter(progress)
     spec, dataset = resolve_data(data, classes)
+    if dataset is not None and dataset.labelling and "labels" not in overrides:
+        overrides["labels"] = dataset.labelling
     out = Path(out) if out is not None else Path("study") / preset
     result = run_study(models, preset=preset, seeds=seeds, data=spec, out_dir=out, force=force,
                        reporter=reporter, dataset=dataset, **overrides)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cifarzoo.cli.common import add_config_options, add_data_argument, config_overrides
+from cifarzoo.cli.common import (DATA_DEFAULT_HELP, add_config_options, add_data_argument, add_labels_argument,
+                                 config_overrides)
 from cifarzoo.progress import ConsoleReporter
 from cifarzoo.train.config import PRESETS
 
@@ -14,7 +15,9 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "train", help="train one model and write a run folder",
         description="Train one model. Unset options come from the model's recipe (see cifarzoo/train/config.py).")
     p.add_argument("model", nargs="?", help="model name (see `cifarzoo models`); omit with --resume")
-    add_data_argument(p)
+    add_data_argument(p, default_help=f"{DATA_DEFAULT_HELP}; with --resume, the run's own (a run trained from "
+                                      "arrays in memory needs the same data again)")
+    add_labels_argument(p, default_help="fine; with --resume, the run's own")
     p.add_argument("--preset", choices=list(PRESETS), help="start from a study preset's settings for this model")
     add_config_options(p)
     p.add_argument("--out", help="run folder (default runs/<model>-<time>)")
@@ -83,12 +86,18 @@ def _run(args) -> int:
         if args.model:
             raise CifarzooError("give either MODEL or --resume DIR, not both (a resumed run keeps its settings)")
         out_dir = args.resume
+        dataset = None
+        if args.data is not None:  # a run trained from arrays in memory: the same data, from a file
+            from cifarzoo.api import resume_dataset
+
+            dataset = resume_dataset(args.resume, args.data, labels=args.labels)
         try:
-            result = fit(resume=args.resume, reporter=reporter)
+            result = fit(resume=args.resume, dataset=dataset, reporter=reporter)
         except KeyboardInterrupt:
             if is_main:
-                print(f"interrupted; a resumable checkpoint is in {out_dir}: cifarzoo train --resume {out_dir}",
-                      file=sys.stderr)
+                again = f" --data {args.data}" if args.data is not None else ""
+                print(f"interrupted; a resumable checkpoint is in {out_dir}: cifarzoo train --resume {out_dir}"
+                      f"{again}", file=sys.stderr)
             return 130
     else:
         if not args.model:
