@@ -167,3 +167,13 @@ def test_a_study_run_saved_before_labels_existed_still_belongs_to_it(tmp_path):
     write_json(spec.run_dir / "config.json", {"config": {**old, "labels": "coarse"}})
     with pytest.raises(Exception, match="labels 'coarse' \\(now 'fine'\\)"):
         check_compatible(spec)
+
+
+@pytest.mark.parametrize("argv", [["doctor", "resnet18"], ["benchmark", "--preset", "quick", "--out", "{tmp}"],
+                                  ["train", "resnet18", "--out", "{tmp}"]])
+def test_labels_coarse_of_cifar10_is_refused_by_every_command(argv, tmp_path, capsys):
+    argv = [a.format(tmp=tmp_path / "out") for a in argv]
+    assert main([*argv, "--data", "sample", "--labels", "coarse"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--labels coarse: the sample (CIFAR-10) has one set of labels" in err
+    assert not (tmp_path / "out").exists()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from cifarzoo.cli.common import add_data_argument
+from cifarzoo.cli.common import add_data_argument, add_labels_argument
 
 
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -13,6 +13,7 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                    "learning-rate range test. Exit status 1 if a check fails.")
     p.add_argument("model")
     add_data_argument(p)
+    add_labels_argument(p)
     p.add_argument("--width-mult", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overfit-steps", type=int, default=300)
@@ -20,10 +21,10 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from cifarzoo import data
+    from cifarzoo.cli.common import load_dataset
     from cifarzoo.doctor import run_doctor
 
-    ds = data.load(args.data)
+    ds = load_dataset(args.data, "doctor", args.labels)
     report = run_doctor(args.model, ds, width_mult=args.width_mult, seed=args.seed,
                         overfit_steps=args.overfit_steps)
     print(f"cifarzoo doctor: {report.model} (width {args.width_mult}) on {ds.source}")
