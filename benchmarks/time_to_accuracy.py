@@ -33,7 +33,9 @@ from cifarzoo.train.config import COMPILE_MODES, DEVICES, PRECISIONS  # noqa: E4
 
 def read_metrics(run_dir: Path) -> list[dict]:
     with open(run_dir / "metrics.csv", newline="") as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        # An empty cell is an epoch without evaluation (eval_every > 1): NaN, never reached.
+        return [{k: float(v) if v not in ("", None) else float("nan") for k, v in row.items()}
+                for row in csv.DictReader(f)]
 
 
 def time_to(metrics: list[dict], threshold: float) -> dict | None:
@@ -166,9 +168,10 @@ def main(argv=None) -> int:
     if not all(0 < t <= 1 for t in thresholds):
         raise SystemExit("time_to_accuracy.py: --thresholds are accuracies in (0, 1], e.g. 0.5,0.8,0.9")
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    overrides = dict(epochs=args.epochs, subset=args.subset, width_mult=args.width_mult,
-                     batch_size=args.batch_size, compile=args.compile, precision=args.precision,
-                     device=args.device, **parse_sets(args.set))
+    # eval_every 1 unless --set says otherwise: a time to accuracy needs every epoch's evaluation.
+    overrides = {"eval_every": 1, **dict(epochs=args.epochs, subset=args.subset, width_mult=args.width_mult,
+                                         batch_size=args.batch_size, compile=args.compile, precision=args.precision,
+                                         device=args.device), **parse_sets(args.set)}
     first = make_config(models[0], preset=args.preset, data=args.data)
     dataset = data_mod.load(first.data if args.data is None else args.data)
     device = resolve_device(args.device or first.device)

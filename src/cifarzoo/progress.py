@@ -19,6 +19,8 @@ This module imports nothing heavy (tqdm only when a bar is drawn).
 """
 from __future__ import annotations
 
+import math
+
 import sys
 import time
 
@@ -97,8 +99,9 @@ class ConsoleReporter:
             f"epoch {row['epoch']:>3}/{self.epochs} - {row['epoch_seconds']:.1f}s "
             f"- {1000 * row['epoch_seconds'] / max(1, self.steps):.0f}ms/step "
             f"- {row['images_per_second']:,.0f} img/s - lr {row['lr']:.2e} "
-            f"- loss {row['train_loss']:.4f} - acc {100 * row['train_acc']:.2f}% "
-            f"- {self.eval_name}_loss {row['eval_loss']:.4f} - {self.eval_name}_acc {100 * row['eval_acc']:.2f}%"
+            f"- loss {row['train_loss']:.4f} - acc {100 * row['train_acc']:.2f}%"
+            + (f" - {self.eval_name}_loss {row['eval_loss']:.4f} - {self.eval_name}_acc {100 * row['eval_acc']:.2f}%"
+               if _evaluated(row) else "")
         )
 
     def on_epoch_end(self, row: dict) -> None:
@@ -131,8 +134,9 @@ class NotebookReporter(ConsoleReporter):
         bar = self.bar_class(total=steps, desc=f"epoch {epoch}/{self.epochs}", leave=False)
         if self.last is not None:
             r = self.last
-            bar.set_postfix_str(f"loss {r['train_loss']:.4f}, acc {100 * r['train_acc']:.1f}%, "
-                                f"{self.eval_name}_acc {100 * r['eval_acc']:.1f}%", refresh=False)
+            bar.set_postfix_str(f"loss {r['train_loss']:.4f}, acc {100 * r['train_acc']:.1f}%"
+                                + (f", {self.eval_name}_acc {100 * r['eval_acc']:.1f}%" if _evaluated(r) else ""),
+                                refresh=False)
         return bar
 
     def on_epoch_end(self, row: dict) -> None:
@@ -181,8 +185,9 @@ class ConsoleStudyReporter:
     def on_epoch_end(self, index, total, spec, row, eta_seconds) -> None:
         self._print(f"[{index}/{total}] {spec.name} epoch {row['epoch']}/{spec.config.epochs} - "
                     f"{row['epoch_seconds']:.1f}s - loss {row['train_loss']:.4f} - "
-                    f"acc {100 * row['train_acc']:.1f}% - eval_acc {100 * row['eval_acc']:.1f}%; "
-                    f"{_duration(eta_seconds)}")
+                    f"acc {100 * row['train_acc']:.1f}%"
+                    + (f" - eval_acc {100 * row['eval_acc']:.1f}%" if _evaluated(row) else "")
+                    + f"; {_duration(eta_seconds)}")
 
     def on_run_end(self, index, total, outcome, eta_seconds) -> None:
         s, name = outcome.summary, outcome.spec.name
@@ -277,3 +282,8 @@ def make_study_reporter(progress="auto"):
     if progress == "bar" or in_notebook():
         return NotebookStudyReporter()
     return ConsoleStudyReporter()
+
+
+def _evaluated(row: dict) -> bool:
+    """Whether the epoch was evaluated (``eval_every``): otherwise its eval columns are NaN."""
+    return not math.isnan(row.get("eval_acc", math.nan))

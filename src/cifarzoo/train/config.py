@@ -20,6 +20,8 @@ SCHEDULES = ("onecycle", "cosine", "step", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 COMPILE_MODES = ("auto", "on", "off")
 DEVICES = ("auto", "cpu", "cuda")
+WARMUP_MODES = ("auto", "on", "off")
+WARMUP_STEPS = 3  # untimed warm-up steps: compile's forward and backward graphs, cuDNN's search, lazy kernels
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,9 @@ class TrainConfig:
     muon_momentum: float = 0.6  # optimizer "muon": Nesterov momentum of the conv filters' Muon (the rest use `momentum`)
     bn_bias_decay: float = 0.0  # L2 on BN shifts and the whitening bias, like weight_decay (per-step shrink lr·bias_lr_scale·this)
     whiten_bias_epochs: int | None = None  # epochs the `whiten` conv's bias trains before it is frozen (None: all; airbench: 3)
+    eval_every: int = 1  # evaluate after every K-th epoch and always after the last (0: the last only)
+    checkpoint_every: int = 1  # checkpoint every K epochs (0: never mid-run); always at the end and on Ctrl-C
+    warmup: str = "auto"  # untimed warm-up steps, then state restored: auto (when compiled or on CUDA) | on | off
     tta_level: int = 1  # test-time augmentation of the "TTA" result: 1 flip (2 views), 2 flip + 1-pixel shifts (6 views)
 
     def __post_init__(self):
@@ -141,6 +146,12 @@ def validate(c: TrainConfig) -> None:
         bad("whiten_bias_epochs", c.whiten_bias_epochs, "an integer >= 0, or None")
     if c.optimizer != "muon" and (c.bn_bias_decay or c.whiten_bias_epochs is not None):
         bad("--optimizer", c.optimizer, "muon for bn_bias_decay and whiten_bias_epochs (its optimizer applies them)")
+    if c.warmup not in WARMUP_MODES:
+        bad("--warmup", c.warmup, " | ".join(WARMUP_MODES))
+    for name in ("eval_every", "checkpoint_every"):
+        value = getattr(c, name)
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+            bad("--" + name.replace("_", "-"), value, "an integer >= 0 (0: the last epoch only)")
     if c.tta_level not in (0, 1, 2):
         bad("tta_level", c.tta_level, "0 (none), 1 (flip) or 2 (flip and 1-pixel translations)")
 
