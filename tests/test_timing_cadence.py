@@ -226,3 +226,37 @@ def test_study_report_reuses_the_runs_final_logits(tiny, tmp_path, monkeypatch):
     assert status == "finished" and "error" not in record
     assert record["accuracy"] == summary["test_acc"] and record["test_images"] == len(tiny.test_labels)
     assert (spec.run_dir / "confusion.json").exists()
+
+
+# --------------------------------------------------------------------------- presets and recipes
+# Each study model's time target on one H100 (seconds) and the reference eager bf16 training
+# throughput its `standard` epochs were chosen from (img/s; xception's estimated from its
+# MACs against ResNet50's): the recipes must fit 90% of the target (train/config.py).
+TARGETS = {"vgg16": (45, 77_600), "vgg19": (60, 55_600), "resnet18": (50, 48_600), "resnet50": (120, 13_200),
+           "inception": (150, 6_700), "xception": (120, 13_200 * 1.30 / 1.36)}
+
+
+@pytest.mark.parametrize("model", sorted(TARGETS))
+def test_standard_recipes_fit_their_time_budgets_and_average_their_weights(model):
+    seconds, throughput = TARGETS[model]
+    c = make_config(model, preset="standard")
+    assert c.epochs * 50_000 / throughput <= 0.9 * seconds
+    assert c.epochs * 50_000 / throughput >= 0.75 * seconds  # and use most of it
+    assert c.lookahead or c.ema
+    assert c.schedule == "onecycle" and c.label_smoothing > 0 and 0 < c.warmup_epochs < c.epochs / 2
+
+
+def test_gpu_presets_evaluate_and_checkpoint_rarely_cpu_presets_every_epoch():
+    from cifarzoo import models
+
+    for preset in ("standard", "airbench", "full", "seed"):
+        c = make_config("resnet18", preset=preset)
+        assert (c.eval_every, c.checkpoint_every) == (10, 0), preset
+    q = make_config("resnet18", preset="quick")
+    assert (q.eval_every, q.checkpoint_every, q.lookahead) == (1, 1, False)
+    assert make_config("fastnet", preset="quick").lookahead  # fastnet's own recipe keeps it
+    vgg = models.create("vgg16", num_classes=10, width_mult=0.125, **make_config("vgg16").model_kwargs)
+    assert all(m.p == 0 for m in vgg.modules() if isinstance(m, torch.nn.Dropout))
+    vgg_quick = models.create("vgg16", num_classes=10, width_mult=0.125,
+                              **make_config("vgg16", preset="quick").model_kwargs)
+    assert all(m.p == 0.5 for m in vgg_quick.modules() if isinstance(m, torch.nn.Dropout))
