@@ -260,3 +260,12 @@ def test_gpu_presets_evaluate_and_checkpoint_rarely_cpu_presets_every_epoch():
     vgg_quick = models.create("vgg16", num_classes=10, width_mult=0.125,
                               **make_config("vgg16", preset="quick").model_kwargs)
     assert all(m.p == 0.5 for m in vgg_quick.modules() if isinstance(m, torch.nn.Dropout))
+
+
+def test_the_training_split_is_prenormalized_in_half_precision_on_cuda_only():
+    from cifarzoo.train.loop import prenormalized_dtype
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert prenormalized_dtype(cuda, "bf16") is torch.bfloat16
+    assert prenormalized_dtype(cuda, "fp16") is torch.float16
+    assert prenormalized_dtype(cuda, "fp32") is None and prenormalized_dtype(cpu, "bf16") is None

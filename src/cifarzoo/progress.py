@@ -111,10 +111,15 @@ class ConsoleReporter:
         self._print(self.epoch_line(row))
 
     def on_end(self, summary: dict) -> None:
+        multi = summary.get("test_acc_tta_level")
+        warm, comp = summary.get("warmup_seconds"), summary.get("compile_seconds")
         self._print(
-            f"test accuracy {100 * summary['test_acc']:.2f}% (flip TTA {100 * summary['test_acc_tta']:.2f}%), "
+            f"test accuracy {100 * summary['test_acc']:.2f}% (flip TTA {100 * summary['test_acc_tta']:.2f}%"
+            + (f", multi-crop TTA {100 * multi:.2f}%" if multi is not None else "") + "), "
             f"test loss {summary['test_loss']:.4f}; trained {summary['train_seconds']:.1f}s at "
-            f"{summary['images_per_second']:,.0f} img/s")
+            f"{summary['images_per_second']:,.0f} img/s"
+            + (f" (after an untimed {warm:.1f}s warm-up" + (f", {comp:.1f}s of it compiling" if comp is not None
+                                                            else "") + ")" if warm is not None else ""))
 
 
 class NotebookReporter(ConsoleReporter):

@@ -304,7 +304,8 @@ def set_up(config: TrainConfig, *, dataset: Dataset | None = None, out_dir: str 
         config = config.replace(batch_size=auto_batch_size(len(split.train_y)))
     dist_mod.check_world(config.batch_size, dist.world_size, sync_bn=config.sync_bn, device_type=device.type)
     if config.batch_size > len(split.train_y):
-        raise CifarzooError(f"--batch-size {config.batch_size} exceeds the {len(split.train_y)} training images")
+        raise CifarzooError(f"--batch-size {config.batch_size} exceeds the {len(split.train_y)} training images; "
+                            f"give a smaller --batch-size")
 
     whiten = None
     if ckpt is None and config.whiten_init:
@@ -314,9 +315,7 @@ def set_up(config: TrainConfig, *, dataset: Dataset | None = None, out_dir: str 
     if dist.enabled and config.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
-    # On a GPU in half precision the split is normalized once, in that dtype (airbench):
-    # no batch pays for normalization, and the model gets the dtype autocast would cast to.
-    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision) if device.type == "cuda" else None
+    half = prenormalized_dtype(device, precision)
     loader = DeviceLoader(
         split.train_x, split.train_y, batch_size=config.batch_size, mean=ds.mean, std=ds.std, device=device,
         train=True, augment=config.augment, cutout_size=config.cutout_size, crop_pad=config.crop_pad,
@@ -349,6 +348,17 @@ def set_up(config: TrainConfig, *, dataset: Dataset | None = None, out_dir: str 
     if wants_warm_up(config, device, compiled):
         warm_up(trainer)
     return trainer
+
+
+def prenormalized_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """The dtype the training split is kept in, normalized once (None: uint8, normalized per batch).
+
+    On a GPU in half precision (airbench): no batch pays for normalization, and the model
+    gets the dtype autocast would cast to. On CPU and in fp32 the per-batch path is kept.
+    """
+    if device.type != "cuda":
+        return None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
 
 def wants_warm_up(config: TrainConfig, device: torch.device, compiled: bool) -> bool:
