@@ -143,10 +143,10 @@ def test_eval_every_leaves_empty_eval_cells_and_curves_use_evaluated_epochs(tiny
 
 
 def test_checkpoint_every_then_resume_after_a_crash_continues_from_the_last_checkpoint(tiny, tmp_path):
-    c = config(epochs=4, checkpoint_every=2)  # 10 steps per epoch
+    c = config(epochs=4, checkpoint_every=2, batch_size=64)  # 5 steps per epoch
     straight = fit(c, dataset=tiny, out_dir=tmp_path / "straight")
     with pytest.raises(RuntimeError, match="simulated"):
-        fit(c, dataset=tiny, out_dir=tmp_path / "crashed", reporter=CrashAt(35))  # in epoch 4
+        fit(c, dataset=tiny, out_dir=tmp_path / "crashed", reporter=CrashAt(18))  # in epoch 4
     assert load_checkpoint(tmp_path / "crashed")["epoch"] == 2  # epoch 3 left no checkpoint
     resumed = fit(resume=tmp_path / "crashed", dataset=tiny)
     assert [r["epoch"] for r in resumed.metrics] == [1, 2, 3, 4]  # epoch 3 redone, not repeated
