@@ -8,8 +8,9 @@
 Every run goes through ``cifarzoo.train.fit`` with the preset's settings (the same
 config ``cifarzoo train MODEL --preset P`` uses) and leaves a normal run folder under
 ``--out``. Time is the trainer's own ``elapsed_seconds`` column of ``metrics.csv``:
-cumulative training time at the end of each epoch, evaluation excluded, compilation
-included (the first compiled step's cost is reported apart as ``compile_seconds``).
+cumulative training time at the end of each epoch, evaluation excluded, and so are the
+untimed warm-up steps before it (compilation, cuDNN's search: ``warmup_seconds``, of which
+``compile_seconds``). Every epoch is evaluated (``eval_every`` 1 unless ``--set`` says otherwise).
 A threshold counts as reached at the first epoch whose end-of-epoch evaluation
 accuracy (``eval_acc``, on the test set unless ``--val-split``) is at least that
 value, so times have the resolution of one epoch. The final accuracies are fit's
@@ -195,6 +196,7 @@ def main(argv=None) -> int:
                 rec.update(
                     status="finished", test_acc=s["test_acc"], test_acc_tta=s["test_acc_tta"],
                     train_seconds=s["train_seconds"], compile_seconds=s.get("compile_seconds"),
+                    warmup_seconds=s.get("warmup_seconds"), test_acc_tta_level=s.get("test_acc_tta_level"),
                     compiled=s.get("compiled"), precision=s["precision"], device=s["device"],
                     time_to={f"{t:g}": time_to(metrics, t) for t in thresholds},
                     curve=[{"epoch": int(r["epoch"]), "elapsed_seconds": r["elapsed_seconds"],
