@@ -25,14 +25,18 @@
 # with one seed in the time left of BENCH_BUDGET (570 s for it).
 #
 # Results go to $OUT (default ./gpu_benchmark_out), at most 8 files: benchmark.log (every
-# command and its output), tables.md (every table), throughput.json, fastnet.json, epochs2.json,
-# study_results.json (the study only), and results.tar.gz (every stage's JSON and each run's
-# metrics.csv / summary.json / config.json; no weights).
+# command and its output), tables.md (every table), throughput.json, fastnet.json,
+# fastnet_airbench.json (that stage only), epochs2.json, study_results.json (the study only),
+# and results.tar.gz (every stage's JSON and each run's metrics.csv / summary.json /
+# config.json; no weights).
 #
 # Options (or environment variables):
 #   --study            BENCH_STAGES=study and BENCH_BUDGET=570
 #   --stages LIST      BENCH_STAGES: comma list of the stages after data; also resnet18 (its full
-#                      recipe) and fastnet_nolookahead (the 5 seeds without lookahead, an ablation)
+#                      recipe), fastnet_nolookahead (the 5 seeds without lookahead, an ablation) and
+#                      fastnet_airbench (fastnet with --preset airbench, airbench94_muon's recipe: Muon,
+#                      alternating flip, 2-pixel shifts, 6-view TTA; 5 seeds, cap 60 s; not in the default
+#                      run, whose caps already fill the 7 minutes: run it as --stages fastnet_airbench)
 #   --tiny             BENCH_TINY=1: CPU smoke mode on the bundled sample, tiny widths and steps, no
 #                      data path needed; stages throughput, fastnet, epochs2, study (what
 #                      tests/test_benchmarks.py runs)
@@ -185,6 +189,8 @@ else
     want throughput && throughput throughput 120 --device cuda --models "$AT_RISK_FIRST" --variants fp32,project \
         --steps 20 --warmup 3 --repeats 3
     want fastnet && tta fastnet 70 --models fastnet --preset standard --seeds 5 --thresholds 0.8,0.9,0.907
+    want fastnet_airbench && tta fastnet_airbench 60 --models fastnet --preset airbench --seeds 5 \
+        --thresholds 0.8,0.9,0.907,0.94
     want fastnet_nolookahead && tta fastnet_nolookahead 70 --models fastnet --preset standard --seeds 5 \
         --thresholds 0.8,0.9,0.907 --set lookahead=False
     want epochs2 && tta epochs2 90 --models vgg16,vgg19,resnet50,inception,xception,resnet18 --preset standard \
@@ -217,7 +223,7 @@ fi
 # throughput.json holds the compiled comparison, or the eager one when only that ran.
 [[ -f $WORK/json/throughput_eager.json && ! -f $WORK/json/throughput.json ]] \
     && cp "$WORK/json/throughput_eager.json" "$OUT/throughput.json"
-for f in throughput fastnet epochs2 study_results; do
+for f in throughput fastnet fastnet_airbench epochs2 study_results; do
     [[ -f $WORK/json/$f.json ]] && cp "$WORK/json/$f.json" "$OUT/$f.json"
 done
 (cd "$WORK" && find json runs study \( -name '*.json' -o -name metrics.csv -o -name results.csv \) -print0 2>/dev/null \

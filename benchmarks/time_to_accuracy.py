@@ -8,8 +8,9 @@
 Every run goes through ``cifarzoo.train.fit`` with the preset's settings (the same
 config ``cifarzoo train MODEL --preset P`` uses) and leaves a normal run folder under
 ``--out``. Time is the trainer's own ``elapsed_seconds`` column of ``metrics.csv``:
-cumulative training time at the end of each epoch, evaluation excluded, compilation
-included (the first compiled step's cost is reported apart as ``compile_seconds``).
+cumulative training time at the end of each epoch, evaluation excluded, and so are the
+untimed warm-up steps before it (compilation, cuDNN's search: ``warmup_seconds``, of which
+``compile_seconds``). Every epoch is evaluated (``eval_every`` 1 unless ``--set`` says otherwise).
 A threshold counts as reached at the first epoch whose end-of-epoch evaluation
 accuracy (``eval_acc``, on the test set unless ``--val-split``) is at least that
 value, so times have the resolution of one epoch. The final accuracies are fit's
@@ -33,7 +34,9 @@ from cifarzoo.train.config import COMPILE_MODES, DEVICES, PRECISIONS  # noqa: E4
 
 def read_metrics(run_dir: Path) -> list[dict]:
     with open(run_dir / "metrics.csv", newline="") as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        # An empty cell is an epoch without evaluation (eval_every > 1): NaN, never reached.
+        return [{k: float(v) if v not in ("", None) else float("nan") for k, v in row.items()}
+                for row in csv.DictReader(f)]
 
 
 def time_to(metrics: list[dict], threshold: float) -> dict | None:
@@ -166,9 +169,10 @@ def main(argv=None) -> int:
     if not all(0 < t <= 1 for t in thresholds):
         raise SystemExit("time_to_accuracy.py: --thresholds are accuracies in (0, 1], e.g. 0.5,0.8,0.9")
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    overrides = dict(epochs=args.epochs, subset=args.subset, width_mult=args.width_mult,
-                     batch_size=args.batch_size, compile=args.compile, precision=args.precision,
-                     device=args.device, **parse_sets(args.set))
+    # eval_every 1 unless --set says otherwise: a time to accuracy needs every epoch's evaluation.
+    overrides = {"eval_every": 1, **dict(epochs=args.epochs, subset=args.subset, width_mult=args.width_mult,
+                                         batch_size=args.batch_size, compile=args.compile, precision=args.precision,
+                                         device=args.device), **parse_sets(args.set)}
     first = make_config(models[0], preset=args.preset, data=args.data)
     dataset = data_mod.load(first.data if args.data is None else args.data)
     device = resolve_device(args.device or first.device)
@@ -192,6 +196,7 @@ def main(argv=None) -> int:
                 rec.update(
                     status="finished", test_acc=s["test_acc"], test_acc_tta=s["test_acc_tta"],
                     train_seconds=s["train_seconds"], compile_seconds=s.get("compile_seconds"),
+                    warmup_seconds=s.get("warmup_seconds"), test_acc_tta_level=s.get("test_acc_tta_level"),
                     compiled=s.get("compiled"), precision=s["precision"], device=s["device"],
                     time_to={f"{t:g}": time_to(metrics, t) for t in thresholds},
                     curve=[{"epoch": int(r["epoch"]), "elapsed_seconds": r["elapsed_seconds"],

@@ -82,18 +82,10 @@ def evaluate(
     logits = predict_logits(model, dataset.test_images, norm["mean"], norm["std"], device=dev,
                             batch_size=batch_size or int(config.get("eval_batch_size", 1024)), tta=tta,
                             channels_last=channels_last)
-    loss, acc = loss_and_accuracy(logits, dataset.test_labels)
-    preds = logits.argmax(1).numpy()
-    cm = confusion_matrix(preds, dataset.test_labels, len(classes))
-    per_class = (np.diag(cm) / np.maximum(1, cm.sum(1))).tolist()
-    result = EvalResult(acc, loss, per_class, cm, classes, logits, np.asarray(dataset.test_labels), tta,
-                        dataset.source, ckpt["path"])
+    result = eval_result(logits, dataset.test_labels, classes, tta=tta, data_source=dataset.source,
+                         checkpoint=ckpt["path"])
     if save:
-        folder = Path(ckpt["path"]).parent
-        stem = "confusion-tta" if tta else "confusion"
-        write_json(folder / f"{stem}.json", result.to_dict())
-        plot_confusion(folder / f"{stem}.png", cm, classes,
-                       title=f"{ckpt['model']['name']}: test accuracy {100 * acc:.2f}%{' (flip TTA)' if tta else ''}")
+        save_eval_result(result, Path(ckpt["path"]).parent, ckpt["model"]["name"])
     return result
 
 
@@ -141,6 +133,25 @@ def format_per_class(classes, accuracy) -> str:
         rows.sort(key=lambda r: r[1])  # stable: equal accuracies keep class order
     w = max(12, *(len(c) for c in classes))
     return "\n".join(f"  {name:<{w}} {100 * a:6.2f}%" for name, a in rows)
+
+
+def eval_result(logits: torch.Tensor, labels: np.ndarray, classes: list[str], *, tta: bool, data_source: str,
+                checkpoint: str) -> EvalResult:
+    """The :class:`EvalResult` of test ``logits`` ``(N, C)``: also for logits a training run computed."""
+    loss, acc = loss_and_accuracy(logits, labels)
+    cm = confusion_matrix(logits.argmax(1).numpy(), labels, len(classes))
+    per_class = (np.diag(cm) / np.maximum(1, cm.sum(1))).tolist()
+    return EvalResult(acc, loss, per_class, cm, list(classes), logits, np.asarray(labels), tta, data_source,
+                      str(checkpoint))
+
+
+def save_eval_result(result: EvalResult, folder: str | os.PathLike, model_name: str) -> None:
+    """``confusion.json`` and ``confusion.png`` (``confusion-tta.*`` with TTA) into ``folder``."""
+    stem = "confusion-tta" if result.tta else "confusion"
+    write_json(Path(folder) / f"{stem}.json", result.to_dict())
+    plot_confusion(Path(folder) / f"{stem}.png", result.confusion, result.classes,
+                   title=f"{model_name}: test accuracy {100 * result.accuracy:.2f}%"
+                         f"{' (flip TTA)' if result.tta else ''}")
 
 
 def format_confusion(cm: np.ndarray, classes: list[str]) -> str:

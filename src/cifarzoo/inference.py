@@ -86,6 +86,52 @@ def predict_logits(
     return torch.cat(out).cpu()
 
 
+@torch.inference_mode()
+def predict_tta_logits(
+    model: nn.Module,
+    images: np.ndarray | torch.Tensor,
+    mean,
+    std,
+    *,
+    levels=(0, 1),
+    device: torch.device | str = "cpu",
+    batch_size: int = 1024,
+    precision: str = "fp32",
+    channels_last: bool = False,
+) -> dict[int, torch.Tensor]:
+    """``{level: logits}`` for each TTA level in ``levels``, from one forward pass per view.
+
+    The views of the highest level include every lower level's (the image, its mirror),
+    so each view is run once and each level is its weighted sum of them, added in the
+    order :func:`predict_logits` adds them: the same values as one call of it per level.
+    """
+    from cifarzoo.data.loader import normalize
+
+    device = torch.device(device)
+    levels = sorted({int(v) for v in levels})
+    if not levels or any(v not in TTA_VIEWS for v in levels):
+        raise ValueError(f"tta levels must be among 0 (none), 1 (flip), 2 (flip and translations), got {levels!r}")
+    views = [(flip, shift) for flip, shift, _ in TTA_VIEWS[max(levels)]]
+    model.eval()
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(np.ascontiguousarray(images))
+    out: dict[int, list[torch.Tensor]] = {v: [] for v in levels}
+    for start in range(0, len(images), batch_size):
+        x = normalize(images[start:start + batch_size].to(device, non_blocking=True), mean, std,
+                      channels_last=channels_last)
+        with autocast_context(device, precision):
+            # tta_views(x, max level) yields every view once, in TTA_VIEWS' order.
+            view_logits = {view: model(v).float() for view, (_, v) in zip(views, tta_views(x, max(levels)))}
+        for level in levels:
+            logits = None
+            for flip, shift, weight in TTA_VIEWS[level]:
+                y = view_logits[(flip, shift)]
+                y = weight * y if level else y
+                logits = y if logits is None else logits + y
+            out[level].append(logits)
+    return {v: torch.cat(chunks).cpu() if chunks else torch.empty(0, 0) for v, chunks in out.items()}
+
+
 def loss_and_accuracy(logits: torch.Tensor, labels: np.ndarray | torch.Tensor) -> tuple[float, float]:
     """Mean cross-entropy (no smoothing) and top-1 accuracy in [0, 1]."""
     y = torch.as_tensor(np.asarray(labels), dtype=torch.long)

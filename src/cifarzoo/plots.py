@@ -39,6 +39,11 @@ def model_colors(models: Sequence[str]) -> dict[str, tuple]:
     return {m: cmap(i % 10) for i, m in enumerate(models)}
 
 
+def _evaluated(rows: list[dict]) -> list[dict]:
+    """The rows of evaluated epochs: with ``eval_every`` > 1 the others have NaN eval columns."""
+    return [r for r in rows if not math.isnan(float(r.get("eval_acc", math.nan)))]
+
+
 def _mean_curve(runs: list[list[dict]], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(epochs, mean, std) of ``key`` over the seeds' metrics, up to the shortest run."""
     n = min(len(r) for r in runs)
@@ -58,7 +63,7 @@ def plot_learning_curves(path: str | os.PathLike, curves: dict[str, list[list[di
     ax1, ax2 = fig.subplots(1, 2, sharey=True)
     colors = model_colors(list(curves))
     for model, runs in curves.items():
-        runs = [r for r in runs if r]
+        runs = [r for r in map(_evaluated, runs) if r]  # accuracy is known at the evaluated epochs only
         if not runs:
             continue
         epochs, acc, sd = _mean_curve(runs, "eval_acc")
@@ -209,13 +214,15 @@ def curves_figure(rows: list[dict], title: str = "", eval_name: str = "eval", fi
     from matplotlib.figure import Figure
 
     epochs = [r["epoch"] for r in rows]
+    evaluated = _evaluated(rows)  # eval_every > 1: the eval curves join the evaluated epochs
+    eval_epochs = [r["epoch"] for r in evaluated]
     fig = (figure_class or Figure)(figsize=(10, 3.8), dpi=DPI)
     ax1, ax2 = fig.subplots(1, 2)
     ax1.plot(epochs, [r["train_loss"] for r in rows], "o-", label="train")
-    ax1.plot(epochs, [r["eval_loss"] for r in rows], "s-", label=eval_name)
+    ax1.plot(eval_epochs, [r["eval_loss"] for r in evaluated], "s-", label=eval_name)
     ax1.set_xlabel("epoch"), ax1.set_ylabel("loss"), ax1.set_title("loss"), ax1.legend()
     ax2.plot(epochs, [100 * r["train_acc"] for r in rows], "o-", label="train")
-    ax2.plot(epochs, [100 * r["eval_acc"] for r in rows], "s-", label=eval_name)
+    ax2.plot(eval_epochs, [100 * r["eval_acc"] for r in evaluated], "s-", label=eval_name)
     ax2.set_xlabel("epoch"), ax2.set_ylabel("accuracy (%)"), ax2.set_title("accuracy"), ax2.legend()
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)

@@ -19,6 +19,8 @@ This module imports nothing heavy (tqdm only when a bar is drawn).
 """
 from __future__ import annotations
 
+import math
+
 import sys
 import time
 
@@ -97,8 +99,9 @@ class ConsoleReporter:
             f"epoch {row['epoch']:>3}/{self.epochs} - {row['epoch_seconds']:.1f}s "
             f"- {1000 * row['epoch_seconds'] / max(1, self.steps):.0f}ms/step "
             f"- {row['images_per_second']:,.0f} img/s - lr {row['lr']:.2e} "
-            f"- loss {row['train_loss']:.4f} - acc {100 * row['train_acc']:.2f}% "
-            f"- {self.eval_name}_loss {row['eval_loss']:.4f} - {self.eval_name}_acc {100 * row['eval_acc']:.2f}%"
+            f"- loss {row['train_loss']:.4f} - acc {100 * row['train_acc']:.2f}%"
+            + (f" - {self.eval_name}_loss {row['eval_loss']:.4f} - {self.eval_name}_acc {100 * row['eval_acc']:.2f}%"
+               if _evaluated(row) else "")
         )
 
     def on_epoch_end(self, row: dict) -> None:
@@ -108,10 +111,15 @@ class ConsoleReporter:
         self._print(self.epoch_line(row))
 
     def on_end(self, summary: dict) -> None:
+        multi = summary.get("test_acc_tta_level")
+        warm, comp = summary.get("warmup_seconds"), summary.get("compile_seconds")
         self._print(
-            f"test accuracy {100 * summary['test_acc']:.2f}% (flip TTA {100 * summary['test_acc_tta']:.2f}%), "
+            f"test accuracy {100 * summary['test_acc']:.2f}% (flip TTA {100 * summary['test_acc_tta']:.2f}%"
+            + (f", multi-crop TTA {100 * multi:.2f}%" if multi is not None else "") + "), "
             f"test loss {summary['test_loss']:.4f}; trained {summary['train_seconds']:.1f}s at "
-            f"{summary['images_per_second']:,.0f} img/s")
+            f"{summary['images_per_second']:,.0f} img/s"
+            + (f" (after an untimed {warm:.1f}s warm-up" + (f", {comp:.1f}s of it compiling" if comp is not None
+                                                            else "") + ")" if warm is not None else ""))
 
 
 class NotebookReporter(ConsoleReporter):
@@ -131,8 +139,9 @@ class NotebookReporter(ConsoleReporter):
         bar = self.bar_class(total=steps, desc=f"epoch {epoch}/{self.epochs}", leave=False)
         if self.last is not None:
             r = self.last
-            bar.set_postfix_str(f"loss {r['train_loss']:.4f}, acc {100 * r['train_acc']:.1f}%, "
-                                f"{self.eval_name}_acc {100 * r['eval_acc']:.1f}%", refresh=False)
+            bar.set_postfix_str(f"loss {r['train_loss']:.4f}, acc {100 * r['train_acc']:.1f}%"
+                                + (f", {self.eval_name}_acc {100 * r['eval_acc']:.1f}%" if _evaluated(r) else ""),
+                                refresh=False)
         return bar
 
     def on_epoch_end(self, row: dict) -> None:
@@ -181,8 +190,9 @@ class ConsoleStudyReporter:
     def on_epoch_end(self, index, total, spec, row, eta_seconds) -> None:
         self._print(f"[{index}/{total}] {spec.name} epoch {row['epoch']}/{spec.config.epochs} - "
                     f"{row['epoch_seconds']:.1f}s - loss {row['train_loss']:.4f} - "
-                    f"acc {100 * row['train_acc']:.1f}% - eval_acc {100 * row['eval_acc']:.1f}%; "
-                    f"{_duration(eta_seconds)}")
+                    f"acc {100 * row['train_acc']:.1f}%"
+                    + (f" - eval_acc {100 * row['eval_acc']:.1f}%" if _evaluated(row) else "")
+                    + f"; {_duration(eta_seconds)}")
 
     def on_run_end(self, index, total, outcome, eta_seconds) -> None:
         s, name = outcome.summary, outcome.spec.name
@@ -277,3 +287,8 @@ def make_study_reporter(progress="auto"):
     if progress == "bar" or in_notebook():
         return NotebookStudyReporter()
     return ConsoleStudyReporter()
+
+
+def _evaluated(row: dict) -> bool:
+    """Whether the epoch was evaluated (``eval_every``): otherwise its eval columns are NaN."""
+    return not math.isnan(row.get("eval_acc", math.nan))

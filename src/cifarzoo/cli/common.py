@@ -83,6 +83,9 @@ OPTION_HELP = {
     "bias_lr_scale": "lr multiplier for BatchNorm parameters",
     "aux_weight": "weight of auxiliary-classifier losses (Inception)",
     "nan_check_every": "steps between checks for a non-finite loss on GPU",
+    "eval_every": "evaluate every K epochs and after the last (0: the last only; default 1, GPU presets fewer)",
+    "checkpoint_every": "checkpoint every K epochs (0: only at the end and on Ctrl-C)",
+    "warmup": "untimed warm-up steps before the clock, state restored after (auto: when compiled or on CUDA)",
 }
 
 
@@ -102,7 +105,7 @@ def add_config_options(parser: argparse.ArgumentParser, fields: tuple[str, ...] 
 
     choices = {"optimizer": config_mod.OPTIMIZERS, "schedule": config_mod.SCHEDULES,
                "precision": config_mod.PRECISIONS, "compile": config_mod.COMPILE_MODES,
-               "device": config_mod.DEVICES}
+               "device": config_mod.DEVICES, "warmup": config_mod.WARMUP_MODES}
     hints = typing.get_type_hints(config_mod.TrainConfig)
     for name in fields or config_option_fields():
         flag, kind = "--" + name.replace("_", "-"), hints[name]

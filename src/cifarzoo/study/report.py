@@ -33,8 +33,10 @@ a value that does not exist is null)::
     runs              [one per (model, seed), in study order]:
         name, model, seed, status ("finished" | "failed" | "unfinished" | "missing"), run_dir
         (relative to DIR), epochs, epochs_completed, test_acc, test_acc_tta, test_loss, test_loss_tta,
-        train_seconds, images_per_second, peak_memory_bytes, peak_memory_kind, parameters, macs,
-        precision, device, kind, reason, diagnosis (failed runs; else null),
+        train_seconds, warmup_seconds (untimed warm-up before training; null: none), compile_seconds
+        (torch.compile's share of it; null: not compiled), tta_level and test_acc_tta_level (multi-crop
+        TTA, runs with tta_level 2; else null), images_per_second, peak_memory_bytes, peak_memory_kind,
+        parameters, macs, precision, device, kind, reason, diagnosis (failed runs; else null),
         per_class_accuracy [float] | null, eval_error str | null
 """
 from __future__ import annotations
@@ -72,7 +74,8 @@ RESULT_COLUMNS = (
 )
 RUN_KEYS = (
     "name", "model", "seed", "status", "run_dir", "epochs", "epochs_completed", "test_acc", "test_acc_tta",
-    "test_loss", "test_loss_tta", "train_seconds", "images_per_second", "peak_memory_bytes",
+    "test_loss", "test_loss_tta", "train_seconds", "warmup_seconds", "compile_seconds", "tta_level",
+    "test_acc_tta_level", "images_per_second", "peak_memory_bytes",
     "peak_memory_kind", "parameters", "macs", "precision", "device", "kind", "reason", "diagnosis",
     "per_class_accuracy", "eval_error",
 )
@@ -111,8 +114,8 @@ def collect_runs(plan: StudyPlan) -> list[RunRecord]:
             "run_dir": os.path.relpath(run.path, plan.out_dir), "epochs": spec.config.epochs,
             "epochs_completed": len(metrics),
         })
-        for k in ("test_acc", "test_acc_tta", "test_loss", "test_loss_tta", "train_seconds", "images_per_second",
-                  "peak_memory_bytes", "peak_memory_kind", "parameters", "macs", "precision", "device"):
+        for k in ("test_acc", "test_acc_tta", "test_loss", "test_loss_tta", "train_seconds", "warmup_seconds",
+                  "compile_seconds", "tta_level", "test_acc_tta_level", "images_per_second", "peak_memory_bytes", "peak_memory_kind", "parameters", "macs", "precision", "device"):
             if k in summary:
                 row[k] = summary[k]
         if status == FAILED:
@@ -586,11 +589,16 @@ def _environment_blocks(results: dict) -> list[Block]:
             ("Data source", data.get("source") or "–"), ("Study started", st.get("created") or "–"),
             ("Report built", st["report_date"])]),
         Block("h2", "Runs"),
-        _table("runs", ["Run", "Status", "Epochs", "Test accuracy", "Flip TTA", "Test loss", "Train time",
-                        "Images/s", "Folder"],
+        Block("p", "Train time counts training steps only. Warm-up is the untimed steps run before "
+                        "the clock starts (then undone), of which compile is torch.compile's first compilation. "
+                        "Multi-crop TTA (airbench's 6 views) is given for runs with tta_level 2."),
+        _table("runs", ["Run", "Status", "Epochs", "Test accuracy", "Flip TTA", "Multi-crop TTA", "Test loss",
+                        "Train time", "Warm-up", "Compile", "Images/s", "Folder"],
                [[r["name"], r["status"] + (f" ({r['kind']})" if r["kind"] else ""),
                  f"{r['epochs_completed']}/{r['epochs']}", fmt_pct(r["test_acc"]), fmt_pct(r["test_acc_tta"]),
-                 fmt_loss(_num(r["test_loss"])), fmt_seconds(_num(r["train_seconds"])),
+                 fmt_pct(r["test_acc_tta_level"]), fmt_loss(_num(r["test_loss"])),
+                 fmt_seconds(_num(r["train_seconds"])), fmt_seconds(_num(r["warmup_seconds"])),
+                 fmt_seconds(_num(r["compile_seconds"])),
                  "–" if _num(r["images_per_second"]) is None else f"{r['images_per_second']:,.0f}", r["run_dir"]]
                 for r in results["runs"]], [r["status"] for r in results["runs"]]),
     ]

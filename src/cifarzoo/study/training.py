@@ -139,13 +139,25 @@ def top_losses(logits, labels: np.ndarray, k: int = TOP_LOSSES) -> list[dict]:
     return out
 
 
-def evaluate_for_report(spec: RunSpec, dataset) -> dict:
-    """Evaluate a finished run on ``dataset``'s test split and write ``EVAL_FILE`` into its folder."""
-    from cifarzoo.evaluate import evaluate
+def evaluate_for_report(spec: RunSpec, dataset, logits=None) -> dict:
+    """The report's evaluation of a finished run on ``dataset``'s test split, written as ``EVAL_FILE``
+    (and confusion.json/.png) into its folder.
+
+    ``logits``: the run's final test logits as ``fit`` computed them (``RunResult.test_logits``),
+    reused as they are; without them (a run finished by an earlier invocation) the checkpoint
+    is loaded and evaluated.
+    """
+    from cifarzoo.evaluate import eval_result, evaluate, save_eval_result
+    from cifarzoo.train.checkpoint import CHECKPOINT_NAME
 
     try:
-        r = evaluate(spec.run_dir, dataset=dataset, device=spec.config.device,
-                     batch_size=spec.config.eval_batch_size, save=True)
+        if logits is None:
+            r = evaluate(spec.run_dir, dataset=dataset, device=spec.config.device,
+                         batch_size=spec.config.eval_batch_size, save=True)
+        else:
+            r = eval_result(logits, dataset.test_labels, list(dataset.classes), tta=False,
+                            data_source=dataset.source, checkpoint=str(spec.run_dir / CHECKPOINT_NAME))
+            save_eval_result(r, spec.run_dir, spec.model)
         record = {
             "accuracy": r.accuracy, "loss": r.loss, "classes": list(r.classes),
             "per_class_accuracy": [float(a) for a in r.per_class_accuracy],
@@ -207,7 +219,7 @@ def train_one(spec: RunSpec, dataset, *, action: str, reporter: Reporter | None 
         return failed("error", f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=6))
     finally:
         _release_memory()
-    evaluate_for_report(spec, dataset)
+    evaluate_for_report(spec, dataset, logits=result.test_logits)  # fit's final pass: no second evaluation
     return FINISHED, result.summary
 
 

@@ -4,15 +4,25 @@
         + train_epoch(...)        per epoch, with the guards and Ctrl-C handling around it (run_epoch)
         + finish(...)             final test evaluation, summary.json, curves.png
 
+Only training is timed. Before the clock starts, :func:`warm_up` runs a few steps on
+real batches (torch.compile's first compilation, cuDNN's algorithm search, lazy kernel
+loading) and puts every piece of state back exactly as it was, so a warmed-up run
+equals an unwarmed one; its time is reported apart (``warmup_seconds``,
+``compile_seconds``).
+
 ``train_epoch`` reads in one screen: each batch goes through the one :class:`TrainStep`
 (zero_grad / forward under autocast / loss / backward / step / schedule), and the
 batch statistics stay on the device so that the step never waits for the host.
-Evaluation is not counted in training time. Every epoch ends with an atomic
-checkpoint, so an interrupted run resumes to the same result as an uninterrupted one
-(bit-for-bit on CPU).
+Evaluation is not counted in training time; it runs every ``eval_every`` epochs and
+after the last, where one pass over the test set per view gives the plain and the
+TTA results together. An atomic checkpoint is written every ``checkpoint_every``
+epochs, at the end and on Ctrl-C, so an interrupted run resumes from its last
+checkpoint to the same result as an uninterrupted one (bit-for-bit on CPU).
 """
 from __future__ import annotations
 
+import copy
+import itertools
 import math
 import os
 import sys
@@ -30,11 +40,11 @@ from cifarzoo.data import Dataset
 from cifarzoo.device import (device_name, peak_memory_bytes, resolve_compile, resolve_device, resolve_precision,
                              synchronize)
 from cifarzoo.errors import CifarzooError
-from cifarzoo.inference import loss_and_accuracy, predict_logits
+from cifarzoo.inference import loss_and_accuracy, predict_logits, predict_tta_logits
 from cifarzoo.train import distributed as dist_mod
 from cifarzoo.train import guards
 from cifarzoo.train.checkpoint import load_checkpoint, save_checkpoint
-from cifarzoo.train.config import TrainConfig
+from cifarzoo.train.config import WARMUP_STEPS, TrainConfig
 from cifarzoo.train.rundir import RunDir, timestamp
 from cifarzoo.train.step import TrainStep, build_model, make_step
 
@@ -45,6 +55,7 @@ class RunResult:
     run_dir: Path
     summary: dict
     metrics: list[dict]
+    test_logits: torch.Tensor | None = None  # (N, C) the final weights' plain test logits, for the study report
 
 
 class Reporter:
@@ -178,6 +189,10 @@ class Trainer:
     first_step_seconds: float | None = None
     steps_this_process: int = 0
     seconds_this_process: float = 0.0
+    # the untimed warm-up of this process (None: not warmed up)
+    warmup_seconds: float | None = None
+    warmup_compile_seconds: float | None = None
+    final_logits: dict | None = None  # {tta level: test logits} of the final weights, once computed
 
     @property
     def steps_per_epoch(self) -> int:
@@ -242,6 +257,9 @@ def _set_up_device(config: TrainConfig, dist: dist_mod.DistInfo) -> tuple[torch.
     precision = resolve_precision(config.precision, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)  # one study process runs many fits
+        # drop_last keeps every training batch the same shape: cuDNN's algorithm search
+        # runs once per layer (in the untimed warm-up) and pays off on every later step.
+        torch.backends.cudnn.benchmark = True
     torch.manual_seed(config.seed)
     np.random.seed(config.seed % 2**32)
     return device, precision
@@ -286,7 +304,8 @@ def set_up(config: TrainConfig, *, dataset: Dataset | None = None, out_dir: str 
         config = config.replace(batch_size=auto_batch_size(len(split.train_y)))
     dist_mod.check_world(config.batch_size, dist.world_size, sync_bn=config.sync_bn, device_type=device.type)
     if config.batch_size > len(split.train_y):
-        raise CifarzooError(f"--batch-size {config.batch_size} exceeds the {len(split.train_y)} training images")
+        raise CifarzooError(f"--batch-size {config.batch_size} exceeds the {len(split.train_y)} training images; "
+                            f"give a smaller --batch-size")
 
     whiten = None
     if ckpt is None and config.whiten_init:
@@ -296,11 +315,12 @@ def set_up(config: TrainConfig, *, dataset: Dataset | None = None, out_dir: str 
     if dist.enabled and config.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
+    half = prenormalized_dtype(device, precision)
     loader = DeviceLoader(
         split.train_x, split.train_y, batch_size=config.batch_size, mean=ds.mean, std=ds.std, device=device,
         train=True, augment=config.augment, cutout_size=config.cutout_size, crop_pad=config.crop_pad,
-        seed=config.seed,
-        channels_last=config.channels_last, rank=dist.rank, world_size=dist.world_size,
+        seed=config.seed, channels_last=config.channels_last, rank=dist.rank, world_size=dist.world_size,
+        prenormalize=half is not None, dtype=half or torch.float32,
     )
     if len(loader) == 0:
         raise CifarzooError(f"--batch-size {config.batch_size} gives no full batch of the "
@@ -325,7 +345,59 @@ def set_up(config: TrainConfig, *, dataset: Dataset | None = None, out_dir: str 
         run.path.mkdir(parents=True, exist_ok=True)
         if ckpt is None or not run.config_path.exists():
             run.write_config(trainer.info)
+    if wants_warm_up(config, device, compiled):
+        warm_up(trainer)
     return trainer
+
+
+def prenormalized_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """The dtype the training split is kept in, normalized once (None: uint8, normalized per batch).
+
+    On a GPU in half precision (airbench): no batch pays for normalization, and the model
+    gets the dtype autocast would cast to. On CPU and in fp32 the per-batch path is kept.
+    """
+    if device.type != "cuda":
+        return None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+
+def wants_warm_up(config: TrainConfig, device: torch.device, compiled: bool) -> bool:
+    """``warmup`` auto: when compiled or on CUDA, where the first steps pay one-time costs.
+
+    In eager mode on CPU there is nothing to amortize (no compilation, no cuDNN search,
+    no lazy kernel loading), so the warm-up steps would only cost time.
+    """
+    return config.warmup == "on" or (config.warmup == "auto" and (compiled or device.type == "cuda"))
+
+
+def warm_up(trainer: Trainer, steps: int = WARMUP_STEPS) -> None:
+    """Run ``steps`` untimed steps on the next epoch's first batches, then restore everything.
+
+    The model (BN buffers included), EMA, lookahead, optimizer, schedule, grad scaler,
+    step count, RNG and the loader's epoch are put back exactly as they were, so the run
+    continues as if the warm-up never happened. Sets ``trainer.warmup_seconds`` and
+    ``trainer.warmup_compile_seconds``: the first step's time beyond the later ones'
+    (torch.compile's compilation, cuDNN's search, lazy loading).
+    """
+    step, loader, device = trainer.step, trainer.loader, trainer.device
+    saved = copy.deepcopy(step.state_dict())  # copies: the steps below update these tensors in place
+    global_step, rng, loader_epoch = step.global_step, _rng_state(device), loader.epoch
+    loader.set_epoch(trainer.epoch)
+    step.train()
+    times = []
+    for x, y in itertools.islice(loader.iter_from(0), max(1, min(steps, len(loader)))):
+        synchronize(device)
+        t0 = time.perf_counter()
+        step(x, y)
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+    step.load_state_dict(saved)
+    step.global_step = global_step
+    _set_rng_state(rng, device)
+    loader.set_epoch(loader_epoch)
+    trainer.warmup_seconds = sum(times)
+    typical = sorted(times[1:])[len(times[1:]) // 2] if len(times) > 1 else 0.0
+    trainer.warmup_compile_seconds = max(0.0, times[0] - typical)
 
 
 # --------------------------------------------------------------------------- one epoch
@@ -415,16 +487,32 @@ def run_epoch(trainer: Trainer, epoch: int, reporter: Reporter) -> tuple[float, 
     return seconds, stats
 
 
+def _every(k: int, epochs_done: int) -> bool:
+    return k > 0 and epochs_done % k == 0
+
+
 def end_epoch(trainer: Trainer, epoch: int, seconds: float, stats: EpochStats) -> dict:
-    """Share BN statistics across ranks, evaluate, checkpoint and log the epoch; returns its metrics row."""
+    """Share BN statistics across ranks, evaluate (every ``eval_every`` epochs and the last),
+    checkpoint (every ``checkpoint_every`` epochs) and log the epoch; returns its metrics row.
+
+    A row of an epoch without evaluation has NaN eval columns (empty in metrics.csv).
+    The last epoch's evaluation on the test set is the final pass of :func:`finish`.
+    """
+    config = trainer.config
     trainer.train_seconds += seconds
     dist_mod.broadcast_buffers(trainer.step.model)  # BN running statistics: rank 0's on every rank
     if trainer.step.ema is not None:
         dist_mod.broadcast_buffers(trainer.step.ema)
     sums = dist_mod.all_reduce_sum(torch.stack([stats.loss.sum(), stats.correct.sum(), stats.count.sum()]))
     seen = sums[2].item()
-    logits = _predict(trainer, trainer.split.eval_x)
-    eval_loss, eval_acc = loss_and_accuracy(logits, trainer.split.eval_y)
+    last = epoch + 1 == config.epochs
+    eval_loss = eval_acc = math.nan
+    if last and trainer.split.eval_name == "test":
+        # The final weights on the test set: one pass gives the plain and the TTA results.
+        trainer.final_logits = _final_pass(trainer)
+        eval_loss, eval_acc = loss_and_accuracy(trainer.final_logits[0], trainer.split.eval_y)
+    elif last or _every(config.eval_every, epoch + 1):
+        eval_loss, eval_acc = loss_and_accuracy(_predict(trainer, trainer.split.eval_x), trainer.split.eval_y)
     row = {
         "epoch": epoch + 1, "lr": trainer.step.optimizer.param_groups[0]["lr"],
         # Per-step losses are batch means: average them over steps (and ranks).
@@ -435,17 +523,28 @@ def end_epoch(trainer: Trainer, epoch: int, seconds: float, stats: EpochStats) -
     }
     trainer.metrics.append(row)
     trainer.epoch = epoch + 1
-    trainer.save(epoch + 1)
+    if _every(config.checkpoint_every, epoch + 1):  # finish() writes the last one in any case
+        trainer.save(epoch + 1)
     if trainer.dist.is_main:
         trainer.run.write_metrics(trainer.metrics)
     return row
 
 
-def _predict(trainer: Trainer, images: np.ndarray, tta: bool = False) -> torch.Tensor:
+def _predict(trainer: Trainer, images: np.ndarray) -> torch.Tensor:
     config = trainer.config
     return predict_logits(trainer.step.eval_model, images, trainer.dataset.mean, trainer.dataset.std,
                           device=trainer.device, batch_size=config.eval_batch_size, precision=trainer.precision,
-                          channels_last=config.channels_last, tta=tta)
+                          channels_last=config.channels_last)
+
+
+def _final_pass(trainer: Trainer) -> dict[int, torch.Tensor]:
+    """{0: plain, 1: flip TTA, and ``tta_level``'s} test logits of the final weights: one
+    forward over the test set per view (the plain logits are one of the views)."""
+    config = trainer.config
+    return predict_tta_logits(trainer.step.eval_model, trainer.dataset.test_images, trainer.dataset.mean,
+                              trainer.dataset.std, levels=sorted({0, 1, config.tta_level}), device=trainer.device,
+                              batch_size=config.eval_batch_size, precision=trainer.precision,
+                              channels_last=config.channels_last)
 
 
 # --------------------------------------------------------------------------- the end
@@ -455,9 +554,12 @@ def finish(trainer: Trainer) -> dict:
     from cifarzoo.models.summary import count_macs
 
     config, dataset = trainer.config, trainer.dataset
-    images, labels = dataset.test_images, dataset.test_labels
-    test_loss, test_acc = loss_and_accuracy(_predict(trainer, images), labels)
-    test_loss_tta, test_acc_tta = loss_and_accuracy(_predict(trainer, images, tta=True), labels)
+    labels = dataset.test_labels
+    if trainer.final_logits is None:  # evaluated on --val-split, or no epoch ran in this process
+        trainer.final_logits = _final_pass(trainer)
+    final = trainer.final_logits
+    test_loss, test_acc = loss_and_accuracy(final[0], labels)
+    test_loss_tta, test_acc_tta = loss_and_accuracy(final[1], labels)
     peak, peak_kind = peak_memory_bytes(trainer.device)
     macs = count_macs(models.create(config.model, num_classes=dataset.num_classes, width_mult=config.width_mult,
                                     **config.model_kwargs))
@@ -469,13 +571,16 @@ def finish(trainer: Trainer) -> dict:
         "eval_split": trainer.split.eval_name,
         "train_seconds": trainer.train_seconds,
         "images_per_second": images_seen / trainer.train_seconds if trainer.train_seconds > 0 else math.nan,
-        "compiled": bool(trainer.compiled), "compile_seconds": _compile_seconds(
-            trainer.first_step_seconds, trainer.seconds_this_process, trainer.steps_this_process),
+        "compiled": bool(trainer.compiled), "compile_seconds": _compile_cost(trainer),
+        "warmup_seconds": trainer.warmup_seconds,
         "peak_memory_bytes": peak, "peak_memory_kind": peak_kind,
         "parameters": trainer.info["parameters"], "macs": int(macs), "precision": trainer.precision,
         "device": trainer.info["device_name"], "world_size": trainer.dist.world_size, "data_source": dataset.source,
         "train_images": int(len(trainer.split.train_y)), "finished": timestamp(),
     }
+    if config.tta_level == 2:  # multi-crop TTA, from the same pass
+        summary["tta_level"] = 2
+        summary["test_loss_tta_level"], summary["test_acc_tta_level"] = loss_and_accuracy(final[2], labels)
     trainer.save(config.epochs, finished=True)
     if trainer.dist.is_main:
         trainer.run.write_summary(summary)
@@ -513,7 +618,17 @@ def fit(
         reporter.on_epoch_end(end_epoch(trainer, epoch, seconds, stats))
     summary = finish(trainer)
     reporter.on_end(summary)
-    return RunResult(trainer.run.path, summary, trainer.metrics)
+    return RunResult(trainer.run.path, summary, trainer.metrics, test_logits=trainer.final_logits[0])
+
+
+def _compile_cost(trainer: Trainer) -> float | None:
+    """torch.compile's one-time cost: measured in the warm-up (outside train_seconds), or
+    without a warm-up estimated from the first compiled step (inside train_seconds)."""
+    if not trainer.compiled:
+        return None
+    if trainer.warmup_seconds is not None:
+        return trainer.warmup_compile_seconds
+    return _compile_seconds(trainer.first_step_seconds, trainer.seconds_this_process, trainer.steps_this_process)
 
 
 def _compile_seconds(first_step: float | None, seconds: float, steps: int) -> float | None:

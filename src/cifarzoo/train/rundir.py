@@ -1,8 +1,8 @@
 """The run folder: the one record a training run leaves, and the one place that knows its format.
 
     config.json   every setting, data source and statistics, versions, device
-    metrics.csv   one row per epoch (METRIC_COLUMNS)
-    checkpoint.pt self-describing, atomic, rewritten every epoch (see checkpoint.py)
+    metrics.csv   one row per epoch (METRIC_COLUMNS; empty eval columns where an epoch was not evaluated)
+    checkpoint.pt self-describing, atomic, rewritten every checkpoint_every epochs (see checkpoint.py)
     summary.json  final test figures, time, throughput, memory, size (or, for a failed
                   run, status "failed" with kind, reason and diagnosis)
     curves.png    loss and accuracy per epoch
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -162,7 +163,9 @@ def write_metrics(path: str | os.PathLike, rows: list[dict]) -> None:
     w = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for r in rows:
-        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+        # NaN (an epoch without evaluation) is an empty cell; read_metrics reads it back as NaN.
+        w.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else f"{v:.6g}" if isinstance(v, float) else v)
+                    for k, v in r.items()})
     atomic_write_bytes(path, buf.getvalue().encode())
 
 
