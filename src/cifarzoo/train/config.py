@@ -44,10 +44,11 @@ class TrainConfig:
     cutout_size: int = 12  # side in pixels of the cutout square
     crop_pad: int = 4  # pixels of reflect padding for the random crop: shifts of at most this many pixels (airbench: 2)
     aux_weight: float = 0.3  # weight of auxiliary-classifier losses (Inception), as in the paper
-    precision: str = "auto"  # auto (bf16 autocast on capable GPUs, fp32 on CPU) | fp32 | bf16 | fp16
+    precision: str = "auto"  # auto (bf16 on capable GPUs and where the CPU's native bf16 is faster, see device.py) | fp32 | bf16 | fp16
     channels_last: bool = True  # NHWC memory format: faster convolutions on tensor-core GPUs and with oneDNN on CPU
     compile: str = "auto"  # torch.compile: auto (on for long GPU runs) | on | off
     device: str = "auto"  # auto | cpu | cuda
+    threads: int | None = None  # torch's CPU threads (None: $OMP_NUM_THREADS if set, else the physical cores)
     seed: int = 0  # seeds weights, shuffling, augmentation and dropout
     allow_stall: bool = False  # do not stop a run whose loss stays at ln(C) with chance accuracy
     stall_steps: int | None = None  # check for a stall after this many steps (None: end of the first epoch, >= 30 steps)
@@ -141,6 +142,8 @@ def validate(c: TrainConfig) -> None:
         bad("whiten_bias_epochs", c.whiten_bias_epochs, "an integer >= 0, or None")
     if c.optimizer != "muon" and (c.bn_bias_decay or c.whiten_bias_epochs is not None):
         bad("--optimizer", c.optimizer, "muon for bn_bias_decay and whiten_bias_epochs (its optimizer applies them)")
+    if c.threads is not None and not (isinstance(c.threads, int) and c.threads >= 1):
+        bad("--threads", c.threads, "an integer >= 1")
     if c.tta_level not in (0, 1, 2):
         bad("tta_level", c.tta_level, "0 (none), 1 (flip) or 2 (flip and 1-pixel translations)")
 
@@ -207,6 +210,25 @@ PRESETS: dict[str, dict[str, Any]] = {
         # 50% at 33 s (resnet18 here: 48.1% in 26 s); 67.4% in 110 s with --precision bf16 on
         # AVX512-BF16 under load where fp32 took 161 s (benchmarks/RESULTS.md).
         "fastnet": dict(width_mult=0.5, epochs=10, batch_size=128, lr=0.1875, warmup_epochs=2.3),
+    },
+    # Full CIFAR-10 on a laptop or desktop CPU: minutes per model. fastnet runs airbench94_muon's
+    # recipe (FASTNET_MUON) at full width: 8 epochs = 400,000 training images, at the 1,086 img/s
+    # measured for fastnet in bf16 on 2 AMX-BF16 cores about 6 minutes. The study models' widths
+    # and epochs are ESTIMATES, not yet measured for accuracy: ~10 minutes each on 2 AMX cores if
+    # they train at about half fastnet's ~0.77 TFLOP/s (training = 6 FLOP per MAC), i.e. ~0.5
+    # GFLOP per image at these widths (vgg16 0.5: 79M MACs, vgg19 0.5: 100M, resnet50 0.25: 81M,
+    # inception 0.25: 96M, xception 0.25: 90M) for 10-12 epochs; CPUs without AMX take longer.
+    # precision auto: bf16 where the CPU's native bf16 is faster at that width (device.py).
+    "cpu": {
+        "description": "full CIFAR-10 on a CPU in minutes: fastnet with airbench94_muon's recipe (~6 min on 2 "
+                       "AMX cores), the study models at widths 0.25-0.5 for 10-12 epochs (~10 min each, estimated)",
+        "data": None,
+        "all": dict(precision="auto", channels_last=True, compile="off", eval_batch_size=256),
+        "vgg16": dict(width_mult=0.5, epochs=12), "vgg19": dict(width_mult=0.5, epochs=10),
+        "resnet18": dict(width_mult=0.5, epochs=10),
+        "resnet50": dict(width_mult=0.25, epochs=10), "inception": dict(width_mult=0.25, epochs=10),
+        "xception": dict(width_mult=0.25, epochs=10),
+        "fastnet": FASTNET_MUON,
     },
     # One GPU: full widths, full CIFAR-10, each model's tuned recipe.
     "standard": {
