@@ -80,7 +80,7 @@ def test_fit_uses_the_threads_asked_for_and_says_why_it_chose_its_precision(tmp_
     before = torch.get_num_threads()
     try:
         config = make_config("resnet18", width_mult=0.125, epochs=1, batch_size=50, subset=100, device="cpu",
-                             data="sample", threads=1, precision="auto", allow_stall=True)
+                             data="sample", threads=1, precision="auto", allow_stall=True, tta_level=2)
         run = fit(config, out_dir=tmp_path / "run").run_dir
         assert torch.get_num_threads() == 1
     finally:
@@ -90,6 +90,8 @@ def test_fit_uses_the_threads_asked_for_and_says_why_it_chose_its_precision(tmp_
     assert info["precision"] == "bf16" and "one thread" in info["precision_reason"]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["precision_reason"] == info["precision_reason"] and summary["threads"] == 1
+    # tta_level 2 adds airbench's 6-view TTA beside the flip TTA every run reports.
+    assert 0 <= summary["test_acc_tta6"] <= 1 and 0 <= summary["test_acc_tta"] <= 1
 
 
 def test_cpu_preset_is_full_cifar10_with_fastnet_on_airbench_muon():

@@ -110,7 +110,8 @@ class ConsoleReporter:
 
     def on_end(self, summary: dict) -> None:
         self._print(
-            f"test accuracy {100 * summary['test_acc']:.2f}% (flip TTA {100 * summary['test_acc_tta']:.2f}%), "
+            f"test accuracy {100 * summary['test_acc']:.2f}% (flip TTA {100 * summary['test_acc_tta']:.2f}%"
+            + (f", 6-view TTA {100 * summary['test_acc_tta6']:.2f}%" if "test_acc_tta6" in summary else "") + "), "
             f"test loss {summary['test_loss']:.4f}; trained {summary['train_seconds']:.1f}s at "
             f"{summary['images_per_second']:,.0f} img/s")
 

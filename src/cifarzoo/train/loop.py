@@ -463,7 +463,9 @@ def finish(trainer: Trainer) -> dict:
     config, dataset = trainer.config, trainer.dataset
     images, labels = dataset.test_images, dataset.test_labels
     test_loss, test_acc = loss_and_accuracy(_predict(trainer, images), labels)
-    test_loss_tta, test_acc_tta = loss_and_accuracy(_predict(trainer, images, tta=config.tta_level), labels)
+    test_loss_tta, test_acc_tta = loss_and_accuracy(_predict(trainer, images, tta=True), labels)
+    # tta_level 2: airbench's 6 views too (flip and 1-pixel shifts), reported beside flip TTA.
+    tta6 = loss_and_accuracy(_predict(trainer, images, tta=2), labels) if config.tta_level == 2 else None
     peak, peak_kind = peak_memory_bytes(trainer.device)
     macs = count_macs(models.create(config.model, num_classes=dataset.num_classes, width_mult=config.width_mult,
                                     **config.model_kwargs))
@@ -471,7 +473,7 @@ def finish(trainer: Trainer) -> dict:
     summary = {
         "model": config.model, "status": "finished", "epochs": config.epochs, "seed": config.seed,
         "test_acc": test_acc, "test_loss": test_loss, "test_acc_tta": test_acc_tta, "test_loss_tta": test_loss_tta,
-        "tta_level": config.tta_level,
+        **({"test_acc_tta6": tta6[1], "test_loss_tta6": tta6[0]} if tta6 else {}),
         "final_eval_acc": trainer.metrics[-1]["eval_acc"] if trainer.metrics else math.nan,
         "eval_split": trainer.split.eval_name,
         "train_seconds": trainer.train_seconds,
