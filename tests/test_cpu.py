@@ -101,3 +101,17 @@ def test_cpu_preset_is_full_cifar10_with_fastnet_on_airbench_muon():
     for model in ("vgg16", "vgg19", "resnet50", "inception", "xception"):
         c = make_config(model, preset="cpu")
         assert c.data is None and c.width_mult < 1 and c.precision == "auto"
+
+
+def test_threads_option_reaches_every_run_of_a_study(tmp_path):
+    import argparse
+
+    from cifarzoo.cli.benchmark import register
+    from cifarzoo.study import plan_study
+
+    parser = argparse.ArgumentParser()
+    args = register(parser.add_subparsers()).parse_args(["--preset", "cpu", "--threads", "3"])
+    assert (args.preset, args.threads) == ("cpu", 3)
+    plan = plan_study(["vgg16", "fastnet"], preset="cpu", out_dir=tmp_path, threads=args.threads)
+    assert [r.config.threads for r in plan.runs] == [3, 3]
+    assert plan.runs[1].config.optimizer == "muon"
