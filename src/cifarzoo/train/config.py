@@ -190,21 +190,28 @@ FASTNET_MUON: dict[str, Any] = dict(
 PRESETS: dict[str, dict[str, Any]] = {
     # 2-core CPU or laptop: narrow models on the bundled 5k/1k sample, a few epochs.
     "quick": {
-        "description": "narrow widths, bundled 5,000/1,000-image sample, a few epochs (CPU-sized)",
+        "description": "narrow widths, bundled 5,000/1,000-image sample, 5-12 epochs at batch 32-128 (CPU-sized)",
         "data": "sample",
         # channels_last: oneDNN's NHWC convolutions halve CPU training time here (measured:
-        # inception 11.1 -> 5.0 ms/image, resnet50 5.4 -> 3.1, one thread). fp32, not auto:
-        # at these widths bf16 autocast is far slower in fit() even on a CPU with AVX512-BF16
-        # (per epoch of 2,560 images: resnet50 11.4 s fp32 vs 48.2 s bf16; vgg16 ~6x slower,
-        # inception slower, only xception ~1.3x faster). augment flip only: 6 epochs on 5,000
-        # images underfit, and random crops slow the fit further (vgg19 39.5% -> 44.1%).
-        # eval_batch_size 128: on CPU a 1,024-image batch evaluates 2.4x slower (resnet50).
-        # 5 epochs: the whole quick study must stay under 10 minutes on 2 CPU cores.
-        # compile off: no faster on CPU and minutes to compile (benchmarks/RESULTS.md).
-        "all": dict(width_mult=0.125, epochs=5, batch_size=128, lr=0.1, warmup_epochs=1.0,
-                    precision="fp32", compile="off", channels_last=True, augment="flip",
+        # inception 11.1 -> 5.0 ms/image, resnet50 5.4 -> 3.1, one thread). precision auto: bf16
+        # where the CPU's native bf16 was measured faster (AMX; AVX512-BF16 on one thread), else fp32
+        # (device.py). augment flip only: a few epochs on 5,000 images underfit, and random crops
+        # slow the fit further (vgg19 39.5% -> 44.1%). eval_batch_size 128: on CPU a 1,024-image
+        # batch evaluates 2.4x slower (resnet50). compile off: no faster on CPU and minutes to
+        # compile (benchmarks/RESULTS.md).
+        # Batch 32 (lr 0.05): at 5 epochs batch 128 gave only 195 steps. Tuned on --val-split 1000,
+        # one thread (benchmarks/RESULTS.md): resnet50 after 3 epochs 40.1% at batch 32 (lr 0.1)
+        # vs 33.0% at 128, in the same CPU time; batch 16 38.4%; xception 46.4% after 3 epochs at
+        # batch 32. The VGGs stall at batch 32 with lr 0.1 (vgg19: 17% after 5 epochs) but train at
+        # lr 0.025 (vgg19, 10 epochs: 47.0%); vgg16 keeps batch 128 (15 epochs: 53.2%). The VGGs are
+        # the cheapest per epoch, so they get more of them: epochs share the 10-minute budget by
+        # each model's cost (inception, the dearest, 4).
+        "all": dict(width_mult=0.125, epochs=5, batch_size=32, lr=0.05, warmup_epochs=1.0,
+                    precision="auto", compile="off", channels_last=True, augment="flip",
                     eval_batch_size=128),
-        "vgg16": dict(width_mult=0.25), "vgg19": dict(width_mult=0.25),
+        "vgg16": dict(width_mult=0.25, epochs=12, batch_size=128, lr=0.1),
+        "vgg19": dict(width_mult=0.25, epochs=10, lr=0.025),
+        "resnet50": dict(lr=0.1), "inception": dict(epochs=4),
         # fastnet keeps its recipe at half width, batch and lr scaled to 128 (390 steps on the
         # sample), flips only as above: 66.5% (68.7% flip TTA) in 108 s of one CPU thread, past
         # 50% at 33 s (resnet18 here: 48.1% in 26 s); 67.4% in 110 s with --precision bf16 on
