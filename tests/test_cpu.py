@@ -115,3 +115,22 @@ def test_threads_option_reaches_every_run_of_a_study(tmp_path):
     plan = plan_study(["vgg16", "fastnet"], preset="cpu", out_dir=tmp_path, threads=args.threads)
     assert [r.config.threads for r in plan.runs] == [3, 3]
     assert plan.runs[1].config.optimizer == "muon"
+
+
+def test_console_line_says_the_precision_and_threads_and_why():
+    import io
+
+    from cifarzoo.progress import ConsoleReporter
+
+    info = {"config": {"model": "fastnet", "width_mult": 1.0, "epochs": 8}, "parameters": 10, "run_dir": "r",
+            "data": {"source": "s", "train_images": 1, "eval_images": 1, "eval_split": "test"},
+            "device": "cpu", "device_name": "cpu (Some CPU, 2 threads)", "compiled": False,
+            "precision": "bf16", "precision_reason": "auto: bf16, the CPU has AMX-BF16",
+            "threads": 2, "threads_reason": "2: the 2 physical cores"}
+    out = io.StringIO()
+    ConsoleReporter(stream=out).on_start(info)
+    assert "bf16 (auto: bf16, the CPU has AMX-BF16), 2 CPU threads (the 2 physical cores)" in out.getvalue()
+    out = io.StringIO()
+    ConsoleReporter(stream=out).on_start({**info, "precision": "fp32", "precision_reason": "asked for",
+                                          "threads": 1, "threads_reason": "1: asked for"})
+    assert "fp32, 1 CPU thread (asked for);" in out.getvalue()

@@ -291,4 +291,6 @@ def _threads(info: dict) -> str:
     """``, N CPU threads (why)`` on CPU; nothing on GPU or in a config.json written before threads were saved."""
     if info.get("device") != "cpu" or info.get("threads") is None:
         return ""
-    return f", {info['threads']} CPU threads ({(info.get('threads_reason') or '').partition(': ')[2] or 'asked for'})"
+    n = info["threads"]
+    why = (info.get("threads_reason") or "").partition(": ")[2] or "asked for"
+    return f", {n} CPU thread{'s' if n != 1 else ''} ({why})"
