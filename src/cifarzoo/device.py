@@ -72,9 +72,10 @@ def _mkldnn_bf16() -> bool:
 
 # Without AMX, bf16 autocast pays only on one thread. Training step, images per CPU-second of
 # bf16+channels_last vs fp32+channels_last on an AMD EPYC (Zen 4: AVX512-BF16, no AMX), torch
-# 2.13 (benchmarks/RESULTS.md): one thread 1.9-2.7x faster at every width measured (0.125-1.0:
-# fastnet at full width 268 vs 138); two threads 2.7-10x SLOWER (fastnet full width 52 vs 141,
-# at width 0.5 79 vs 388, vgg16 at 0.25 61 vs 710). With AMX (Intel Xeon, two threads) bf16 was
+# 2.13 (benchmarks/RESULTS.md): one thread 1.3-2.0x faster at every width measured (0.125-1.0:
+# fastnet at full width 268 vs 138); two threads mostly far slower (fastnet full width 52 vs 141,
+# at width 0.5 79 vs 388, vgg16 at 0.25 61 vs 710; resnet50/inception/vgg19 at quick widths
+# 0.88-1.0x; only xception at 0.125 1.45x faster). With AMX (Intel Xeon, two threads) bf16 was
 # faster at every width measured: 1.03-1.37x at widths 0.125-0.5, 1.6-4.1x at full width.
 def choose_precision(name: str, device: torch.device, threads: int | None = None) -> tuple[str, str]:
     """``(precision, why)`` for ``--precision name`` on ``device`` with ``threads`` CPU threads
