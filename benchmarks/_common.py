@@ -52,6 +52,9 @@ def machine(device) -> dict:
                     break
     except OSError:
         pass
+    from cifarzoo.device import cpu_bf16
+
+    info["cpu_bf16"] = cpu_bf16()  # "AMX-BF16", "AVX512-BF16" or None: what --precision auto decides on
     if getattr(device, "type", str(device)) == "cuda":
         info["device_name"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda

@@ -209,7 +209,8 @@ def markdown(result: dict) -> str:
     m = result["machine"]
     cpu = m["device"] == "cpu"
     num = lambda v, f=",.0f": "-" if v is None else format(v, f)  # noqa: E731
-    lines = [f"Throughput on {m['device_name']} — {result['date']}, commit {result['commit']}, "
+    bf16 = f", native bf16: {m.get('cpu_bf16') or 'none'}" if cpu else ""
+    lines = [f"Throughput on {m['device_name']}{bf16} — {result['date']}, commit {result['commit']}, "
              f"torch {m['torch']}", "", f"`{result['command']}`", "",
              "| model | width | batch | variant | precision | channels_last | compile | train img/s | ×fp32 "
              + ("| train img/CPU-s | ×fp32 " if cpu else "") + "| infer img/s | ×fp32 | compile s |",
@@ -252,7 +253,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--preset", default=None, help="preset the project path comes from (default standard on "
                                                   "CUDA, quick on CPU)")
     p.add_argument("--no-inference", action="store_true", help="time the training step only")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads on CPU")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads on CPU (default as in training: $OMP_NUM_THREADS, else the physical cores)")
     p.add_argument("--json", metavar="OUT", help="write the results here (rewritten after every model)")
     p.add_argument("--markdown", metavar="OUT", help="write the table here as markdown")
     return p.parse_args(argv)
@@ -265,8 +267,10 @@ def main(argv=None) -> int:
     from cifarzoo.train.loop import auto_batch_size
 
     device = resolve_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if device.type == "cpu":  # as fit does: --threads, else $OMP_NUM_THREADS, else the physical cores
+        from cifarzoo.device import resolve_threads
+
+        torch.set_num_threads(resolve_threads(args.threads)[0])
     gpu = device.type == "cuda"
     if gpu:
         torch.backends.cudnn.benchmark = True

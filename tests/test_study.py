@@ -277,9 +277,9 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 def test_cli_runs_a_study_with_progress(tmp_path, capsys, monkeypatch):
     import cifarzoo.data
 
-    from cifarzoo.train.config import PRESETS
+    from cifarzoo.train.config import make_config
 
-    ds = tiny_dataset(train_per_class=-(-PRESETS["quick"]["all"]["batch_size"] // 10))
+    ds = tiny_dataset(train_per_class=-(-make_config("vgg16", preset="quick").batch_size // 10))
     monkeypatch.setattr(cifarzoo.data, "load", lambda spec=None, **kw: ds)
     out = tmp_path / "s"
     rc = main(["benchmark", "--models", "vgg16", "--preset", "quick", "--out", str(out), "--epochs", "1",

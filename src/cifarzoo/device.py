@@ -6,6 +6,7 @@ and ``--precision auto`` mean the same thing everywhere.
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 import resource
 
@@ -22,16 +23,119 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def resolve_precision(name: str, device: torch.device) -> str:
-    """``auto``: bf16 autocast on GPUs that support it, fp32 on CPU (bf16 on CPU only when asked:
-    measured faster with one thread and slower with two on a shared machine, see benchmarks/RESULTS.md)."""
-    if name == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return "bf16"
-        return "fp32"
+# --------------------------------------------------------------------------- the CPU
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none: not Linux)."""
+    return frozenset(_cpuinfo("flags").split())
+
+
+def cpu_model_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what ``platform`` says."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
+
+
+def _cpuinfo(key: str) -> str:
+    """The first CPU's ``key`` line in /proc/cpuinfo, or "" (no such file or line)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.split(":")[0].strip() == key:
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def cpu_bf16() -> str | None:
+    """The CPU's native bf16 arithmetic as oneDNN uses it: "AMX-BF16", "AVX512-BF16", or None.
+
+    Needs torch's oneDNN (mkldnn) with bf16 support and the CPU flag; without them bf16
+    autocast on CPU is emulated and slower than fp32.
+    """
+    if not _mkldnn_bf16():
+        return None
+    flags = cpu_flags()
+    if "amx_bf16" in flags:
+        return "AMX-BF16"
+    if "avx512_bf16" in flags:
+        return "AVX512-BF16"
+    return None
+
+
+def _mkldnn_bf16() -> bool:
+    """Whether this torch's oneDNN (mkldnn) runs bf16 on this CPU."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(check()) if check is not None else True
+
+
+# Without AMX, bf16 autocast pays only on one thread. Training step, images per CPU-second of
+# bf16+channels_last vs fp32+channels_last on an AMD EPYC (Zen 4: AVX512-BF16, no AMX), torch
+# 2.13 (benchmarks/RESULTS.md): one thread 1.3-2.0x faster at every width measured (0.125-1.0:
+# fastnet at full width 268 vs 138); two threads mostly far slower (fastnet full width 52 vs 141,
+# at width 0.5 79 vs 388, vgg16 at 0.25 61 vs 710; resnet50/inception/vgg19 at quick widths
+# 0.88-1.0x; only xception at 0.125 1.45x faster). With AMX (Intel Xeon, two threads) bf16 was
+# faster at every width measured: 1.03-1.37x at widths 0.125-0.5, 1.6-4.1x at full width.
+def choose_precision(name: str, device: torch.device, threads: int | None = None) -> tuple[str, str]:
+    """``(precision, why)`` for ``--precision name`` on ``device`` with ``threads`` CPU threads
+    (default: torch's current number).
+
+    ``auto``: bf16 autocast on GPUs that support it; on CPU bf16 where the CPU multiplies bf16
+    natively and that was measured faster: with AMX-BF16 always, with AVX512-BF16 alone only on
+    one thread; fp32 otherwise.
+    """
     if name == "fp16" and device.type != "cuda":
         raise CifarzooError("--precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
-    return name
+    if name != "auto":
+        return name, "asked for"
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return "bf16", "auto: bf16, the GPU supports it"
+        return "fp32", "auto: fp32, the GPU has no bf16"
+    native = cpu_bf16()
+    if native is None:
+        return "fp32", "auto: fp32, the CPU has no native bf16 (AMX-BF16 or AVX512-BF16)"
+    if native == "AMX-BF16":
+        return "bf16", "auto: bf16, the CPU has AMX-BF16"
+    threads = threads or torch.get_num_threads()
+    if threads == 1:
+        return "bf16", "auto: bf16, the CPU has AVX512-BF16 and this run uses one thread"
+    return "fp32", (f"auto: fp32, the CPU has AVX512-BF16 but no AMX: bf16 was measured slower than fp32 "
+                    f"on {threads} threads (faster on one: --threads 1)")
+
+
+def resolve_precision(name: str, device: torch.device, threads: int | None = None) -> str:
+    """The precision of :func:`choose_precision`, without the reason."""
+    return choose_precision(name, device, threads)[0]
+
+
+def physical_cores(cpus: list[int] | None = None, sys_cpu: str = "/sys/devices/system/cpu") -> int:
+    """Physical cores among ``cpus`` (default: the CPUs this process may run on); hyper-thread
+    siblings, which share a core's (package, core id) in ``sys_cpu``'s topology, count once."""
+    if cpus is None:
+        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    cores = set()
+    for cpu in cpus:
+        topo = f"{sys_cpu}/cpu{cpu}/topology"
+        try:
+            with open(f"{topo}/physical_package_id") as f1, open(f"{topo}/core_id") as f2:
+                cores.add((f1.read().strip(), f2.read().strip()))
+        except OSError:
+            cores.add(("cpu", str(cpu)))  # no topology: count the CPU itself
+    return max(1, len(cores))
+
+
+def resolve_threads(requested: int | None) -> tuple[int, str]:
+    """``(torch threads, why)`` for CPU work: ``requested``; else $OMP_NUM_THREADS where set (torchrun
+    and Ray set it for each worker); else the physical cores this process may use."""
+    if requested is not None:
+        return requested, "asked for"
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) >= 1:
+        return int(env), "OMP_NUM_THREADS"
+    n = physical_cores()
+    return n, f"the {n} physical core{'s' if n != 1 else ''}"
 
 
 def resolve_compile(mode: str, device: torch.device, total_steps: int) -> bool:
@@ -53,7 +157,7 @@ def autocast_context(device: torch.device, precision: str):
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return f"cpu ({cpu_model_name()}, {torch.get_num_threads()} threads)"
 
 
 def peak_memory_bytes(device: torch.device) -> tuple[int, str]:

@@ -83,7 +83,8 @@ class ConsoleReporter:
         d = info["data"]
         self._print(
             f"{c['model']} (width {c['width_mult']}, {info['parameters']:,} parameters) on {info['device_name']}, "
-            f"{info['precision']}{', compiled' if info['compiled'] else ''}; data: {d['source']} "
+            f"{info['precision']}{_why(info, 'precision_reason')}{', compiled' if info['compiled'] else ''}"
+            f"{_threads(info)}; data: {d['source']} "
             f"({d['train_images']:,} train / {d['eval_images']:,} {d['eval_split']}); run folder: {info['run_dir']}")
 
     def on_epoch_start(self, epoch: int, steps: int) -> None:
@@ -292,3 +293,18 @@ def make_study_reporter(progress="auto"):
 def _evaluated(row: dict) -> bool:
     """Whether the epoch was evaluated (``eval_every``): otherwise its eval columns are NaN."""
     return not math.isnan(row.get("eval_acc", math.nan))
+
+
+def _why(info: dict, key: str) -> str:
+    """`` (reason)`` for a setting config.json explains, unless it was simply asked for."""
+    why = info.get(key)
+    return f" ({why})" if why and why != "asked for" else ""
+
+
+def _threads(info: dict) -> str:
+    """``, N CPU threads (why)`` on CPU; nothing on GPU or in a config.json written before threads were saved."""
+    if info.get("device") != "cpu" or info.get("threads") is None:
+        return ""
+    n = info["threads"]
+    why = (info.get("threads_reason") or "").partition(": ")[2] or "asked for"
+    return f", {n} CPU thread{'s' if n != 1 else ''} ({why})"

@@ -19,7 +19,8 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--models", metavar="LIST",
                    help="comma list of models (see `cifarzoo models`); default: the five of the study")
     p.add_argument("--preset", choices=list(PRESETS), default="standard",
-                   help="quick: narrow models on the bundled sample, minutes on a CPU; standard: full CIFAR-10 "
+                   help="quick: narrow models on the bundled sample, minutes on a CPU; cpu: full CIFAR-10 at "
+                        "CPU-sized widths and epochs; standard: full CIFAR-10 "
                         "on a GPU; full: twice as long; seed: the original study's settings (default standard)")
     p.add_argument("--seeds", type=int, default=1, metavar="N", help="train seeds 0..N-1 of every model (default 1)")
     add_data_argument(p, default_help="the preset's (quick: the bundled sample; others: full CIFAR-10 from "
@@ -28,6 +29,9 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", default=None, help="study folder (default study/<preset>)")
     p.add_argument("--epochs", type=int, help="override every model's epochs (the same budget for all)")
     p.add_argument("--device", choices=DEVICES, help="default auto")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="torch's CPU threads per run (default: $OMP_NUM_THREADS if set, which Ray sets to "
+                        "--cpus-per-run, else the physical cores)")
     p.add_argument("--executor", choices=["local", "ray"], default="local",
                    help="local: the runs one after the other in this process (default); ray: every run a Ray "
                         "task, on a local Ray instance or the cluster at --address (needs cifarzoo[ray])")
@@ -95,7 +99,8 @@ def run(args) -> int:
 
     executor = _executor(args)
     plan = plan_study(args.models, preset=args.preset, seeds=args.seeds, data=args.data, out_dir=out,
-                      epochs=args.epochs, device=args.device, labels=args.labels)
+                      epochs=args.epochs, device=args.device, labels=args.labels,
+                      threads=args.threads)
     dataset = load_dataset(plan.data, "benchmark", plan.labels)
     reporter = ConsoleStudyReporter(quiet=args.quiet)
     try:

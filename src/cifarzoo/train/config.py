@@ -47,10 +47,11 @@ class TrainConfig:
     cutout_size: int = 12  # side in pixels of the cutout square
     crop_pad: int = 4  # pixels of reflect padding for the random crop: shifts of at most this many pixels (airbench: 2)
     aux_weight: float = 0.3  # weight of auxiliary-classifier losses (Inception), as in the paper
-    precision: str = "auto"  # auto (bf16 autocast on capable GPUs, fp32 on CPU) | fp32 | bf16 | fp16
+    precision: str = "auto"  # auto (bf16 on capable GPUs and where the CPU's native bf16 is faster, see device.py) | fp32 | bf16 | fp16
     channels_last: bool = True  # NHWC memory format: faster convolutions on tensor-core GPUs and with oneDNN on CPU
     compile: str = "auto"  # torch.compile: auto (on for long GPU runs) | on | off
     device: str = "auto"  # auto | cpu | cuda
+    threads: int | None = None  # torch's CPU threads (None: $OMP_NUM_THREADS if set, else the physical cores)
     seed: int = 0  # seeds weights, shuffling, augmentation and dropout
     allow_stall: bool = False  # do not stop a run whose loss stays at ln(C) with chance accuracy
     stall_steps: int | None = None  # check for a stall after this many steps (None: end of the first epoch, >= 30 steps)
@@ -157,6 +158,8 @@ def validate(c: TrainConfig) -> None:
         value = getattr(c, name)
         if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
             bad("--" + name.replace("_", "-"), value, "an integer >= 0 (0: the last epoch only)")
+    if c.threads is not None and not (isinstance(c.threads, int) and c.threads >= 1):
+        bad("--threads", c.threads, "an integer >= 1")
     if c.tta_level not in (0, 1, 2):
         bad("tta_level", c.tta_level, "0 (none), 1 (flip) or 2 (flip and 1-pixel translations)")
 
@@ -234,28 +237,53 @@ GPU_CADENCE: dict[str, Any] = dict(eval_every=10, checkpoint_every=0)
 PRESETS: dict[str, dict[str, Any]] = {
     # 2-core CPU or laptop: narrow models on the bundled 5k/1k sample, a few epochs.
     "quick": {
-        "description": "narrow widths, bundled 5,000/1,000-image sample, a few epochs (CPU-sized)",
+        "description": "narrow widths, bundled 5,000/1,000-image sample, 5-12 epochs at batch 32-128 (CPU-sized)",
         "data": "sample",
         # channels_last: oneDNN's NHWC convolutions halve CPU training time here (measured:
-        # inception 11.1 -> 5.0 ms/image, resnet50 5.4 -> 3.1, one thread). fp32, not auto:
-        # at these widths bf16 autocast is far slower in fit() even on a CPU with AVX512-BF16
-        # (per epoch of 2,560 images: resnet50 11.4 s fp32 vs 48.2 s bf16; vgg16 ~6x slower,
-        # inception slower, only xception ~1.3x faster). augment flip only: 6 epochs on 5,000
-        # images underfit, and random crops slow the fit further (vgg19 39.5% -> 44.1%).
-        # eval_batch_size 128: on CPU a 1,024-image batch evaluates 2.4x slower (resnet50).
-        # 5 epochs: the whole quick study must stay under 10 minutes on 2 CPU cores.
-        # compile off: no faster on CPU and minutes to compile (benchmarks/RESULTS.md).
-        # lookahead off and VGG's head dropout at its default 0.5: as measured, whatever the
-        # GPU recipes (RECIPES) say.
-        "all": dict(width_mult=0.125, epochs=5, batch_size=128, lr=0.1, warmup_epochs=1.0,
-                    precision="fp32", compile="off", channels_last=True, augment="flip",
+        # inception 11.1 -> 5.0 ms/image, resnet50 5.4 -> 3.1, one thread). precision auto: bf16
+        # where the CPU's native bf16 was measured faster (AMX; AVX512-BF16 on one thread), else fp32
+        # (device.py). augment flip only: a few epochs on 5,000 images underfit, and random crops
+        # slow the fit further (vgg19 39.5% -> 44.1%). eval_batch_size 128: on CPU a 1,024-image
+        # batch evaluates 2.4x slower (resnet50). compile off: no faster on CPU and minutes to
+        # compile (benchmarks/RESULTS.md).
+        # Batch 32 (lr 0.05): at 5 epochs batch 128 gave only 195 steps. Tuned on --val-split 1000,
+        # one thread (benchmarks/RESULTS.md): resnet50 after 3 epochs 40.1% at batch 32 (lr 0.1)
+        # vs 33.0% at 128, in the same CPU time; batch 16 38.4%; xception 46.4% after 3 epochs at
+        # batch 32. The VGGs stall at batch 32 with lr 0.1 (vgg19: 17% after 5 epochs) but train at
+        # lr 0.025 (vgg19, 10 epochs: 47.0%); vgg16 keeps batch 128 (15 epochs: 53.2%). The VGGs are
+        # the cheapest per epoch, so they get more of them: epochs share the 10-minute budget by
+        # each model's cost (inception, the dearest, 4). lookahead off and VGG's head dropout at
+        # its default 0.5: as tuned, whatever the GPU recipes (RECIPES) say.
+        "all": dict(width_mult=0.125, epochs=5, batch_size=32, lr=0.05, warmup_epochs=1.0,
+                    precision="auto", compile="off", channels_last=True, augment="flip",
                     eval_batch_size=128, lookahead=False),
-        "vgg16": dict(width_mult=0.25, model_kwargs={}), "vgg19": dict(width_mult=0.25, model_kwargs={}),
+        "vgg16": dict(width_mult=0.25, epochs=12, batch_size=128, lr=0.1, model_kwargs={}),
+        "vgg19": dict(width_mult=0.25, epochs=10, lr=0.025, model_kwargs={}),
+        "resnet50": dict(lr=0.1), "inception": dict(epochs=4),
         # fastnet keeps its recipe at half width, batch and lr scaled to 128 (390 steps on the
         # sample), flips only as above: 66.5% (68.7% flip TTA) in 108 s of one CPU thread, past
         # 50% at 33 s (resnet18 here: 48.1% in 26 s); 67.4% in 110 s with --precision bf16 on
         # AVX512-BF16 under load where fp32 took 161 s (benchmarks/RESULTS.md).
         "fastnet": dict(width_mult=0.5, epochs=10, batch_size=128, lr=0.1875, warmup_epochs=2.3, lookahead=True),
+    },
+    # Full CIFAR-10 on a laptop or desktop CPU: minutes per model. fastnet runs airbench94_muon's
+    # recipe (FASTNET_MUON) at full width: 8 epochs = 400,000 training images, at the 1,086 img/s
+    # measured for fastnet in bf16 on 2 AMX-BF16 cores about 6 minutes. The study models' widths
+    # and epochs are ESTIMATES, not yet measured for accuracy: ~10 minutes each on 2 AMX cores if
+    # they train at about half fastnet's ~0.77 TFLOP/s (training = 6 FLOP per MAC), i.e. ~0.5
+    # GFLOP per image at these widths (vgg16 0.5: 79M MACs, vgg19 0.5: 100M, resnet50 0.25: 81M,
+    # inception 0.25: 96M, xception 0.25: 90M) for 10-12 epochs; CPUs without AMX take longer.
+    # precision auto: bf16 where the CPU's native bf16 is faster at that width (device.py).
+    "cpu": {
+        "description": "full CIFAR-10 on a CPU in minutes: fastnet with airbench94_muon's recipe (~6 min on 2 "
+                       "AMX cores), the study models at widths 0.25-0.5 for 10-12 epochs (~10 min each, estimated)",
+        "data": None,
+        "all": dict(precision="auto", channels_last=True, compile="off", eval_batch_size=256),
+        "vgg16": dict(width_mult=0.5, epochs=12), "vgg19": dict(width_mult=0.5, epochs=10),
+        "resnet18": dict(width_mult=0.5, epochs=10),
+        "resnet50": dict(width_mult=0.25, epochs=10), "inception": dict(width_mult=0.25, epochs=10),
+        "xception": dict(width_mult=0.25, epochs=10),
+        "fastnet": FASTNET_MUON,
     },
     # One GPU: full widths, full CIFAR-10, each model's tuned recipe.
     "standard": {

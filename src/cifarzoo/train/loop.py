@@ -37,8 +37,8 @@ from torch import nn
 
 from cifarzoo import __version__
 from cifarzoo.data import Dataset
-from cifarzoo.device import (device_name, peak_memory_bytes, resolve_compile, resolve_device, resolve_precision,
-                             synchronize)
+from cifarzoo.device import (choose_precision, device_name, peak_memory_bytes, resolve_compile, resolve_device,
+                             resolve_threads, synchronize)
 from cifarzoo.errors import CifarzooError
 from cifarzoo.inference import loss_and_accuracy, predict_logits, predict_tta_logits
 from cifarzoo.train import distributed as dist_mod
@@ -179,6 +179,7 @@ class Trainer:
     run: RunDir
     info: dict  # config.json
     compiled: bool
+    why: dict = field(default_factory=dict)  # {"precision": why that precision, "threads": why that many}
     # where the run stands (restored on resume)
     epoch: int = 0  # epochs finished
     partial: dict | None = None  # the unfinished epoch's saved statistics (mid-epoch resume)
@@ -248,13 +249,16 @@ def _open_resume(resume: str | os.PathLike, dist: dist_mod.DistInfo) -> tuple[di
     return ckpt, TrainConfig.from_dict(ckpt["config"]), folder
 
 
-def _set_up_device(config: TrainConfig, dist: dist_mod.DistInfo) -> tuple[torch.device, str]:
-    """(device, precision) of this process; also seeds torch and numpy from the config."""
+def _set_up_device(config: TrainConfig, dist: dist_mod.DistInfo) -> tuple[torch.device, str, dict]:
+    """(device, precision, why each setting) of this process; sets torch's CPU threads and seeds torch
+    and numpy from the config."""
     device = resolve_device(config.device)
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(device)
-    precision = resolve_precision(config.precision, device)
+    threads, why_threads = resolve_threads(config.threads)
+    torch.set_num_threads(threads)
+    precision, why_precision = choose_precision(config.precision, device, threads)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)  # one study process runs many fits
         # drop_last keeps every training batch the same shape: cuDNN's algorithm search
@@ -262,7 +266,7 @@ def _set_up_device(config: TrainConfig, dist: dist_mod.DistInfo) -> tuple[torch.
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(config.seed)
     np.random.seed(config.seed % 2**32)
-    return device, precision
+    return device, precision, {"precision": why_precision, "threads": f"{threads}: {why_threads}"}
 
 
 def _run_info(trainer: Trainer) -> dict:
@@ -279,6 +283,8 @@ def _run_info(trainer: Trainer) -> dict:
             "test_images": int(len(dataset.test_labels)),
         },
         "device": str(trainer.device), "device_name": device_name(trainer.device), "precision": trainer.precision,
+        "precision_reason": trainer.why.get("precision"), "threads": torch.get_num_threads(),
+        "threads_reason": trainer.why.get("threads"),
         "compiled": bool(trainer.compiled), "world_size": trainer.dist.world_size,
         "versions": {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__,
                      "cifarzoo": __version__},
@@ -296,7 +302,7 @@ def set_up(config: TrainConfig, *, dataset: Dataset | None = None, out_dir: str 
     from cifarzoo.data.loader import DeviceLoader, normalize
 
     dist = dist_mod.current()
-    device, precision = _set_up_device(config, dist)
+    device, precision, why = _set_up_device(config, dist)
     ds = dataset if dataset is not None else load_run_data(config.data, labels=config.labels, run=out_dir)
     split = split_dataset(ds, config)
     if config.batch_size is None:
@@ -333,7 +339,7 @@ def set_up(config: TrainConfig, *, dataset: Dataset | None = None, out_dir: str 
     # Every rank must write to (rank 0: into) the same folder: rank 0 names it.
     run = RunDir(out_dir) if out_dir is not None else dist_mod.broadcast_object(
         RunDir.new(config.model, runs_root) if dist.is_main else None)
-    trainer = Trainer(config, ds, split, device, precision, dist, loader, step, run, {}, compiled)
+    trainer = Trainer(config, ds, split, device, precision, dist, loader, step, run, {}, compiled, why)
     if ckpt is not None:
         trainer.restore(ckpt)
     # A resumed run was judged before it was interrupted, unless it stopped before the check.
@@ -575,6 +581,7 @@ def finish(trainer: Trainer) -> dict:
         "warmup_seconds": trainer.warmup_seconds,
         "peak_memory_bytes": peak, "peak_memory_kind": peak_kind,
         "parameters": trainer.info["parameters"], "macs": int(macs), "precision": trainer.precision,
+        "precision_reason": trainer.info.get("precision_reason"), "threads": trainer.info.get("threads"),
         "device": trainer.info["device_name"], "world_size": trainer.dist.world_size, "data_source": dataset.source,
         "train_images": int(len(trainer.split.train_y)), "finished": timestamp(),
     }
