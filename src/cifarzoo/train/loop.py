@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -373,7 +375,7 @@ def run_epoch(trainer: Trainer, epoch: int, reporter: Reporter) -> tuple[float, 
     """``train_epoch`` with the guards, timing and Ctrl-C handling around it; returns (its training
     seconds, its statistics).
 
-    Ctrl-C saves a mid-epoch checkpoint (this very step) and re-raises.
+    Ctrl-C saves a mid-epoch checkpoint (the state after the last completed step) and re-raises.
     """
     steps = trainer.steps_per_epoch
     trainer.loader.set_epoch(epoch)
@@ -398,14 +400,14 @@ def run_epoch(trainer: Trainer, epoch: int, reporter: Reporter) -> tuple[float, 
     synchronize(trainer.device)
     t0 = time.perf_counter()
     try:
-        train_epoch(trainer.step, trainer.loader.iter_from(first_step), stats, first_step, after_step)
+        with DeferredInterrupt() as interrupt:
+            def after_each(i: int) -> None:
+                after_step(i)
+                interrupt.check()  # a Ctrl-C during the step is raised here, between two steps
+
+            train_epoch(trainer.step, trainer.loader.iter_from(first_step), stats, first_step, after_each)
     except KeyboardInterrupt:
-        # Save where we are (mid-epoch), so --resume continues from this very step.
-        done = stats.steps_done()
-        check.check_finite(done)
-        trainer.save(epoch, {"step": done, "step_loss": stats.loss.cpu(), "step_correct": stats.correct.cpu(),
-                             "step_count": stats.count.cpu(),
-                             "epoch_seconds": seconds_before + time.perf_counter() - t0})
+        _save_interrupted(trainer, epoch, stats, check, seconds_before + time.perf_counter() - t0)
         raise
     synchronize(trainer.device)
     seconds = seconds_before + time.perf_counter() - t0
@@ -413,6 +415,47 @@ def run_epoch(trainer: Trainer, epoch: int, reporter: Reporter) -> tuple[float, 
     trainer.seconds_this_process += seconds - seconds_before
     trainer.partial = None
     return seconds, stats
+
+
+class DeferredInterrupt:
+    """Holds a first Ctrl-C (SIGINT) until the step in progress has completed (``check`` raises it
+    then); a second one interrupts at once. Only in the main thread with Python's own handler in place."""
+
+    def __init__(self):
+        self.pending = False
+        self.previous = None
+
+    def __enter__(self) -> "DeferredInterrupt":
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self.previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self.pending:
+            raise KeyboardInterrupt
+        self.pending = True
+
+    def check(self) -> None:
+        if self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+def _save_interrupted(trainer: Trainer, epoch: int, stats: EpochStats, check: "_Guards", seconds: float) -> None:
+    """After Ctrl-C mid-epoch: save the state between the last completed step and the next, so that
+    --resume continues from there exactly. Interrupted while the weights were being updated (a second
+    Ctrl-C), the state is torn: nothing is saved and the last checkpoint stays."""
+    done = trainer.step.global_step - epoch * trainer.steps_per_epoch
+    if trainer.step.torn or stats.steps_done() != done:
+        return
+    check.check_finite(done)
+    trainer.save(epoch, {"step": done, "step_loss": stats.loss.cpu(), "step_correct": stats.correct.cpu(),
+                         "step_count": stats.count.cpu(), "epoch_seconds": seconds})
 
 
 def end_epoch(trainer: Trainer, epoch: int, seconds: float, stats: EpochStats) -> dict:
