@@ -535,28 +535,53 @@ def fit(
     resume: str | os.PathLike | None = None,
     reporter: Reporter | None = None,
     runs_root: str | os.PathLike = "runs",
+    force: bool = False,
 ) -> RunResult:
     """Train ``config.model`` as ``config`` says and leave a run folder; returns its summary.
 
     ``resume`` continues the run in that folder from its last checkpoint (its saved
-    config wins; ``config`` may be None). Raises :class:`TrainingError` for a
+    config wins; ``config`` may be None). ``out_dir`` holding a run already is an error
+    unless ``force`` (it is then overwritten); a folder another process is training
+    into is always an error (one writer per run folder, see RunDir.claim). Raises :class:`TrainingError` for a
     non-finite loss or a stalled run; re-raises KeyboardInterrupt after writing a
     resumable checkpoint.
     """
     reporter = reporter or Reporter()
     ckpt = None
+    dist = dist_mod.current()
     if resume is not None:
-        ckpt, config, out_dir = _open_resume(resume, dist_mod.current())
+        ckpt, config, out_dir = _open_resume(resume, dist)
     if config is None:
         raise CifarzooError("fit() needs a config or a run folder to resume")
-    trainer = set_up(config, dataset=dataset, out_dir=out_dir, ckpt=ckpt, runs_root=runs_root)
-    reporter.on_start(trainer.info)
-    for epoch in range(trainer.epoch, trainer.config.epochs):
-        seconds, stats = run_epoch(trainer, epoch, reporter)
-        reporter.on_epoch_end(end_epoch(trainer, epoch, seconds, stats))
-    summary = finish(trainer)
+    if out_dir is None:  # every rank writes to (rank 0: into) the same folder: rank 0 names it
+        out_dir = dist_mod.broadcast_object(RunDir.new(config.model, runs_root).path if dist.is_main else None)
+    lock = _claim(RunDir(out_dir), dist, fresh=ckpt is None, force=force)
+    try:
+        trainer = set_up(config, dataset=dataset, out_dir=out_dir, ckpt=ckpt, runs_root=runs_root)
+        reporter.on_start(trainer.info)
+        for epoch in range(trainer.epoch, trainer.config.epochs):
+            seconds, stats = run_epoch(trainer, epoch, reporter)
+            reporter.on_epoch_end(end_epoch(trainer, epoch, seconds, stats))
+        summary = finish(trainer)
+    finally:
+        if lock is not None:
+            lock.release()
     reporter.on_end(summary)
     return RunResult(trainer.run.path, summary, trainer.metrics)
+
+
+def _claim(run: RunDir, dist: dist_mod.DistInfo, *, fresh: bool, force: bool):
+    """Rank 0 becomes the run folder's one writer (RunDir.claim); every rank raises if it cannot."""
+    lock, error = None, None
+    if dist.is_main:
+        try:
+            lock = run.claim(fresh=fresh, force=force)
+        except CifarzooError as exc:
+            error = str(exc)
+    error = dist_mod.broadcast_object(error)
+    if error:
+        raise CifarzooError(error)
+    return lock
 
 
 def _compile_seconds(first_step: float | None, seconds: float, steps: int) -> float | None:
