@@ -52,10 +52,12 @@ def evaluate(
     device: str = "auto",
     batch_size: int | None = None,  # default: the run's eval_batch_size
     save: bool = True,
+    out_dir: str | os.PathLike | None = None,
 ) -> EvalResult:
     """Evaluate a trained model on the test split of ``dataset`` (or of ``data``, default: the run's own source).
 
-    ``save`` writes ``confusion.json`` and ``confusion.png`` (``*-tta`` with ``tta``) next to the checkpoint.
+    ``save`` writes ``confusion.json`` and ``confusion.png`` (``*-tta`` with ``tta``) next to the checkpoint,
+    or into ``out_dir``.
     """
     from cifarzoo import data as data_mod
 
@@ -84,11 +86,14 @@ def evaluate(
     result = EvalResult(acc, loss, per_class, cm, classes, logits, np.asarray(dataset.test_labels), tta,
                         dataset.source, ckpt["path"])
     if save:
-        folder = Path(ckpt["path"]).parent
+        folder = Path(out_dir) if out_dir is not None else Path(ckpt["path"]).parent
         stem = "confusion-tta" if tta else "confusion"
-        write_json(folder / f"{stem}.json", result.to_dict())
-        plot_confusion(folder / f"{stem}.png", cm, classes,
-                       title=f"{ckpt['model']['name']}: test accuracy {100 * acc:.2f}%{' (flip TTA)' if tta else ''}")
+        try:
+            write_json(folder / f"{stem}.json", result.to_dict())
+            plot_confusion(folder / f"{stem}.png", cm, classes, title=(
+                f"{ckpt['model']['name']}: test accuracy {100 * acc:.2f}%{' (flip TTA)' if tta else ''}"))
+        except CifarzooError as exc:
+            raise CifarzooError(f"{exc}; write the confusion files into another folder with --out DIR") from None
     return result
 
 

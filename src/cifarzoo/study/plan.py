@@ -181,11 +181,15 @@ def load_plan(out_dir: str | os.PathLike) -> StudyPlan:
     if not p.exists():
         raise CifarzooError(f"{out}: no study here ({STUDY_FILE} missing); run `cifarzoo benchmark --out {out}` first")
     meta = read_json(p)
+    if not isinstance(meta, dict):
+        raise CifarzooError(f"{p}: not a cifarzoo study file (a JSON {type(meta).__name__}, not an object)")
     try:
         return plan_study(meta["models"], preset=meta["preset"], seeds=len(meta["seeds"]), data=meta["data"],
                           out_dir=out, **meta.get("overrides", {}))
     except KeyError as exc:
         raise CifarzooError(f"{p}: not a cifarzoo study file (missing {exc})") from None
+    except (TypeError, AttributeError) as exc:
+        raise CifarzooError(f"{p}: not a cifarzoo study file ({exc})") from None
 
 
 def write_plan(plan: StudyPlan) -> None:

@@ -27,11 +27,12 @@ the same thing for every image. Usual causes, most likely first:
 Run `cifarzoo doctor MODEL` for checks; pass --allow-stall to train on regardless."""
 
 
-def nonfinite_error(step: int, epoch: int, loss: float) -> TrainingError:
+def nonfinite_error(step: int, epoch: int, loss: float, checkpoint_kept: bool = True) -> TrainingError:
+    kept = ("The last good checkpoint (saved before this step) is kept. " if checkpoint_kept
+            else "No checkpoint had been saved yet. ")
     return TrainingError(
-        f"loss became {loss} at step {step} (epoch {epoch}); stopped at once. "
-        "The last good checkpoint (end of the previous epoch) is kept. "
-        "Lower --lr, use --precision fp32, or check the data for corrupt values.",
+        f"loss became {loss} at step {step} (epoch {epoch}); stopped at once. " + kept
+        + "Lower --lr, use --precision fp32, or check the data for corrupt values.",
         kind="nan",
         diagnosis="non-finite loss: usually a learning rate too high for the optimizer, or fp16 overflow",
     )

@@ -355,7 +355,8 @@ class _Guards:
         self.nan_every = 1 if trainer.device.type == "cpu" else max(1, trainer.config.nan_check_every)
 
     def check_finite(self, upto: int) -> None:
-        _check_finite(self.stats.loss, self.checked_upto, upto, self.epoch, self.trainer.steps_per_epoch)
+        _check_finite(self.stats.loss, self.checked_upto, upto, self.epoch, self.trainer.steps_per_epoch,
+                      self.trainer.run.checkpoint_path.exists())
         self.checked_upto = upto
 
     def __call__(self, i: int) -> None:
@@ -591,7 +592,8 @@ def _compile_seconds(first_step: float | None, seconds: float, steps: int) -> fl
     return max(0.0, first_step - (seconds - first_step) / (steps - 1))
 
 
-def _check_finite(step_loss: torch.Tensor, lo: int, hi: int, epoch: int, steps_per_epoch: int) -> None:
+def _check_finite(step_loss: torch.Tensor, lo: int, hi: int, epoch: int, steps_per_epoch: int,
+                  checkpoint_kept: bool) -> None:
     """Raise naming the first step in [lo, hi) whose loss is not finite (one host sync per call)."""
     if hi <= lo:
         return
@@ -601,7 +603,8 @@ def _check_finite(step_loss: torch.Tensor, lo: int, hi: int, epoch: int, steps_p
     if flag.item() > 0:
         local = torch.nonzero(bad).flatten()
         i = lo + (int(local[0]) if len(local) else 0)
-        raise guards.nonfinite_error(epoch * steps_per_epoch + i + 1, epoch + 1, float(step_loss[i]))
+        raise guards.nonfinite_error(epoch * steps_per_epoch + i + 1, epoch + 1, float(step_loss[i]),
+                                     checkpoint_kept)
 
 
 def _check_stall(stats: EpochStats, upto: int, global_step: int, num_classes: int) -> None:
