@@ -19,5 +19,5 @@ class TrainingError(CifarzooError):
 
     def __init__(self, message: str, *, kind: str = "error", diagnosis: str = ""):
         super().__init__(message)
-        self.kind = kind  # "nan", "stall", "oom", "error"
+        self.kind = kind  # "nan", "stall", "diverged", "oom", "error"
         self.diagnosis = diagnosis

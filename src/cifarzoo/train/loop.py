@@ -355,8 +355,10 @@ class _Guards:
         self.nan_every = 1 if trainer.device.type == "cpu" else max(1, trainer.config.nan_check_every)
 
     def check_finite(self, upto: int) -> None:
-        _check_finite(self.stats.loss, self.checked_upto, upto, self.epoch, self.trainer.steps_per_epoch,
-                      self.trainer.run.checkpoint_path.exists())
+        """Non-finite loss in the steps not checked yet, and divergence up to ``upto`` (one host sync)."""
+        trainer = self.trainer
+        _check_loss(self.stats.loss, self.checked_upto, upto, self.epoch, trainer.steps_per_epoch,
+                    trainer.dataset.num_classes, trainer.run.checkpoint_path.exists())
         self.checked_upto = upto
 
     def __call__(self, i: int) -> None:
@@ -592,19 +594,25 @@ def _compile_seconds(first_step: float | None, seconds: float, steps: int) -> fl
     return max(0.0, first_step - (seconds - first_step) / (steps - 1))
 
 
-def _check_finite(step_loss: torch.Tensor, lo: int, hi: int, epoch: int, steps_per_epoch: int,
-                  checkpoint_kept: bool) -> None:
-    """Raise naming the first step in [lo, hi) whose loss is not finite (one host sync per call)."""
+def _check_loss(step_loss: torch.Tensor, lo: int, hi: int, epoch: int, steps_per_epoch: int, num_classes: int,
+                checkpoint_kept: bool) -> None:
+    """Raise naming the first step in [lo, hi) whose loss is not finite, or if the last
+    DIVERGENCE_WINDOW steps before ``hi`` (in this epoch) all diverged (one host sync per call)."""
     if hi <= lo:
         return
-    window = step_loss[lo:hi]
-    bad = (~torch.isfinite(window)).to(torch.int32)
-    flag = dist_mod.all_reduce_sum(bad.sum().reshape(1))
-    if flag.item() > 0:
+    bad = (~torch.isfinite(step_loss[lo:hi])).to(torch.int32)
+    window = step_loss[max(0, hi - guards.DIVERGENCE_WINDOW):hi]
+    diverged = (window > guards.divergence_threshold(num_classes)).all() & (len(window) == guards.DIVERGENCE_WINDOW)
+    flags = dist_mod.all_reduce_sum(torch.stack([bad.sum(), diverged.to(torch.int32)]))
+    nonfinite, n_diverged = flags.tolist()
+    if nonfinite > 0:
         local = torch.nonzero(bad).flatten()
         i = lo + (int(local[0]) if len(local) else 0)
         raise guards.nonfinite_error(epoch * steps_per_epoch + i + 1, epoch + 1, float(step_loss[i]),
                                      checkpoint_kept)
+    if n_diverged > 0:
+        raise guards.divergence_error(epoch * steps_per_epoch + hi, epoch + 1, float(step_loss[hi - 1]),
+                                      num_classes, checkpoint_kept)
 
 
 def _check_stall(stats: EpochStats, upto: int, global_step: int, num_classes: int) -> None:
