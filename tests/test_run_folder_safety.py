@@ -146,3 +146,17 @@ def test_ctrl_c_before_the_first_checkpoint_promises_nothing(tmp_path, capsys, m
     err = capsys.readouterr().err
     assert rc == 130 and "nothing to resume" in err and "--resume" not in err
     assert not (out / LOCK_FILE).exists()
+
+
+def test_resume_refuses_settings_it_would_ignore(tiny, tmp_path, capsys):
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        fit(config(epochs=2), dataset=tiny, out_dir=out, reporter=StopAt(2))
+    before = (out / "checkpoint.pt").read_bytes()
+    for extra in (["--epochs", "5"], ["--lr", "0.5", "--data", "sample"], ["--out", str(tmp_path / "x")],
+                  ["--force"]):
+        assert main(["train", "--resume", str(out), *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "--resume continues" in err
+        assert all(flag in err for flag in extra if flag.startswith("--")), err
+    assert (out / "checkpoint.pt").read_bytes() == before
