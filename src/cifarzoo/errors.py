@@ -14,6 +14,10 @@ class DataError(CifarzooError):
     """A dataset source is missing, corrupt or malformed."""
 
 
+class FolderBusyError(CifarzooError):
+    """A run or study folder is being written by another process (one writer per folder)."""
+
+
 class TrainingError(CifarzooError):
     """A run stopped because it cannot succeed (non-finite loss, stalled learning)."""
 

@@ -580,10 +580,10 @@ def _claim(run: RunDir, dist: dist_mod.DistInfo, *, fresh: bool, force: bool):
         try:
             lock = run.claim(fresh=fresh, force=force)
         except CifarzooError as exc:
-            error = str(exc)
+            error = (type(exc), str(exc))
     error = dist_mod.broadcast_object(error)
     if error:
-        raise CifarzooError(error)
+        raise error[0](error[1])
     return lock
 
 

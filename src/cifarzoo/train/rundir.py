@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cifarzoo.errors import CifarzooError
+from cifarzoo.errors import CifarzooError, FolderBusyError
 from cifarzoo.io import atomic_write_bytes, read_json_object, write_json
 
 CONFIG_FILE = "config.json"
@@ -203,7 +203,7 @@ class RunLock:
                 f.seek(0)
                 holder = f.read().strip() or "another process"
                 f.close()
-                raise CifarzooError(f"{path.parent} is being written by another training run ({holder}); "
+                raise FolderBusyError(f"{path.parent} is being written by another training run ({holder}); "
                                     "wait for it to end or choose another folder") from None
             try:
                 same = os.fstat(f.fileno()).st_ino == os.stat(path).st_ino
