@@ -22,7 +22,7 @@ def run_dir(bundled_sample, tmp_path_factory) -> Path:
     tr = np.sort(np.concatenate([np.flatnonzero(ds.train_labels == c)[:10] for c in range(10)]))
     tiny = Dataset(ds.train_images[tr], ds.train_labels[tr], ds.test_images, ds.test_labels,
                    ds.classes, ds.source, ds.mean, ds.std)
-    config = TrainConfig(model="resnet18", width_mult=0.125, epochs=1, batch_size=25, device="cpu",
+    config = TrainConfig(model="resnet18", width_mult=0.125, epochs=1, batch_size=20, device="cpu",
                          precision="fp32", compile="off", allow_stall=True, data="sample", eval_batch_size=500)
     return fit(config, dataset=tiny, out_dir=tmp_path_factory.mktemp("run") / "run").run_dir
 

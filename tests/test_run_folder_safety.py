@@ -29,7 +29,7 @@ def tiny(bundled_sample) -> Dataset:
 
 
 def config(**kw) -> TrainConfig:
-    base = dict(model="resnet18", width_mult=0.125, epochs=1, batch_size=25, device="cpu", precision="fp32",
+    base = dict(model="resnet18", width_mult=0.125, epochs=1, batch_size=20, device="cpu", precision="fp32",
                 compile="off", allow_stall=True, eval_batch_size=50)
     return TrainConfig(**{**base, **kw})
 

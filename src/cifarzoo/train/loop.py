@@ -444,9 +444,11 @@ class DeferredInterrupt:
             self.pending = False
             raise KeyboardInterrupt
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         if self.previous is not None:
             signal.signal(signal.SIGINT, self.previous)
+        if self.pending and exc_type is None:  # arrived after the last step's check
+            raise KeyboardInterrupt
 
 
 def _save_interrupted(trainer: Trainer, epoch: int, stats: EpochStats, check: "_Guards", seconds: float) -> None:
@@ -545,9 +547,9 @@ def fit(
     ``resume`` continues the run in that folder from its last checkpoint (its saved
     config wins; ``config`` may be None). ``out_dir`` holding a run already is an error
     unless ``force`` (it is then overwritten); a folder another process is training
-    into is always an error (one writer per run folder, see RunDir.claim). Raises :class:`TrainingError` for a
-    non-finite loss or a stalled run; re-raises KeyboardInterrupt after writing a
-    resumable checkpoint.
+    into is always an error (one writer per run folder, see RunDir.claim). Raises
+    :class:`TrainingError` for a non-finite loss, a stalled or a diverged run; re-raises
+    KeyboardInterrupt after writing a resumable checkpoint (the state between two steps).
     """
     reporter = reporter or Reporter()
     ckpt = None
