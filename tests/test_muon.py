@@ -139,10 +139,10 @@ def test_airbench_preset_and_the_new_settings_validate():
     plain = make_config("fastnet")
     assert (plain.optimizer, plain.lookahead, plain.crop_pad) == ("sgd", True, 4)  # SGD + lookahead stays the default
     assert make_config("vgg16", preset="airbench") == make_config("vgg16", preset="standard")
-    for bad, match in [(dict(augment="flip,altflip"), "--augment"), (dict(crop_pad=-1), "crop_pad"),
-                       (dict(tta_level=3), "tta_level"), (dict(muon_momentum=1.0), "muon_momentum"),
-                       (dict(optimizer="muon", whiten_bias_epochs=-1), "whiten_bias_epochs"),
-                       (dict(bn_bias_decay=-1.0), "bn_bias_decay"),
+    for bad, match in [(dict(augment="flip,altflip"), "--augment"), (dict(crop_pad=-1), "--crop-pad"),
+                       (dict(tta_level=3), "--tta-level"), (dict(muon_momentum=1.0), "--muon-momentum"),
+                       (dict(optimizer="muon", whiten_bias_epochs=-1), "--whiten-bias-epochs"),
+                       (dict(bn_bias_decay=-1.0), "--bn-bias-decay"),
                        (dict(optimizer="sgd", whiten_bias_epochs=3), "muon for bn_bias_decay and whiten_bias_epochs")]:
         with pytest.raises(CifarzooError, match=match):
             TrainConfig(**bad)

@@ -118,7 +118,7 @@ def test_evaluate_refuses_data_with_other_classes(trained_run, sample):
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     bad = tmp_path / "checkpoint.pt"
     bad.write_bytes(b"not a zip file at all")
-    with pytest.raises(CifarzooError, match="cannot read checkpoint"):
+    with pytest.raises(CifarzooError, match="not a cifarzoo checkpoint, or damaged"):
         evaluate(bad, save=False)
 
 

@@ -31,9 +31,10 @@ def fake_dataset():
     return build_dataset(x_train, y_train, x_test, y_test, tuple(CLASSES), "fake (test_report.py)")
 
 
-def make_study(out: Path, models, *, seeds=2, preset="quick", failed=(), missing=(), data=None) -> Path:
+def make_study(out: Path, models, *, seeds=2, preset="quick", failed=(), missing=(), data=None,
+               **overrides) -> Path:
     """A study folder as the runner leaves it, written by hand: ACC gives each finished run's accuracy."""
-    plan = plan_study(models, preset=preset, seeds=seeds, out_dir=out, data=data)
+    plan = plan_study(models, preset=preset, seeds=seeds, out_dir=out, data=data, **overrides)
     write_json(out / STUDY_FILE, {**plan.to_dict(), "created": "2024-01-01T00:00:00+0000"})
     for spec in plan.runs:
         if spec.name in missing:
@@ -226,6 +227,23 @@ def test_seed_preset_shows_the_original_study(tmp_path):
     md = (out / "report.md").read_text()
     assert "Original study" in md and "The original study beside this one" in md
     assert "stuck at ln 10" in md and "41.00%" in md
+
+
+def test_seed_preset_with_overrides_does_not_claim_the_original_settings(tmp_path):
+    out = make_study(tmp_path / "s", ["vgg16"], seeds=1, preset="seed", data="sample", epochs=1)
+    write_report(out, dataset=fake_dataset())
+    r = json.loads((out / "results.json").read_text())
+    assert r["study"]["overrides"] == ["data sample (preset: the full CIFAR-10)", "epochs 1 (preset: 50)"]
+    md = (out / "report.md").read_text()
+    assert "same settings" not in md
+    assert "overridden here: data sample (preset: the full CIFAR-10); epochs 1 (preset: 50)" in md
+    original = md[md.index("The original study beside this one"):]
+    assert "epochs 1 (preset: 50)" in original and "not the original settings" in original
+    # without overrides the comparison is with the same settings
+    out = make_study(tmp_path / "t", ["vgg16"], seeds=1, preset="seed")
+    write_report(out, dataset=fake_dataset())
+    assert "next to the same settings" in (out / "report.md").read_text()
+    assert json.loads((out / "results.json").read_text())["study"]["overrides"] == []
 
 
 def test_incomplete_study_and_unloadable_data(tmp_path):

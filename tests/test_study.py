@@ -181,14 +181,61 @@ def test_other_settings_in_the_same_folder_are_refused(study, dataset, tmp_path)
 
 
 def test_a_real_stall_is_recorded_and_the_study_goes_on(tmp_path):
-    # Adam at lr 10 diverges; the trainer's stall guard (checked after 6 steps) stops it.
-    ds = tiny_dataset(train_per_class=10)
-    bad = {**TINY, "optimizer": "adam", "lr": 10.0, "epochs": 3, "stall_steps": 6, "batch_size": 10}
+    # Every training image the same one: nothing to learn on any CPU; the stall guard (after 10 steps) stops it.
+    from cifarzoo.data import build_dataset
+
+    ds = tiny_dataset(train_per_class=20)
+    same = np.broadcast_to(ds.train_images[:1], ds.train_images.shape).copy()
+    ds = build_dataset(same, ds.train_labels, ds.test_images, ds.test_labels, CLASSES, "one image")
+    bad = {**TINY, "epochs": 3, "stall_steps": 10, "batch_size": 10, "augment": "none"}
     result = run_study(["vgg16"], preset="quick", out_dir=tmp_path / "s", dataset=ds, report=False, **bad)
     s = json.loads((tmp_path / "s" / "runs" / "vgg16-s0" / "summary.json").read_text())
-    assert s["status"] == "failed" and s["kind"] in ("stall", "nan")
+    assert s["status"] == "failed" and s["kind"] == "stall"
     assert s["reason"] and s["diagnosis"] and s["epochs"] == 3
     assert result.outcomes[0].status == "failed"
+
+
+def test_a_run_folder_without_config_is_refused_not_trusted(study, dataset, tmp_path):
+    out = copy_study(study, tmp_path)
+    (out / "runs" / "vgg16-s0" / "config.json").unlink()  # a foreign run: its settings cannot be checked
+    with pytest.raises(CifarzooError, match=r"vgg16-s0 holds a run whose settings cannot be checked.*--force"):
+        run_study(MODELS, preset="quick", seeds=2, out_dir=out, dataset=dataset, report=False, **TINY)
+    result = run_study(["vgg16"], preset="quick", seeds=1, out_dir=out, dataset=dataset, report=False, force=True,
+                       **TINY)
+    assert [o.action for o in result.outcomes] == ["trained"]
+    assert (out / "runs" / "vgg16-s0" / "config.json").is_file()
+
+
+def test_fewer_models_keep_the_others_in_the_study_and_its_report(study, dataset, tmp_path, monkeypatch):
+    out = copy_study(study, tmp_path)
+    calls = []
+    monkeypatch.setattr(cifarzoo.train, "fit", failing_fit("none", calls))
+    result = run_study(["resnet18"], preset="quick", seeds=2, out_dir=out, dataset=dataset, **TINY)
+    assert calls == []  # resnet18's runs are finished: kept
+    saved = json.loads((out / "study.json").read_text())
+    assert saved["models"] == MODELS  # the union
+    results = json.loads(result.report["results.json"].read_text())
+    assert [r["model"] for r in results["models"]] == MODELS
+    assert {r["name"] for r in results["runs"] if r["status"] == "finished"} >= {"vgg16-s0", "vgg16-s1"}
+    # a model whose run folders are gone leaves the study
+    remove_run_dir(out / "runs" / "xception-s0", out / "runs")
+    remove_run_dir(out / "runs" / "xception-s1", out / "runs")
+    run_study(["resnet18"], preset="quick", seeds=2, out_dir=out, dataset=dataset, report=False, **TINY)
+    assert json.loads((out / "study.json").read_text())["models"] == ["vgg16", "resnet18"]
+
+
+def test_one_study_process_per_study_folder(study, dataset, tmp_path):
+    from cifarzoo.train.rundir import LOCK_FILE, RunLock
+
+    out = copy_study(study, tmp_path)
+    lock = RunLock.acquire(out / LOCK_FILE)  # another benchmark process on the same study
+    try:
+        with pytest.raises(CifarzooError, match="being written by another"):
+            run_study(MODELS, preset="quick", seeds=2, out_dir=out, dataset=dataset, report=False, **TINY)
+    finally:
+        lock.release()
+    run_study(MODELS, preset="quick", seeds=2, out_dir=out, dataset=dataset, report=False, **TINY)
+    assert not (out / LOCK_FILE).exists()
 
 
 def test_out_of_memory_is_a_failed_run_not_a_crash(dataset, tmp_path, monkeypatch):

@@ -134,6 +134,7 @@ def fit(
     resume: str | os.PathLike | None = None,
     progress: Any = "auto",
     runs_root: str | os.PathLike = "runs",
+    force: bool = False,
     **settings: Any,
 ) -> "Run":
     """Train ``model`` and return its :class:`Run` (the run folder, as ``cifarzoo train`` leaves it).
@@ -141,7 +142,8 @@ def fit(
     ``settings`` are any :class:`~cifarzoo.train.TrainConfig` fields (``epochs=3,
     width_mult=0.25, lr=0.1, ...``) over the model's recipe and ``preset``; unknown or
     invalid ones raise CifarzooError. ``out`` is the run folder (default
-    ``runs_root/<model>-<time>``). ``resume=FOLDER`` continues an interrupted run with its
+    ``runs_root/<model>-<time>``); one that holds a run already is refused unless
+    ``force=True``. ``resume=FOLDER`` continues an interrupted run with its
     saved settings (a run trained from arrays needs ``data=`` again). On Ctrl-C / a kernel
     interrupt, KeyboardInterrupt propagates after a resumable checkpoint is written.
     """
@@ -169,7 +171,7 @@ def fit(
 
             out = RunDir.new(config.model, runs_root).path
         run_dir = Path(out)
-        kwargs = dict(config=config, dataset=dataset, out_dir=run_dir)
+        kwargs = dict(config=config, dataset=dataset, out_dir=run_dir, force=force)
     try:
         result = fit(reporter=reporter, **kwargs)
     except KeyboardInterrupt as exc:

@@ -14,10 +14,14 @@ class DataError(CifarzooError):
     """A dataset source is missing, corrupt or malformed."""
 
 
+class FolderBusyError(CifarzooError):
+    """A run or study folder is being written by another process (one writer per folder)."""
+
+
 class TrainingError(CifarzooError):
     """A run stopped because it cannot succeed (non-finite loss, stalled learning)."""
 
     def __init__(self, message: str, *, kind: str = "error", diagnosis: str = ""):
         super().__init__(message)
-        self.kind = kind  # "nan", "stall", "oom", "error"
+        self.kind = kind  # "nan", "stall", "diverged", "oom", "error"
         self.diagnosis = diagnosis

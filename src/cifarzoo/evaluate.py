@@ -54,11 +54,13 @@ def evaluate(
     device: str = "auto",
     batch_size: int | None = None,  # default: the run's eval_batch_size
     save: bool = True,
+    out_dir: str | os.PathLike | None = None,
 ) -> EvalResult:
     """Evaluate a trained model on the test split of ``dataset`` (or of ``data``, default: the run's own source).
 
     ``labels`` is CIFAR-100's labelling to load ``data`` with (default: the run's own).
-    ``save`` writes ``confusion.json`` and ``confusion.png`` (``*-tta`` with ``tta``) next to the checkpoint.
+    ``save`` writes ``confusion.json`` and ``confusion.png`` (``*-tta`` with ``tta``) next to the checkpoint,
+    or into ``out_dir``.
     """
     from cifarzoo.data.arrays import load_run_data
 
@@ -85,7 +87,11 @@ def evaluate(
     result = eval_result(logits, dataset.test_labels, classes, tta=tta, data_source=dataset.source,
                          checkpoint=ckpt["path"])
     if save:
-        save_eval_result(result, Path(ckpt["path"]).parent, ckpt["model"]["name"])
+        folder = Path(out_dir) if out_dir is not None else Path(ckpt["path"]).parent
+        try:
+            save_eval_result(result, folder, ckpt["model"]["name"])
+        except CifarzooError as exc:
+            raise CifarzooError(f"{exc}; write the confusion files into another folder with --out DIR") from None
     return result
 
 

@@ -47,6 +47,7 @@ import io
 import json
 import logging
 import os
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -350,8 +351,12 @@ def _load_for_export(run_or_checkpoint, out):
         raise CifarzooError(f"--out {target} is the checkpoint itself; choose another file name")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=target.parent)  # writable? (before the export's work)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as exc:
-        raise CifarzooError(f"{target}: cannot create its folder ({exc.strerror})") from None
+        raise CifarzooError(f"cannot write {target} ({exc.strerror or exc}); give --out FILE.onnx in a folder "
+                            "you can write to") from None
     norm = ckpt["normalization"]
     try:
         mean, std = [float(v) for v in norm["mean"]], [float(v) for v in norm["std"]]

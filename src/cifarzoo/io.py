@@ -36,8 +36,13 @@ def atomic_file(path: str | os.PathLike, *, suffix: str = ".tmp") -> Iterator[tu
     The temp path lets a caller check the written file (e.g. load it) before it is renamed.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    if path.is_dir():
+        raise CifarzooError(f"{path} is a folder; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    except OSError as exc:
+        raise CifarzooError(f"cannot write {path} ({exc.strerror or exc})") from None
     tmp = Path(name)
     try:
         _normal_permissions(fd)

@@ -11,13 +11,15 @@ from cifarzoo.train.config import DEVICES
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="test accuracy, per-class accuracy and confusion matrix of a trained model",
                        description="Evaluate a run folder or checkpoint on the test split. Writes confusion.json "
-                                   "and confusion.png into the run folder.")
+                                   "and confusion.png into the run folder (or --out DIR).")
     p.add_argument("run", metavar="RUN_OR_CHECKPOINT")
     add_data_argument(p, default_help="the data source the run was trained on")
     add_labels_argument(p, default_help="the labels the run was trained on")
     p.add_argument("--tta", action="store_true", help="average each image with its horizontal mirror")
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--out", metavar="DIR", help="folder for confusion.json and confusion.png (default: the run "
+                                                "folder, e.g. when that is read-only)")
     return p
 
 
@@ -25,7 +27,7 @@ def run(args) -> int:
     from cifarzoo.evaluate import (evaluate, format_confusion, format_per_class, format_top_confusions,
                                    many_classes, top_confusions)
 
-    r = evaluate(args.run, data=args.data, labels=args.labels, tta=args.tta, device=args.device)
+    r = evaluate(args.run, data=args.data, labels=args.labels, tta=args.tta, device=args.device, out_dir=args.out)
     if args.json:
         print(json.dumps(r.to_dict(), indent=2))
         return 0

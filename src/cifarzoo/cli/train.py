@@ -20,8 +20,11 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_labels_argument(p, default_help="fine; with --resume, the run's own")
     p.add_argument("--preset", choices=list(PRESETS), help="start from a study preset's settings for this model")
     add_config_options(p)
-    p.add_argument("--out", help="run folder (default runs/<model>-<time>)")
-    p.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR")
+    p.add_argument("--out", help="run folder (default runs/<model>-<time>); one that already holds a run is "
+                                 "refused unless --force")
+    p.add_argument("--force", action="store_true", help="overwrite the run already in --out")
+    p.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR with its saved settings "
+                                                   "(no other training option may be given)")
     p.add_argument("--quiet", action="store_true", help="print only the final line")
     p.add_argument("--nproc-per-node", type=int, metavar="N",
                    help="data-parallel training on N local processes (one per GPU; gloo on CPU): runs this "
@@ -55,10 +58,7 @@ def _launch(args) -> int:
     from cifarzoo.train import distributed
     from cifarzoo.train import launch
 
-    if args.resume and args.model:
-        raise CifarzooError("give either MODEL or --resume DIR, not both (a resumed run keeps its settings)")
-    if not (args.resume or args.model):
-        raise CifarzooError("missing MODEL (see `cifarzoo models`), or --resume DIR")
+    check_arguments(args)
     if args.resume:
         from cifarzoo.train.checkpoint import load_checkpoint
         from cifarzoo.train.config import TrainConfig
@@ -66,25 +66,69 @@ def _launch(args) -> int:
         config = TrainConfig.from_dict(load_checkpoint(args.resume)["config"])
     else:
         config = config_from_args(args)
+        from cifarzoo.train.rundir import RunDir
+
+        if args.out and not args.force and RunDir(args.out).holds_run():  # said once, before N ranks start
+            raise CifarzooError(f"{args.out} already holds a run; continue it with --resume {args.out}, "
+                                "pass --force to overwrite it, or choose another --out")
     device_type = launch.check_nproc(args.nproc_per_node, config.device)
     if args.nproc_per_node == 1:
         with distributed.process_group():
             return _run(args)
-    distributed.check_world(config.batch_size, args.nproc_per_node, sync_bn=config.sync_bn, device_type=device_type)
+    batch_size = config.batch_size if config.batch_size is not None else _auto_batch_size(config)
+    distributed.check_world(batch_size, args.nproc_per_node, sync_bn=config.sync_bn, device_type=device_type)
     argv = ["train", *launch.unparse_args(args._train_parser, args, drop=("nproc_per_node",))]
     return launch.launch(argv, args.nproc_per_node)
 
 
-def _run(args) -> int:
+def check_arguments(args) -> None:
+    """MODEL or --resume DIR; a resumed run keeps its saved settings, so no setting may come with it."""
     from cifarzoo.errors import CifarzooError
+
+    if args.resume and args.model:
+        raise CifarzooError("give either MODEL or --resume DIR, not both (a resumed run keeps its settings)")
+    if not (args.resume or args.model):
+        raise CifarzooError("missing MODEL (see `cifarzoo models`), or --resume DIR")
+    if args.resume:
+        given = [name for name, value in config_overrides(args).items() if value is not None]
+        given += [name for name in ("preset", "out") if getattr(args, name) is not None]
+        given += ["force"] if args.force else []
+        if given:
+            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise CifarzooError(f"--resume continues {args.resume} with the settings it was started with; drop "
+                                f"{flags} (to train with other settings, start a new run)")
+
+
+def _auto_batch_size(config) -> int:
+    """The batch size the trainer will choose for ``config``'s data (see loop.auto_batch_size)."""
+    from cifarzoo import data
+    from cifarzoo.train.loop import auto_batch_size, split_dataset
+
+    return auto_batch_size(len(split_dataset(data.load(config.data), config).train_y))
+
+
+def _interrupted(out_dir, is_main: bool, data: str | None = None) -> int:
+    from cifarzoo.train.rundir import RESUMABLE, RunDir
+
+    if is_main:
+        if RunDir(out_dir).state() == RESUMABLE:
+            again = f" --data {data}" if data is not None else ""
+            print(f"interrupted; a resumable checkpoint is in {out_dir}: cifarzoo train --resume {out_dir}"
+                  f"{again}", file=sys.stderr)
+        else:
+            print(f"interrupted before the first checkpoint was saved; nothing to resume in {out_dir}",
+                  file=sys.stderr)
+    return 130
+
+
+def _run(args) -> int:
     from cifarzoo.train import fit
     from cifarzoo.train.distributed import broadcast_object, current
 
     is_main = current().is_main
     reporter = ConsoleReporter(quiet=args.quiet or not is_main)
+    check_arguments(args)
     if args.resume:
-        if args.model:
-            raise CifarzooError("give either MODEL or --resume DIR, not both (a resumed run keeps its settings)")
         out_dir = args.resume
         dataset = None
         if args.data is not None:  # a run trained from arrays in memory: the same data, from a file
@@ -94,26 +138,17 @@ def _run(args) -> int:
         try:
             result = fit(resume=args.resume, dataset=dataset, reporter=reporter)
         except KeyboardInterrupt:
-            if is_main:
-                again = f" --data {args.data}" if args.data is not None else ""
-                print(f"interrupted; a resumable checkpoint is in {out_dir}: cifarzoo train --resume {out_dir}"
-                      f"{again}", file=sys.stderr)
-            return 130
+            return _interrupted(out_dir, is_main, args.data)
     else:
-        if not args.model:
-            raise CifarzooError("missing MODEL (see `cifarzoo models`), or --resume DIR")
         config = config_from_args(args)
         from cifarzoo.train.rundir import new_run_dir
 
         # One folder for all ranks: rank 0 names it (others would see its folder and add "-2").
         out_dir = args.out or broadcast_object(str(new_run_dir(config.model)) if is_main else None)
         try:
-            result = fit(config, out_dir=out_dir, reporter=reporter)
+            result = fit(config, out_dir=out_dir, reporter=reporter, force=args.force)
         except KeyboardInterrupt:
-            if is_main:
-                print(f"interrupted; a resumable checkpoint is in {out_dir}: cifarzoo train --resume {out_dir}",
-                      file=sys.stderr)
-            return 130
+            return _interrupted(out_dir, is_main, args.data)
     if args.quiet and is_main:
         s = result.summary
         print(f"{result.run_dir}: test accuracy {100 * s['test_acc']:.2f}% (flip TTA {100 * s['test_acc_tta']:.2f}%)")

@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 from typing import Any, Sequence
 
-from cifarzoo.study.plan import ORIGINAL_STUDY, STUDY_MODELS, RunSpec, StudyPlan, load_plan, plan_study
+from cifarzoo.study.plan import (ORIGINAL_STUDY, STUDY_MODELS, RunSpec, StudyPlan, load_plan, plan_study,
+                                 with_recorded_models)
 from cifarzoo.study.report import write_report
 from cifarzoo.study.runner import StudyResult, execute
 from cifarzoo.study.training import RunOutcome, StudyReporter, estimate_seconds_left
@@ -25,8 +26,8 @@ def run_plan(plan: StudyPlan, *, force: bool = False, reporter: StudyReporter | 
     """Train every run of ``plan`` not done yet (:func:`cifarzoo.study.runner.execute`), then write the report."""
     reporter = reporter or StudyReporter()
     result = execute(plan, force=force, reporter=reporter, dataset=dataset, executor=executor)
-    if report:
-        result.report = write_report(plan.out_dir, dataset=result.dataset, plan=plan)
+    if report:  # the whole study: also the models an earlier invocation trained (with_recorded_models)
+        result.report = write_report(plan.out_dir, dataset=result.dataset, plan=with_recorded_models(plan))
         reporter.on_report(result.report)
     return result
 

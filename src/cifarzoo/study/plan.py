@@ -186,11 +186,33 @@ def load_plan(out_dir: str | os.PathLike) -> StudyPlan:
     if not p.exists():
         raise CifarzooError(f"{out}: no study here ({STUDY_FILE} missing); run `cifarzoo benchmark --out {out}` first")
     meta = read_json(p)
+    if not isinstance(meta, dict):
+        raise CifarzooError(f"{p}: not a cifarzoo study file (a JSON {type(meta).__name__}, not an object)")
     try:
         return plan_study(meta["models"], preset=meta["preset"], seeds=len(meta["seeds"]), data=meta["data"],
                           out_dir=out, **meta.get("overrides", {}))
     except KeyError as exc:
         raise CifarzooError(f"{p}: not a cifarzoo study file (missing {exc})") from None
+    except (TypeError, AttributeError) as exc:
+        raise CifarzooError(f"{p}: not a cifarzoo study file ({exc})") from None
+
+
+def with_recorded_models(plan: StudyPlan) -> StudyPlan:
+    """``plan`` plus the models that study.json already records with the same preset, seeds, data
+    and overrides and that still have a run folder: re-running a study with fewer ``--models``
+    keeps the others in the study and its report. Delete a model's run folders to drop it."""
+    meta = read_json_object(plan.out_dir / STUDY_FILE)
+    if not meta or (meta.get("preset"), meta.get("seeds"), meta.get("data"), meta.get("overrides")) != (
+            plan.preset, list(plan.seeds), plan.data, dict(plan.overrides)):
+        return plan
+    recorded = [m for m in meta.get("models") or [] if isinstance(m, str)]
+    extra = [m for m in recorded if m not in plan.models
+             and any((plan.out_dir / RUNS_DIR / run_name(m, s)).exists() for s in plan.seeds)]
+    if not extra:
+        return plan
+    models = [m for m in recorded if m in extra or m in plan.models] + [m for m in plan.models if m not in recorded]
+    return plan_study(models, preset=plan.preset, seeds=len(plan.seeds), data=plan.data, out_dir=plan.out_dir,
+                      **plan.overrides)
 
 
 def write_plan(plan: StudyPlan) -> None:

@@ -231,7 +231,7 @@ def build_results(plan: StudyPlan, records: list[RunRecord], dataset=None, creat
             "preset": plan.preset, "preset_description": meta["preset_description"], "models": list(plan.models),
             "seeds": list(plan.seeds), "rule": plan.rule, "data_spec": plan.data,
             "created": created, "report_date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cifarzoo": __version__,
-            "configs": meta["configs"],
+            "configs": meta["configs"], "overrides": preset_overrides(plan),
         },
         "data": data,
         "environment": _environment(records),
@@ -239,6 +239,23 @@ def build_results(plan: StudyPlan, records: list[RunRecord], dataset=None, creat
         "models": model_rows(plan, records, len(data.get("classes") or []) or 10),
         "runs": [r.row for r in records],
     }
+
+
+def preset_overrides(plan: StudyPlan) -> list[str]:
+    """Each setting of the study that is not its preset's, as "name value (preset: value)"; the data too."""
+    from cifarzoo.train.config import PRESETS, make_config
+
+    out = []
+    preset_data = PRESETS[plan.preset].get("data")
+    if plan.data != preset_data:
+        out.append(f"data {plan.data or 'the full CIFAR-10'} (preset: {preset_data or 'the full CIFAR-10'})")
+    for key, value in sorted(plan.overrides.items()):
+        if key == "data":
+            continue
+        preset_values = sorted({repr(make_config(m, preset=plan.preset).to_dict().get(key)) for m in plan.models})
+        if preset_values != [repr(value)]:
+            out.append(f"{key} {value!r} (preset: {', '.join(preset_values)})")
+    return out
 
 
 def write_results_csv(path: Path, rows: list[dict]) -> None:
@@ -434,8 +451,9 @@ def build_blocks(out_dir: Path, results: dict, records: list[RunRecord], figs: d
         Block("h1", f"cifarzoo study — preset “{st['preset']}”"),
         Block("p", f"{len(st['models'])} models × {len(st['seeds'])} seed{'s' if len(st['seeds']) != 1 else ''} "
                    f"= {n_runs} runs on {data.get('source') or st['data_spec'] or 'CIFAR-10'}. "
-                   f"Preset: {st['preset_description']}. Report built {st['report_date']} by cifarzoo "
-                   f"{st['cifarzoo']}."),
+                   f"Preset: {st['preset_description']}"
+                   + (f"; overridden here: {'; '.join(st['overrides'])}" if st.get("overrides") else "")
+                   + f". Report built {st['report_date']} by cifarzoo {st['cifarzoo']}."),
         Block("kv", items=[("Budget rule", st["rule"])]),
         Block("h2", "Results"),
         Block("p", "Test accuracy and loss are the final epoch's weights on the test split; mean ± sample standard "
@@ -445,7 +463,7 @@ def build_blocks(out_dir: Path, results: dict, records: list[RunRecord], figs: d
     ]
     blocks += _status_blocks(records)
     if seed_preset:
-        blocks += _original_study_blocks(rows)
+        blocks += _original_study_blocks(rows, st.get("overrides") or [], data.get("source"))
     blocks += _figure_blocks(figs)
     blocks += _data_blocks(data, figs, st["models"], records)
     blocks += _model_figure_blocks(figs, st["models"], figs_meta, records)
@@ -474,12 +492,20 @@ def _status_blocks(records: list[RunRecord]) -> list[Block]:
     return blocks
 
 
-def _original_study_blocks(rows: list[dict]) -> list[Block]:
+def _original_study_blocks(rows: list[dict], overrides: list[str], source: str | None) -> list[Block]:
+    original = ("The original Keras study trained these networks with Adam 1e-3, batch 32, no augmentation, "
+                "50 epochs, on the full CIFAR-10 (50,000 training images). ")
+    if overrides:
+        text = (original + "This study changed the preset's settings: " + "; ".join(overrides)
+                + (f" (data: {source})" if source else "") + ". So these are not the original settings: "
+                "its figures, as it reported them, next to this study's on correctly built networks, "
+                "for orientation only:")
+    else:
+        text = original + ("Its figures, as it reported them, next to the same settings on correctly built "
+                           "networks:")
     return [
         Block("h2", "The original study beside this one"),
-        Block("p", "The original Keras study trained these networks with the same settings (Adam 1e-3, batch 32, "
-                   "no augmentation, 50 epochs). Its figures, as it reported them, next to the same settings on "
-                   "correctly built networks:"),
+        Block("p", text),
         _table("original", ["Model", "Original study", "This study (test accuracy)", "Status"],
                [[r["model"], r.get("original_study") or "–", fmt_pct(r["test_acc_mean"], r["test_acc_std"]),
                  r["status"]] for r in rows], [r["status"] for r in rows]),

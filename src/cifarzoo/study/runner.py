@@ -9,8 +9,11 @@ Imports point one way: runner -> executors -> training -> plan.
 Starting the same study again continues it: a run whose ``summary.json`` says
 ``finished`` (or ``failed``) is kept as it is, a run with an unfinished checkpoint is
 resumed from it, anything else is trained from the start; ``force=True`` trains every
-run again. A run folder made with other settings than the study now asks for is an
-error, not silently mixed in. A run that fails (stall, non-finite loss, out of
+run again. A run folder made with other settings than the study now asks for, or
+whose settings cannot be checked (no config.json), is an error, not silently mixed in.
+One study process per study folder (a lock, as for run folders). Starting the study
+again with fewer models keeps the others' runs in study.json and the report (see
+:func:`cifarzoo.study.plan.with_recorded_models`). A run that fails (stall, non-finite loss, out of
 memory, any error) gets a ``summary.json`` with ``status: "failed"``, its ``kind``,
 ``reason`` and ``diagnosis``; the study goes on with the next run.
 
@@ -31,10 +34,10 @@ from typing import Any, Sequence
 
 from cifarzoo.errors import CifarzooError
 from cifarzoo.study.executors import LocalExecutor
-from cifarzoo.study.plan import EVAL_FILE, RUNS_DIR, RunSpec, StudyPlan, write_plan
+from cifarzoo.study.plan import EVAL_FILE, RUNS_DIR, RunSpec, StudyPlan, with_recorded_models, write_plan
 from cifarzoo.study.training import RunOutcome, StudyReporter, evaluate_for_report, run_cost
 from cifarzoo.train.config import TrainConfig
-from cifarzoo.train.rundir import EMPTY, FAILED, FINISHED, FOREIGN, RESUMABLE, RunDir
+from cifarzoo.train.rundir import EMPTY, FAILED, FINISHED, FOREIGN, LOCK_FILE, RESUMABLE, RunDir, RunLock
 
 # Settings that do not change what a run computes: a run folder that differs only in
 # these still belongs to the study.
@@ -64,8 +67,13 @@ def _normalized(config: dict) -> dict:
 
 def check_compatible(spec: RunSpec) -> None:
     """Raise if ``spec.run_dir`` holds a run made with other settings than ``spec.config``."""
-    saved = RunDir(spec.run_dir).saved_config()
+    run = RunDir(spec.run_dir)
+    saved = run.saved_config()
     if saved is None:
+        if run.holds_run():
+            raise CifarzooError(
+                f"{spec.run_dir} holds a run whose settings cannot be checked (no readable config.json); "
+                "rerun with --force to train it again, or move it out of the study")
         return
     # A setting newer than the saved run (e.g. labels) was its default value then.
     want, have = _normalized(spec.config.to_dict()), _normalized({**TrainConfig().to_dict(), **saved})
@@ -108,6 +116,15 @@ def execute(plan: StudyPlan, *, force: bool = False, reporter: StudyReporter | N
     default, one after the other in this process) or ``RayExecutor``.
     """
     reporter = reporter or StudyReporter()
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    lock = RunLock.acquire(plan.out_dir / LOCK_FILE)  # one study process per study folder
+    try:
+        return _execute(plan, force=force, reporter=reporter, dataset=dataset, executor=executor)
+    finally:
+        lock.release()
+
+
+def _execute(plan: StudyPlan, *, force: bool, reporter: StudyReporter, dataset, executor) -> StudyResult:
     root = plan.out_dir / RUNS_DIR
     if not force:
         for spec in plan.runs:  # before any training: a mismatch found late would waste hours
@@ -116,7 +133,7 @@ def execute(plan: StudyPlan, *, force: bool = False, reporter: StudyReporter | N
         from cifarzoo.data import load
 
         dataset = load(plan.data, labels=plan.labels)
-    write_plan(plan)
+    write_plan(with_recorded_models(plan))
     reporter.on_study_start(plan, dataset)
 
     total = len(plan.runs)

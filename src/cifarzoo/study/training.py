@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from cifarzoo.errors import CifarzooError, TrainingError
+from cifarzoo.errors import CifarzooError, FolderBusyError, TrainingError
 from cifarzoo.io import write_json
 from cifarzoo.study.plan import EVAL_FILE, RunSpec, StudyPlan
 from cifarzoo.train.config import TrainConfig
@@ -195,6 +195,8 @@ def train_one(spec: RunSpec, dataset, *, action: str, reporter: Reporter | None 
     run = RunDir(spec.run_dir)
 
     def failed(kind: str, reason: str, diagnosis: str) -> tuple[str, dict]:
+        if not run.config_path.exists():  # failed before fit wrote it: the settings stay checkable
+            run.write_config({"config": spec.config.to_dict(), "run_dir": str(run.path)})
         summary = run.failure_summary(model=spec.model, seed=spec.seed, epochs=spec.config.epochs,
                                       data=spec.config.data, kind=kind, reason=reason, diagnosis=diagnosis)
         run.write_summary(summary)
@@ -205,6 +207,8 @@ def train_one(spec: RunSpec, dataset, *, action: str, reporter: Reporter | None 
             result = fit(resume=spec.run_dir, dataset=dataset, reporter=reporter)
         else:
             result = fit(spec.config, dataset=dataset, out_dir=spec.run_dir, reporter=reporter)
+    except FolderBusyError:  # another process trains this run: its folder is not ours to write
+        raise
     except TrainingError as exc:
         return failed(exc.kind, str(exc).split("\n", 1)[0], exc.diagnosis or str(exc))
     except torch.OutOfMemoryError as exc:

@@ -33,6 +33,9 @@ nanoGPT's ``sample.py`` does from ``model_args``.
 from __future__ import annotations
 
 import os
+import pickle
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -70,9 +73,11 @@ def load_checkpoint(run_or_checkpoint: str | os.PathLike, map_location: str | to
     """Load and validate a checkpoint with ``weights_only=True``."""
     path = resolve_checkpoint_path(run_or_checkpoint)
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols: the error below says it all
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated zip, not a torch file, forbidden global ...
-        raise CifarzooError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
+        raise CifarzooError(f"{path}: not a cifarzoo checkpoint, or damaged ({_load_failure(exc)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CifarzooError(f"{path}: not a cifarzoo checkpoint (missing format marker {FORMAT!r})")
     if ckpt.get("version") != VERSION:
@@ -84,12 +89,36 @@ def load_checkpoint(run_or_checkpoint: str | os.PathLike, map_location: str | to
     return ckpt
 
 
+def _load_failure(exc: Exception) -> str:
+    """One plain line on why torch.load failed (torch's own text spans lines, has terminal escapes and
+    advises turning the safe loader off, which a cifarzoo checkpoint never needs)."""
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(exc))
+    code = re.search(r"GLOBAL ([\w.]+)", text)
+    if code:
+        return f"it refers to Python code ({code.group(1)}), which a checkpoint of plain tensors never does"
+    if isinstance(exc, pickle.UnpicklingError):
+        return "its contents are not plain tensors, numbers and strings"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    if not first or "weights_only" in first:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {first.split('. ')[0][:200]}"
+
+
 def build_model(ckpt: dict) -> nn.Module:
     """Rebuild the model a checkpoint describes and load its weights; eval mode, on CPU."""
     from cifarzoo import models
 
     spec = ckpt["model"]
-    model = models.create(spec["name"], **spec.get("kwargs", {}))
+    classes, num_classes = ckpt["classes"], spec.get("kwargs", {}).get("num_classes")
+    if not isinstance(classes, list) or (num_classes is not None and len(classes) != num_classes):
+        raise CifarzooError(f"{ckpt.get('path', 'checkpoint')}: damaged: it names "
+                            f"{len(classes) if isinstance(classes, list) else 'no list of'} classes for a model "
+                            f"with {num_classes} outputs")
+    try:
+        model = models.create(spec["name"], **spec.get("kwargs", {}))
+    except (TypeError, ValueError) as exc:
+        raise CifarzooError(f"{ckpt.get('path', 'checkpoint')}: damaged: cannot build model "
+                            f"{spec.get('name')!r} from its description ({exc})") from None
     missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
     if missing or unexpected:
         raise CifarzooError(

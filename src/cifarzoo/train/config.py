@@ -120,36 +120,9 @@ def validate(c: TrainConfig) -> None:
         from cifarzoo.data.loader import AUGMENTATIONS
 
         bad("--augment", c.augment, f"a comma list of {', '.join(AUGMENTATIONS)}, or none")
-    if not (isinstance(c.epochs, int) and c.epochs >= 1):
-        bad("--epochs", c.epochs, "an integer >= 1")
-    if c.batch_size is not None and not (isinstance(c.batch_size, int) and c.batch_size >= 1):
-        bad("--batch-size", c.batch_size, "an integer >= 1")
-    if not (c.lr > 0 and math.isfinite(c.lr)):
-        bad("--lr", c.lr, "a positive number")
-    if not (c.weight_decay >= 0):
-        bad("--weight-decay", c.weight_decay, "a number >= 0")
-    if not (0 <= c.label_smoothing < 1):
-        bad("--label-smoothing", c.label_smoothing, "a number in [0, 1)")
-    if c.subset is not None and c.subset < 1:
-        bad("--subset", c.subset, "a positive integer")
-    if c.val_split < 0:
-        bad("--val-split", c.val_split, "an integer >= 0")
-    if not (c.bias_lr_scale > 0 and math.isfinite(c.bias_lr_scale)):
-        bad("--bias-lr-scale", c.bias_lr_scale, "a positive number")
-    if c.warmup_epochs < 0:
-        bad("--warmup-epochs", c.warmup_epochs, "a number >= 0")
-    if not (isinstance(c.crop_pad, int) and 0 <= c.crop_pad < 16):
-        bad("crop_pad", c.crop_pad, "an integer number of pixels in 0..15")
+    _validate_numbers(c, bad)
     if "flip" in c.augmentations and "altflip" in c.augmentations:
         bad("--augment", c.augment, "flip or altflip, not both")
-    if not (c.muon_lr > 0 and math.isfinite(c.muon_lr)):
-        bad("muon_lr", c.muon_lr, "a positive number")
-    if not (0 <= c.muon_momentum < 1):
-        bad("muon_momentum", c.muon_momentum, "a number in [0, 1)")
-    if not (c.bn_bias_decay >= 0):
-        bad("bn_bias_decay", c.bn_bias_decay, "a number >= 0")
-    if c.whiten_bias_epochs is not None and not (isinstance(c.whiten_bias_epochs, int) and c.whiten_bias_epochs >= 0):
-        bad("whiten_bias_epochs", c.whiten_bias_epochs, "an integer >= 0, or None")
     if c.optimizer != "muon" and (c.bn_bias_decay or c.whiten_bias_epochs is not None):
         bad("--optimizer", c.optimizer, "muon for bn_bias_decay and whiten_bias_epochs (its optimizer applies them)")
     if c.warmup not in WARMUP_MODES:
@@ -161,8 +134,55 @@ def validate(c: TrainConfig) -> None:
     if c.threads is not None and not (isinstance(c.threads, int) and c.threads >= 1):
         bad("--threads", c.threads, "an integer >= 1")
     if c.tta_level not in (0, 1, 2):
-        bad("tta_level", c.tta_level, "0 (none), 1 (flip) or 2 (flip and 1-pixel translations)")
+        bad("--tta-level", c.tta_level, "0 (none), 1 (flip) or 2 (flip and 1-pixel translations)")
 
+
+
+# name: (integer?, lowest, highest, lowest allowed?, highest allowed?, None allowed?) of every
+# number TrainConfig holds; floats must also be finite.
+_NUMBERS: dict[str, tuple] = {
+    "width_mult": (False, 0, None, False, None, False),
+    "subset": (True, 1, None, True, None, True),
+    "val_split": (True, 0, None, True, None, False),
+    "epochs": (True, 1, None, True, None, False),
+    "batch_size": (True, 1, None, True, None, True),
+    "eval_batch_size": (True, 1, None, True, None, False),
+    "lr": (False, 0, None, False, None, False),
+    "momentum": (False, 0, 1, True, False, False),
+    "weight_decay": (False, 0, None, True, None, False),
+    "warmup_epochs": (False, 0, None, True, None, False),
+    "label_smoothing": (False, 0, 1, True, False, False),
+    "cutout_size": (True, 1, 32, True, True, False),
+    "crop_pad": (True, 0, 15, True, True, False),
+    "aux_weight": (False, 0, None, True, None, False),
+    "seed": (True, 0, 2**64 - 1, True, True, False),  # torch's seeds are 64-bit
+    "stall_steps": (True, 1, None, True, None, True),
+    "nan_check_every": (True, 1, None, True, None, False),
+    "bias_lr_scale": (False, 0, None, False, None, False),
+    "muon_lr": (False, 0, None, False, None, False),
+    "muon_momentum": (False, 0, 1, True, False, False),
+    "bn_bias_decay": (False, 0, None, True, None, False),
+    "whiten_bias_epochs": (True, 0, None, True, None, True),
+}
+
+
+def _validate_numbers(c: TrainConfig, bad) -> None:
+    """Every number in range and finite (see _NUMBERS), so that a bad value is named, not diagnosed later."""
+    for name, (integer, lo, hi, lo_ok, hi_ok, optional) in _NUMBERS.items():
+        value = getattr(c, name)
+        if value is None and optional:
+            continue
+        kind = "an integer" if integer else "a number"
+        lo_text = f"{'>=' if lo_ok else '>'} {lo}"
+        expected = (f"{kind} {lo_text}" if hi is None else
+                    f"{kind} in {'[' if lo_ok else '('}{lo}, {hi}{']' if hi_ok else ')'}")
+        if optional:
+            expected += ", or none"
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+            bad("--" + name.replace("_", "-"), value, expected)
+        if not math.isfinite(value) or not (value >= lo if lo_ok else value > lo) or (
+                hi is not None and not (value <= hi if hi_ok else value < hi)):
+            bad("--" + name.replace("_", "-"), value, expected)
 
 # Per-model recipes: what `cifarzoo train MODEL` uses unless told otherwise, and the
 # base of the `standard` preset. SGD + Nesterov, one-cycle (linear warm-up from lr/10 over

@@ -27,13 +27,44 @@ the same thing for every image. Usual causes, most likely first:
 Run `cifarzoo doctor MODEL` for checks; pass --allow-stall to train on regardless."""
 
 
-def nonfinite_error(step: int, epoch: int, loss: float) -> TrainingError:
+def nonfinite_error(step: int, epoch: int, loss: float, checkpoint_kept: bool = True) -> TrainingError:
+    kept = ("The last good checkpoint (saved before this step) is kept. " if checkpoint_kept
+            else "No checkpoint had been saved yet. ")
     return TrainingError(
-        f"loss became {loss} at step {step} (epoch {epoch}); stopped at once. "
-        "The last good checkpoint (end of the previous epoch) is kept. "
-        "Lower --lr, use --precision fp32, or check the data for corrupt values.",
+        f"loss became {loss} at step {step} (epoch {epoch}); stopped at once. " + kept
+        + "Lower --lr, use --precision fp32, or check the data for corrupt values.",
         kind="nan",
         diagnosis="non-finite loss: usually a learning rate too high for the optimizer, or fp16 overflow",
+    )
+
+
+# Divergence: the loss of every one of DIVERGENCE_WINDOW steps in a row above DIVERGENCE_FACTOR
+# times its starting value, ln(C) (what a network that knows nothing yet scores).
+DIVERGENCE_WINDOW = 10
+DIVERGENCE_FACTOR = 10.0
+
+DIVERGENCE_DIAGNOSIS = """\
+The training loss rose far above its starting value ln(num_classes) and stayed there: the
+optimization diverged (it is finite, so the non-finite check did not stop it). Usual causes:
+  - learning rate too high, or warm-up too short, for this batch size and optimizer;
+  - too little weight decay for a long schedule with a high learning rate, or no BN;
+  - corrupt or mislabeled data in part of the training set.
+Lower --lr, lengthen --warmup-epochs, or use --optimizer sgd with the model's recipe."""
+
+
+def divergence_threshold(num_classes: int) -> float:
+    return DIVERGENCE_FACTOR * math.log(num_classes)
+
+
+def divergence_error(step: int, epoch: int, loss: float, num_classes: int, checkpoint_kept: bool) -> TrainingError:
+    kept = ("The last checkpoint (saved before this step) is kept. " if checkpoint_kept
+            else "No checkpoint had been saved yet. ")
+    return TrainingError(
+        f"diverged: the training loss stayed above {divergence_threshold(num_classes):.1f} "
+        f"({DIVERGENCE_FACTOR:g} x ln {num_classes}) for {DIVERGENCE_WINDOW} steps, {loss:.4g} at step {step} "
+        f"(epoch {epoch}); stopped. " + kept + "Lower --lr or lengthen --warmup-epochs.",
+        kind="diverged",
+        diagnosis=DIVERGENCE_DIAGNOSIS,
     )
 
 

@@ -25,7 +25,9 @@ import copy
 import itertools
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -431,7 +433,10 @@ class _Guards:
         self.nan_every = 1 if trainer.device.type == "cpu" else max(1, trainer.config.nan_check_every)
 
     def check_finite(self, upto: int) -> None:
-        _check_finite(self.stats.loss, self.checked_upto, upto, self.epoch, self.trainer.steps_per_epoch)
+        """Non-finite loss in the steps not checked yet, and divergence up to ``upto`` (one host sync)."""
+        trainer = self.trainer
+        _check_loss(self.stats.loss, self.checked_upto, upto, self.epoch, trainer.steps_per_epoch,
+                    trainer.dataset.num_classes, trainer.run.checkpoint_path.exists())
         self.checked_upto = upto
 
     def __call__(self, i: int) -> None:
@@ -451,7 +456,7 @@ def run_epoch(trainer: Trainer, epoch: int, reporter: Reporter) -> tuple[float, 
     """``train_epoch`` with the guards, timing and Ctrl-C handling around it; returns (its training
     seconds, its statistics).
 
-    Ctrl-C saves a mid-epoch checkpoint (this very step) and re-raises.
+    Ctrl-C saves a mid-epoch checkpoint (the state after the last completed step) and re-raises.
     """
     steps = trainer.steps_per_epoch
     trainer.loader.set_epoch(epoch)
@@ -476,14 +481,14 @@ def run_epoch(trainer: Trainer, epoch: int, reporter: Reporter) -> tuple[float, 
     synchronize(trainer.device)
     t0 = time.perf_counter()
     try:
-        train_epoch(trainer.step, trainer.loader.iter_from(first_step), stats, first_step, after_step)
+        with DeferredInterrupt() as interrupt:
+            def after_each(i: int) -> None:
+                after_step(i)
+                interrupt.check()  # a Ctrl-C during the step is raised here, between two steps
+
+            train_epoch(trainer.step, trainer.loader.iter_from(first_step), stats, first_step, after_each)
     except KeyboardInterrupt:
-        # Save where we are (mid-epoch), so --resume continues from this very step.
-        done = stats.steps_done()
-        check.check_finite(done)
-        trainer.save(epoch, {"step": done, "step_loss": stats.loss.cpu(), "step_correct": stats.correct.cpu(),
-                             "step_count": stats.count.cpu(),
-                             "epoch_seconds": seconds_before + time.perf_counter() - t0})
+        _save_interrupted(trainer, epoch, stats, check, seconds_before + time.perf_counter() - t0)
         raise
     synchronize(trainer.device)
     seconds = seconds_before + time.perf_counter() - t0
@@ -495,6 +500,49 @@ def run_epoch(trainer: Trainer, epoch: int, reporter: Reporter) -> tuple[float, 
 
 def _every(k: int, epochs_done: int) -> bool:
     return k > 0 and epochs_done % k == 0
+
+
+class DeferredInterrupt:
+    """Holds a first Ctrl-C (SIGINT) until the step in progress has completed (``check`` raises it
+    then); a second one interrupts at once. Only in the main thread with Python's own handler in place."""
+
+    def __init__(self):
+        self.pending = False
+        self.previous = None
+
+    def __enter__(self) -> "DeferredInterrupt":
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self.previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self.pending:
+            raise KeyboardInterrupt
+        self.pending = True
+
+    def check(self) -> None:
+        if self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        if self.pending and exc_type is None:  # arrived after the last step's check
+            raise KeyboardInterrupt
+
+
+def _save_interrupted(trainer: Trainer, epoch: int, stats: EpochStats, check: "_Guards", seconds: float) -> None:
+    """After Ctrl-C mid-epoch: save the state between the last completed step and the next, so that
+    --resume continues from there exactly. Interrupted while the weights were being updated (a second
+    Ctrl-C), the state is torn: nothing is saved and the last checkpoint stays."""
+    done = trainer.step.global_step - epoch * trainer.steps_per_epoch
+    if trainer.step.torn or stats.steps_done() != done:
+        return
+    check.check_finite(done)
+    trainer.save(epoch, {"step": done, "step_loss": stats.loss.cpu(), "step_correct": stats.correct.cpu(),
+                         "step_count": stats.count.cpu(), "epoch_seconds": seconds})
 
 
 def end_epoch(trainer: Trainer, epoch: int, seconds: float, stats: EpochStats) -> dict:
@@ -604,26 +652,37 @@ def fit(
     resume: str | os.PathLike | None = None,
     reporter: Reporter | None = None,
     runs_root: str | os.PathLike = "runs",
+    force: bool = False,
 ) -> RunResult:
     """Train ``config.model`` as ``config`` says and leave a run folder; returns its summary.
 
     ``resume`` continues the run in that folder from its last checkpoint (its saved
-    config wins; ``config`` may be None). Raises :class:`TrainingError` for a
-    non-finite loss or a stalled run; re-raises KeyboardInterrupt after writing a
-    resumable checkpoint.
+    config wins; ``config`` may be None). ``out_dir`` holding a run already is an error
+    unless ``force`` (it is then overwritten); a folder another process is training
+    into is always an error (one writer per run folder, see RunDir.claim). Raises
+    :class:`TrainingError` for a non-finite loss, a stalled or a diverged run; re-raises
+    KeyboardInterrupt after writing a resumable checkpoint (the state between two steps).
     """
     reporter = reporter or Reporter()
     ckpt = None
+    dist = dist_mod.current()
     if resume is not None:
-        ckpt, config, out_dir = _open_resume(resume, dist_mod.current())
+        ckpt, config, out_dir = _open_resume(resume, dist)
     if config is None:
         raise CifarzooError("fit() needs a config or a run folder to resume")
-    trainer = set_up(config, dataset=dataset, out_dir=out_dir, ckpt=ckpt, runs_root=runs_root)
-    reporter.on_start(trainer.info)
-    for epoch in range(trainer.epoch, trainer.config.epochs):
-        seconds, stats = run_epoch(trainer, epoch, reporter)
-        reporter.on_epoch_end(end_epoch(trainer, epoch, seconds, stats))
-    summary = finish(trainer)
+    if out_dir is None:  # every rank writes to (rank 0: into) the same folder: rank 0 names it
+        out_dir = dist_mod.broadcast_object(RunDir.new(config.model, runs_root).path if dist.is_main else None)
+    lock = _claim(RunDir(out_dir), dist, fresh=ckpt is None, force=force)
+    try:
+        trainer = set_up(config, dataset=dataset, out_dir=out_dir, ckpt=ckpt, runs_root=runs_root)
+        reporter.on_start(trainer.info)
+        for epoch in range(trainer.epoch, trainer.config.epochs):
+            seconds, stats = run_epoch(trainer, epoch, reporter)
+            reporter.on_epoch_end(end_epoch(trainer, epoch, seconds, stats))
+        summary = finish(trainer)
+    finally:
+        if lock is not None:
+            lock.release()
     reporter.on_end(summary)
     return RunResult(trainer.run.path, summary, trainer.metrics, test_logits=trainer.final_logits[0])
 
@@ -638,6 +697,20 @@ def _compile_cost(trainer: Trainer) -> float | None:
     return _compile_seconds(trainer.first_step_seconds, trainer.seconds_this_process, trainer.steps_this_process)
 
 
+def _claim(run: RunDir, dist: dist_mod.DistInfo, *, fresh: bool, force: bool):
+    """Rank 0 becomes the run folder's one writer (RunDir.claim); every rank raises if it cannot."""
+    lock, error = None, None
+    if dist.is_main:
+        try:
+            lock = run.claim(fresh=fresh, force=force)
+        except CifarzooError as exc:
+            error = (type(exc), str(exc))
+    error = dist_mod.broadcast_object(error)
+    if error:
+        raise error[0](error[1])
+    return lock
+
+
 def _compile_seconds(first_step: float | None, seconds: float, steps: int) -> float | None:
     """The first compiled step's time beyond a typical step's: torch.compile's cost (included in train_seconds)."""
     if first_step is None or steps < 2:
@@ -645,17 +718,25 @@ def _compile_seconds(first_step: float | None, seconds: float, steps: int) -> fl
     return max(0.0, first_step - (seconds - first_step) / (steps - 1))
 
 
-def _check_finite(step_loss: torch.Tensor, lo: int, hi: int, epoch: int, steps_per_epoch: int) -> None:
-    """Raise naming the first step in [lo, hi) whose loss is not finite (one host sync per call)."""
+def _check_loss(step_loss: torch.Tensor, lo: int, hi: int, epoch: int, steps_per_epoch: int, num_classes: int,
+                checkpoint_kept: bool) -> None:
+    """Raise naming the first step in [lo, hi) whose loss is not finite, or if the last
+    DIVERGENCE_WINDOW steps before ``hi`` (in this epoch) all diverged (one host sync per call)."""
     if hi <= lo:
         return
-    window = step_loss[lo:hi]
-    bad = (~torch.isfinite(window)).to(torch.int32)
-    flag = dist_mod.all_reduce_sum(bad.sum().reshape(1))
-    if flag.item() > 0:
+    bad = (~torch.isfinite(step_loss[lo:hi])).to(torch.int32)
+    window = step_loss[max(0, hi - guards.DIVERGENCE_WINDOW):hi]
+    diverged = (window > guards.divergence_threshold(num_classes)).all() & (len(window) == guards.DIVERGENCE_WINDOW)
+    flags = dist_mod.all_reduce_sum(torch.stack([bad.sum(), diverged.to(torch.int32)]))
+    nonfinite, n_diverged = flags.tolist()
+    if nonfinite > 0:
         local = torch.nonzero(bad).flatten()
         i = lo + (int(local[0]) if len(local) else 0)
-        raise guards.nonfinite_error(epoch * steps_per_epoch + i + 1, epoch + 1, float(step_loss[i]))
+        raise guards.nonfinite_error(epoch * steps_per_epoch + i + 1, epoch + 1, float(step_loss[i]),
+                                     checkpoint_kept)
+    if n_diverged > 0:
+        raise guards.divergence_error(epoch * steps_per_epoch + hi, epoch + 1, float(step_loss[hi - 1]),
+                                      num_classes, checkpoint_kept)
 
 
 def _check_stall(stats: EpochStats, upto: int, global_step: int, num_classes: int) -> None:

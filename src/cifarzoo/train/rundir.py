@@ -9,6 +9,11 @@
 
 Every file is written atomically (temp file, then rename), so an interrupted run
 never leaves a half-written record. :meth:`RunDir.state` says what a folder holds.
+
+A run folder has one writer at a time: :meth:`RunDir.claim` takes an exclusive lock on
+``.lock`` in it for the run's life (``flock``: the kernel drops it when the process
+dies, so a lock left by a killed run is no obstacle), and refuses a folder that
+already holds a run unless told to overwrite it.
 """
 from __future__ import annotations
 
@@ -16,11 +21,12 @@ import csv
 import io
 import math
 import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cifarzoo.errors import CifarzooError
+from cifarzoo.errors import CifarzooError, FolderBusyError
 from cifarzoo.io import atomic_write_bytes, read_json_object, write_json
 
 CONFIG_FILE = "config.json"
@@ -28,6 +34,7 @@ METRICS_FILE = "metrics.csv"
 CHECKPOINT_FILE = "checkpoint.pt"
 SUMMARY_FILE = "summary.json"
 CURVES_FILE = "curves.png"
+LOCK_FILE = ".lock"  # held by the run's one writer (RunDir.claim)
 
 METRIC_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "eval_loss", "eval_acc",
                   "epoch_seconds", "elapsed_seconds", "images_per_second")
@@ -77,6 +84,37 @@ class RunDir:
     @property
     def curves_path(self) -> Path:
         return self.path / CURVES_FILE
+
+    # ---- one writer
+    def holds_run(self) -> bool:
+        """Whether a run (finished, failed or interrupted after its first checkpoint) is recorded here."""
+        return any(p.exists() for p in (self.checkpoint_path, self.summary_path, self.metrics_path))
+
+    def claim(self, *, fresh: bool, force: bool = False) -> "RunLock":
+        """Make the folder and become its one writer; returns the lock to release when the run ends.
+
+        ``fresh``: a new run will be written here, refused where one is recorded already
+        unless ``force`` (its records are then removed). Raises CifarzooError for a folder
+        that cannot be made or written, or that another process is writing to.
+        """
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise CifarzooError(f"{self.path}: exists and is not a folder; choose another --out") from None
+        except OSError as exc:
+            raise CifarzooError(f"{self.path}: cannot create the run folder ({exc.strerror}); "
+                                "choose another --out") from None
+        lock = RunLock.acquire(self.path / LOCK_FILE)
+        if fresh and self.holds_run():
+            if not force:
+                lock.release()
+                raise CifarzooError(
+                    f"{self.path} already holds a run; continue it with --resume {self.path}, "
+                    "pass --force to overwrite it, or choose another --out")
+            for p in (self.summary_path, self.metrics_path, self.checkpoint_path, self.curves_path,
+                      self.config_path):
+                p.unlink(missing_ok=True)
+        return lock
 
     # ---- writing
     def write_config(self, info: dict) -> None:
@@ -140,6 +178,56 @@ class RunDir:
             "epochs_completed": len(self.read_metrics()), "kind": kind, "reason": reason,
             "diagnosis": diagnosis, "data_source": data, "failed": timestamp(),
         }
+
+
+class RunLock:
+    """An exclusive ``flock`` on a run folder's lock file (see :meth:`RunDir.claim`)."""
+
+    def __init__(self, path: Path, file):
+        self.path, self.file = path, file
+
+    @classmethod
+    def acquire(cls, path: Path) -> "RunLock":
+        try:
+            import fcntl
+        except ImportError:  # no flock on this platform: no lock
+            return cls(path, None)
+        while True:
+            try:
+                f = open(path, "a+")
+            except OSError as exc:
+                raise CifarzooError(f"{path.parent}: cannot write in the run folder ({exc.strerror}); "
+                                    "choose another --out") from None
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                f.seek(0)
+                holder = f.read().strip() or "another process"
+                f.close()
+                raise FolderBusyError(f"{path.parent} is being written by another training run ({holder}); "
+                                    "wait for it to end or choose another folder") from None
+            try:
+                same = os.fstat(f.fileno()).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:  # not a file its previous holder removed while we opened it
+                break
+            f.close()
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()} since {timestamp()}\n")
+        f.flush()
+        return cls(path, f)
+
+    def release(self) -> None:
+        if self.file is None:
+            return
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError:  # e.g. the folder was made read-only: the lock goes with the process anyway
+            pass
+        self.file.close()
+        self.file = None
 
 
 def run_state(run_dir: str | os.PathLike) -> str:

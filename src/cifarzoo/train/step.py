@@ -78,13 +78,26 @@ class TrainStep:
             self.ema = torch.optim.swa_utils.AveragedModel(
                 model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.999), use_buffers=True)
         self.lookahead = Lookahead(model) if config.lookahead else None
+        self.torn = False  # True while (or if interrupted while) the weights are being updated
+        self._buffers: list[torch.Tensor] | None = None  # the model's buffers and their copies (_snapshot)
+        self._saved: list[torch.Tensor] = []
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self.optimizer.zero_grad(set_to_none=True)
-        with autocast_context(self.device, self.precision):
-            out = self.forward(x)
-        loss, logits = model_loss(out, y, self.config)
-        self.scaler.scale(loss).backward()
+        # Phase 1 touches only gradients, BatchNorm's running statistics and the RNG (dropout):
+        # interrupted there, they are put back, so the state is that of the last completed step.
+        snapshot = self._snapshot()
+        try:
+            self.optimizer.zero_grad(set_to_none=True)
+            with autocast_context(self.device, self.precision):
+                out = self.forward(x)
+            loss, logits = model_loss(out, y, self.config)
+            self.scaler.scale(loss).backward()
+        except BaseException:
+            self._restore(snapshot)
+            raise
+        # Phase 2 changes weights, optimizer, schedule, EMA and lookahead: interrupted there, the
+        # state is between two steps and is marked ``torn`` (not to be saved).
+        self.torn = True
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -93,7 +106,26 @@ class TrainStep:
         self.global_step += 1
         if self.lookahead is not None:
             self.lookahead.step(self.model, self.global_step, self.total_steps)
+        self.torn = False
         return loss.detach(), logits.detach()
+
+    def _snapshot(self) -> tuple:
+        """Copies of what a forward pass changes besides gradients: buffers (BN statistics) and the RNG."""
+        if self._buffers is None:
+            self._buffers = [b for b in self.model.buffers() if b is not None]
+            self._saved = [b.clone() for b in self._buffers]
+        if self._buffers:
+            torch._foreach_copy_(self._saved, self._buffers)
+        cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        return torch.get_rng_state(), cuda_rng
+
+    def _restore(self, snapshot: tuple) -> None:
+        if self._buffers:
+            torch._foreach_copy_(self._buffers, self._saved)
+        torch.set_rng_state(snapshot[0])
+        if snapshot[1] is not None:
+            torch.cuda.set_rng_state(snapshot[1], self.device)
+        self.optimizer.zero_grad(set_to_none=True)
 
     step = __call__
 
