@@ -82,7 +82,10 @@ def _launch(args) -> int:
 
 
 def check_arguments(args) -> None:
-    """MODEL or --resume DIR; a resumed run keeps its saved settings, so no setting may come with it."""
+    """MODEL or --resume DIR; a resumed run keeps its saved settings, so no setting may come with it.
+
+    ``--data`` is the exception: a run trained from arrays in memory takes the same data again
+    from a file (checked by ``api.resume_dataset``, which refuses it for any other run)."""
     from cifarzoo.errors import CifarzooError
 
     if args.resume and args.model:
@@ -90,13 +93,25 @@ def check_arguments(args) -> None:
     if not (args.resume or args.model):
         raise CifarzooError("missing MODEL (see `cifarzoo models`), or --resume DIR")
     if args.resume:
-        given = [name for name, value in config_overrides(args).items() if value is not None]
+        arrays = _trained_from_arrays(args.resume)
+        given = [name for name, value in config_overrides(args).items()
+                 if value is not None and not (name == "data" and arrays)]
         given += [name for name in ("preset", "out") if getattr(args, name) is not None]
         given += ["force"] if args.force else []
         if given:
             flags = ", ".join("--" + name.replace("_", "-") for name in given)
             raise CifarzooError(f"--resume continues {args.resume} with the settings it was started with; drop "
                                 f"{flags} (to train with other settings, start a new run)")
+
+
+def _trained_from_arrays(run_or_checkpoint: str) -> bool:
+    from pathlib import Path
+
+    from cifarzoo.data.arrays import ARRAYS_SPEC
+    from cifarzoo.train.rundir import RunDir
+
+    path = Path(run_or_checkpoint)
+    return (RunDir(path.parent if path.is_file() else path).saved_config() or {}).get("data") == ARRAYS_SPEC
 
 
 def _auto_batch_size(config) -> int:

@@ -97,6 +97,7 @@ class RunDir:
         unless ``force`` (its records are then removed). Raises CifarzooError for a folder
         that cannot be made or written, or that another process is writing to.
         """
+        created = not self.path.exists()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except FileExistsError:
@@ -105,6 +106,7 @@ class RunDir:
             raise CifarzooError(f"{self.path}: cannot create the run folder ({exc.strerror}); "
                                 "choose another --out") from None
         lock = RunLock.acquire(self.path / LOCK_FILE)
+        lock.created_folder = created
         if fresh and self.holds_run():
             if not force:
                 lock.release()
@@ -185,6 +187,7 @@ class RunLock:
 
     def __init__(self, path: Path, file):
         self.path, self.file = path, file
+        self.created_folder = False  # the claim made the run folder (removed again if left empty)
 
     @classmethod
     def acquire(cls, path: Path) -> "RunLock":
@@ -220,10 +223,14 @@ class RunLock:
         return cls(path, f)
 
     def release(self) -> None:
+        """Give the folder up; a folder the claim made and nothing was written into goes too
+        (a run that failed before its first file leaves nothing behind)."""
         if self.file is None:
             return
         try:
             self.path.unlink(missing_ok=True)
+            if self.created_folder and not any(self.path.parent.iterdir()):
+                self.path.parent.rmdir()
         except OSError:  # e.g. the folder was made read-only: the lock goes with the process anyway
             pass
         self.file.close()
