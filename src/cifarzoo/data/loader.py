@@ -223,26 +223,8 @@ class DeviceLoader:
         num_classes: int | None = None,
         prenormalize: bool = False,
     ):
-        if batch_size < 1:
-            raise DataError(f"batch size must be at least 1, got {batch_size}")
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise DataError(f"rank {rank} is not in 0..{world_size - 1} (world size {world_size})")
-        if batch_size % world_size:
-            raise DataError(f"global batch size {batch_size} is not divisible by world size {world_size}")
-        if seed < 0:
-            raise DataError(f"seed must be non-negative, got {seed}")
-        images_np = images.cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
-        labels_np = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
-        if images_np.dtype != np.uint8 or images_np.ndim != 4 or images_np.shape[-1] != 3:
-            raise DataError(f"DeviceLoader needs uint8 (N, H, W, 3) images, got {images_np.shape} {images_np.dtype}")
-        if labels_np.shape != (len(images_np),):
-            raise DataError(f"labels have shape {labels_np.shape}, expected ({len(images_np)},)")
-        if not (isinstance(crop_pad, int) and crop_pad >= 0):
-            raise DataError(f"crop padding must be an integer number of pixels >= 0, got {crop_pad!r}")
-        if min(images_np.shape[1:3]) <= crop_pad:
-            raise DataError(f"images of {images_np.shape[1]}x{images_np.shape[2]} are too small "
-                            f"for a {crop_pad}-pixel crop")
-
+        images_np, labels_np = _check_inputs(images, labels, batch_size=batch_size, rank=rank,
+                                             world_size=world_size, seed=seed, crop_pad=crop_pad)
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.train = train
@@ -276,16 +258,7 @@ class DeviceLoader:
         self.num_batches = n // batch_size if self.drop_last else math.ceil(n / batch_size)
         if self.num_batches == 0 and n > 0:
             raise DataError(f"{n} images make no complete batch of {batch_size}; lower the batch size")
-        # This rank's positions in the epoch order and where each of its batches starts:
-        # global batch k covers positions [k*B, (k+1)*B), split into world_size chunks.
-        positions, bounds = [], [0]
-        for k in range(self.num_batches):
-            start, stop = k * batch_size, min((k + 1) * batch_size, n)
-            chunk = np.array_split(np.arange(start, stop), world_size)[rank]
-            positions.append(chunk)
-            bounds.append(bounds[-1] + len(chunk))
-        self._positions = torch.from_numpy(np.concatenate(positions) if positions else np.zeros(0, np.int64))
-        self._bounds = bounds  # Python ints: slicing the plan never syncs with the device
+        self._positions, self._bounds = _rank_positions(n, self.num_batches, batch_size, rank, world_size)
         self.num_samples = bounds[-1]
         self._plan_key: tuple[int, int] | None = None
         self._plan_host: torch.Tensor | None = None
@@ -394,3 +367,43 @@ class DeviceLoader:
             if "cutout" in self.augment:
                 x = cutout_(x, p[:, _CY], p[:, _CX], self.cutout_size)
             yield x, y
+
+
+def _check_inputs(images, labels, *, batch_size: int, rank: int, world_size: int, seed: int,
+                  crop_pad: int) -> tuple[np.ndarray, np.ndarray]:
+    """The split as numpy arrays, after checking what DeviceLoader is given (DataError otherwise)."""
+    if batch_size < 1:
+        raise DataError(f"batch size must be at least 1, got {batch_size}")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise DataError(f"rank {rank} is not in 0..{world_size - 1} (world size {world_size})")
+    if batch_size % world_size:
+        raise DataError(f"global batch size {batch_size} is not divisible by world size {world_size}")
+    if seed < 0:
+        raise DataError(f"seed must be non-negative, got {seed}")
+    images_np = images.cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    labels_np = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    if images_np.dtype != np.uint8 or images_np.ndim != 4 or images_np.shape[-1] != 3:
+        raise DataError(f"DeviceLoader needs uint8 (N, H, W, 3) images, got {images_np.shape} {images_np.dtype}")
+    if labels_np.shape != (len(images_np),):
+        raise DataError(f"labels have shape {labels_np.shape}, expected ({len(images_np)},)")
+    if not (isinstance(crop_pad, int) and crop_pad >= 0):
+        raise DataError(f"crop padding must be an integer number of pixels >= 0, got {crop_pad!r}")
+    if min(images_np.shape[1:3]) <= crop_pad:
+        raise DataError(f"images of {images_np.shape[1]}x{images_np.shape[2]} are too small "
+                        f"for a {crop_pad}-pixel crop")
+
+    return images_np, labels_np
+
+
+def _rank_positions(n: int, num_batches: int, batch_size: int, rank: int,
+                    world_size: int) -> tuple[torch.Tensor, list[int]]:
+    """This rank's positions in the epoch order, and where each of its batches starts: global
+    batch k covers positions [k*B, (k+1)*B), split into world_size chunks. The bounds are Python
+    ints, so slicing the plan never syncs with the device."""
+    positions, bounds = [], [0]
+    for k in range(num_batches):
+        start, stop = k * batch_size, min((k + 1) * batch_size, n)
+        chunk = np.array_split(np.arange(start, stop), world_size)[rank]
+        positions.append(chunk)
+        bounds.append(bounds[-1] + len(chunk))
+    return torch.from_numpy(np.concatenate(positions) if positions else np.zeros(0, np.int64)), bounds
