@@ -259,7 +259,7 @@ class DeviceLoader:
         if self.num_batches == 0 and n > 0:
             raise DataError(f"{n} images make no complete batch of {batch_size}; lower the batch size")
         self._positions, self._bounds = _rank_positions(n, self.num_batches, batch_size, rank, world_size)
-        self.num_samples = bounds[-1]
+        self.num_samples = self._bounds[-1]
         self._plan_key: tuple[int, int] | None = None
         self._plan_host: torch.Tensor | None = None
         self._plan: torch.Tensor | None = None
