@@ -436,7 +436,7 @@ class _Guards:
         """Non-finite loss in the steps not checked yet, and divergence up to ``upto`` (one host sync)."""
         trainer = self.trainer
         _check_loss(self.stats.loss, self.checked_upto, upto, self.epoch, trainer.steps_per_epoch,
-                    trainer.dataset.num_classes, trainer.run.checkpoint_path.exists())
+                    trainer.dataset.num_classes, trainer.run.checkpoint_path)
         self.checked_upto = upto
 
     def __call__(self, i: int) -> None:
@@ -719,9 +719,10 @@ def _compile_seconds(first_step: float | None, seconds: float, steps: int) -> fl
 
 
 def _check_loss(step_loss: torch.Tensor, lo: int, hi: int, epoch: int, steps_per_epoch: int, num_classes: int,
-                checkpoint_kept: bool) -> None:
+                checkpoint: Path) -> None:
     """Raise naming the first step in [lo, hi) whose loss is not finite, or if the last
-    DIVERGENCE_WINDOW steps before ``hi`` (in this epoch) all diverged (one host sync per call)."""
+    DIVERGENCE_WINDOW steps before ``hi`` (in this epoch) all diverged (one host sync per call).
+    The message says whether ``checkpoint`` is kept (looked up only then, not every step)."""
     if hi <= lo:
         return
     bad = (~torch.isfinite(step_loss[lo:hi])).to(torch.int32)
@@ -733,10 +734,10 @@ def _check_loss(step_loss: torch.Tensor, lo: int, hi: int, epoch: int, steps_per
         local = torch.nonzero(bad).flatten()
         i = lo + (int(local[0]) if len(local) else 0)
         raise guards.nonfinite_error(epoch * steps_per_epoch + i + 1, epoch + 1, float(step_loss[i]),
-                                     checkpoint_kept)
+                                     checkpoint.exists())
     if n_diverged > 0:
         raise guards.divergence_error(epoch * steps_per_epoch + hi, epoch + 1, float(step_loss[hi - 1]),
-                                      num_classes, checkpoint_kept)
+                                      num_classes, checkpoint.exists())
 
 
 def _check_stall(stats: EpochStats, upto: int, global_step: int, num_classes: int) -> None:
