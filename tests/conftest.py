@@ -335,6 +335,26 @@ def bundled_sample():
     return load("sample")
 
 
+@pytest.fixture(scope="session")
+def sample_subset(bundled_sample):
+    """``subset(train_per_class, test_per_class=None)``: the first images of each class of the
+    bundled sample, in their original order (None: the whole test split), as a Dataset."""
+    from cifarzoo.data import Dataset
+
+    ds = bundled_sample
+
+    def first(labels, n):
+        return np.sort(np.concatenate([np.flatnonzero(labels == c)[:n] for c in range(ds.num_classes)]))
+
+    def subset(train_per_class: int, test_per_class: int | None = None) -> "Dataset":
+        tr = first(ds.train_labels, train_per_class)
+        te = first(ds.test_labels, test_per_class) if test_per_class else np.arange(len(ds.test_labels))
+        return Dataset(ds.train_images[tr], ds.train_labels[tr], ds.test_images[te], ds.test_labels[te],
+                       ds.classes, f"sample ({len(tr)} train / {len(te)} test)", ds.mean, ds.std)
+
+    return subset
+
+
 @pytest.fixture
 def fake_files() -> SimpleNamespace:
     return SimpleNamespace(make=make_fake_cifar, write_batches=write_batches, write_archive=write_archive,

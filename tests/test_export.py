@@ -11,7 +11,6 @@ something; a freshly initialised model in eval mode has logits from 1e-4 (VGG) t
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace

@@ -1,27 +1,18 @@
 """Bad input gets one line and exit status 2, never a traceback (issue: tracebacks where one line is promised)."""
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from cifarzoo.cli import main
-from cifarzoo.data import Dataset
-from cifarzoo.errors import CifarzooError
 from cifarzoo.train import TrainConfig, fit
-from cifarzoo.train.checkpoint import load_checkpoint
 
 
 @pytest.fixture(scope="module")
-def run_dir(bundled_sample, tmp_path_factory) -> Path:
-    ds = bundled_sample
-    tr = np.sort(np.concatenate([np.flatnonzero(ds.train_labels == c)[:10] for c in range(10)]))
-    tiny = Dataset(ds.train_images[tr], ds.train_labels[tr], ds.test_images, ds.test_labels,
-                   ds.classes, ds.source, ds.mean, ds.std)
+def run_dir(sample_subset, tmp_path_factory) -> Path:
+    tiny = sample_subset(10)
     config = TrainConfig(model="resnet18", width_mult=0.125, epochs=1, batch_size=20, device="cpu",
                          precision="fp32", compile="off", allow_stall=True, data="sample", eval_batch_size=500)
     return fit(config, dataset=tiny, out_dir=tmp_path_factory.mktemp("run") / "run").run_dir

@@ -2,7 +2,6 @@
 gives the same weights, the same metrics.csv (every column but times) and the same summary."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -17,13 +16,9 @@ STEPS_PER_EPOCH = 10  # 320 images, batch 32
 
 
 @pytest.fixture(scope="module")
-def small(bundled_sample) -> Dataset:
+def small(sample_subset) -> Dataset:
     """320 training and 100 test images of the bundled sample (class-balanced)."""
-    ds = bundled_sample
-    tr = np.sort(np.concatenate([np.flatnonzero(ds.train_labels == c)[:32] for c in range(10)]))
-    te = np.sort(np.concatenate([np.flatnonzero(ds.test_labels == c)[:10] for c in range(10)]))
-    return Dataset(ds.train_images[tr], ds.train_labels[tr], ds.test_images[te], ds.test_labels[te],
-                   ds.classes, "sample (small)", ds.mean, ds.std)
+    return sample_subset(32, 10)
 
 
 FAMILIES = {

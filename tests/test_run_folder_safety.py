@@ -5,9 +5,7 @@ import json
 import os
 import subprocess
 import sys
-import time
 
-import numpy as np
 import pytest
 
 from cifarzoo.cli import main
@@ -20,12 +18,8 @@ SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 
 
 
 @pytest.fixture(scope="module")
-def tiny(bundled_sample) -> Dataset:
-    ds = bundled_sample
-    tr = np.sort(np.concatenate([np.flatnonzero(ds.train_labels == c)[:10] for c in range(10)]))
-    te = np.sort(np.concatenate([np.flatnonzero(ds.test_labels == c)[:5] for c in range(10)]))
-    return Dataset(ds.train_images[tr], ds.train_labels[tr], ds.test_images[te], ds.test_labels[te],
-                   ds.classes, "sample (tiny)", ds.mean, ds.std)
+def tiny(sample_subset) -> Dataset:
+    return sample_subset(10, 5)
 
 
 def config(**kw) -> TrainConfig:

@@ -17,15 +17,9 @@ from cifarzoo.train.checkpoint import load_checkpoint
 
 
 @pytest.fixture(scope="module")
-def tiny() -> Dataset:
+def tiny(sample_subset) -> Dataset:
     """320 training and 100 test images of the bundled sample (class-balanced)."""
-    from cifarzoo import data
-
-    ds = data.load("sample")
-    tr = np.sort(np.concatenate([np.flatnonzero(ds.train_labels == c)[:32] for c in range(10)]))
-    te = np.sort(np.concatenate([np.flatnonzero(ds.test_labels == c)[:10] for c in range(10)]))
-    return Dataset(ds.train_images[tr], ds.train_labels[tr], ds.test_images[te], ds.test_labels[te],
-                   ds.classes, "sample (tiny)", ds.mean, ds.std)
+    return sample_subset(32, 10)
 
 
 def config(**kw) -> TrainConfig:

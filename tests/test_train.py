@@ -18,21 +18,9 @@ from cifarzoo.train.optim import lr_factor, param_groups
 
 
 @pytest.fixture(scope="module")
-def sample_dataset() -> Dataset:
-    from cifarzoo import data
-
-    return data.load("sample")
-
-
-@pytest.fixture(scope="module")
-def tiny(sample_dataset) -> Dataset:
+def tiny(sample_subset) -> Dataset:
     """640 training and 200 test images of the real bundled sample (class-balanced)."""
-    ds = sample_dataset
-    tr = np.concatenate([np.flatnonzero(ds.train_labels == c)[:64] for c in range(10)])
-    te = np.concatenate([np.flatnonzero(ds.test_labels == c)[:20] for c in range(10)])
-    tr.sort(), te.sort()
-    return Dataset(ds.train_images[tr], ds.train_labels[tr], ds.test_images[te], ds.test_labels[te],
-                   ds.classes, "sample (tiny)", ds.mean, ds.std)
+    return sample_subset(64, 20)
 
 
 def tiny_config(**kw) -> TrainConfig:

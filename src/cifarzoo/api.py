@@ -21,7 +21,6 @@ default CIFAR-10 cache), a :class:`~cifarzoo.data.Dataset`, or arrays in memory
 from __future__ import annotations
 
 import base64
-import contextlib
 import functools
 import html
 import os
