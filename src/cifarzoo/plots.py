@@ -39,9 +39,14 @@ def model_colors(models: Sequence[str]) -> dict[str, tuple]:
     return {m: cmap(i % 10) for i, m in enumerate(models)}
 
 
+def was_evaluated(row: dict) -> bool:
+    """Whether a metrics row's epoch was evaluated: with ``eval_every`` > 1 the others have NaN eval columns."""
+    return not math.isnan(float(row.get("eval_acc", math.nan)))
+
+
 def _evaluated(rows: list[dict]) -> list[dict]:
-    """The rows of evaluated epochs: with ``eval_every`` > 1 the others have NaN eval columns."""
-    return [r for r in rows if not math.isnan(float(r.get("eval_acc", math.nan)))]
+    """The rows of evaluated epochs."""
+    return [r for r in rows if was_evaluated(r)]
 
 
 def _mean_curve(runs: list[list[dict]], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

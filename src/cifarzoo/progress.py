@@ -19,10 +19,10 @@ This module imports nothing heavy (tqdm only when a bar is drawn).
 """
 from __future__ import annotations
 
-import math
-
 import sys
 import time
+
+from cifarzoo.plots import was_evaluated
 
 
 def in_notebook() -> bool:
@@ -102,7 +102,7 @@ class ConsoleReporter:
             f"- {row['images_per_second']:,.0f} img/s - lr {row['lr']:.2e} "
             f"- loss {row['train_loss']:.4f} - acc {100 * row['train_acc']:.2f}%"
             + (f" - {self.eval_name}_loss {row['eval_loss']:.4f} - {self.eval_name}_acc {100 * row['eval_acc']:.2f}%"
-               if _evaluated(row) else "")
+               if was_evaluated(row) else "")
         )
 
     def on_epoch_end(self, row: dict) -> None:
@@ -141,7 +141,7 @@ class NotebookReporter(ConsoleReporter):
         if self.last is not None:
             r = self.last
             bar.set_postfix_str(f"loss {r['train_loss']:.4f}, acc {100 * r['train_acc']:.1f}%"
-                                + (f", {self.eval_name}_acc {100 * r['eval_acc']:.1f}%" if _evaluated(r) else ""),
+                                + (f", {self.eval_name}_acc {100 * r['eval_acc']:.1f}%" if was_evaluated(r) else ""),
                                 refresh=False)
         return bar
 
@@ -192,7 +192,7 @@ class ConsoleStudyReporter:
         self._print(f"[{index}/{total}] {spec.name} epoch {row['epoch']}/{spec.config.epochs} - "
                     f"{row['epoch_seconds']:.1f}s - loss {row['train_loss']:.4f} - "
                     f"acc {100 * row['train_acc']:.1f}%"
-                    + (f" - eval_acc {100 * row['eval_acc']:.1f}%" if _evaluated(row) else "")
+                    + (f" - eval_acc {100 * row['eval_acc']:.1f}%" if was_evaluated(row) else "")
                     + f"; {_duration(eta_seconds)}")
 
     def on_run_end(self, index, total, outcome, eta_seconds) -> None:
@@ -288,11 +288,6 @@ def make_study_reporter(progress="auto"):
     if progress == "bar" or in_notebook():
         return NotebookStudyReporter()
     return ConsoleStudyReporter()
-
-
-def _evaluated(row: dict) -> bool:
-    """Whether the epoch was evaluated (``eval_every``): otherwise its eval columns are NaN."""
-    return not math.isnan(row.get("eval_acc", math.nan))
 
 
 def _why(info: dict, key: str) -> str:
