@@ -71,10 +71,17 @@ def _run_folder(path: str | os.PathLike) -> Path:
     return p.parent if p.is_file() else p
 
 
+def _files(run_dir: Path):
+    """The run folder's file names (:class:`~cifarzoo.train.rundir.RunDir` owns them)."""
+    from cifarzoo.train.rundir import RunDir
+
+    return RunDir(run_dir)
+
+
 def _read_info(run_dir: Path) -> dict:
     from cifarzoo.io import read_json
 
-    p = run_dir / "config.json"
+    p = _files(run_dir).config_path
     return read_json(p) if p.exists() else {}
 
 
@@ -174,7 +181,7 @@ def fit(
     try:
         result = fit(reporter=reporter, **kwargs)
     except KeyboardInterrupt as exc:
-        if (run_dir / "checkpoint.pt").exists() and hasattr(exc, "add_note"):  # Python >= 3.11
+        if _files(run_dir).checkpoint_path.exists() and hasattr(exc, "add_note"):  # Python >= 3.11
             exc.add_note(f"a resumable checkpoint is in {run_dir}: cifarzoo.fit(resume={str(run_dir)!r}"
                          + (", data=...)" if dataset is not None else ")"))
         raise
@@ -210,7 +217,7 @@ class Run:
 
     def __init__(self, run_dir: str | os.PathLike, *, dataset=None):
         self.run_dir = _run_folder(run_dir)
-        if not (self.run_dir / "config.json").is_file():
+        if not _files(self.run_dir).config_path.is_file():
             raise CifarzooError(f"{run_dir}: not a run folder (no config.json); give a folder made by "
                                 "`cifarzoo train` or cifarzoo.fit()")
         self._dataset = dataset  # the arrays it was trained on, when trained from memory in this session
@@ -233,7 +240,7 @@ class Run:
         """summary.json (test accuracy, loss, time, memory, ...); {} while the run is unfinished."""
         from cifarzoo.io import read_json
 
-        p = self.run_dir / "summary.json"
+        p = _files(self.run_dir).summary_path
         return read_json(p) if p.exists() else {}
 
     @property
@@ -241,7 +248,7 @@ class Run:
         """One dict per finished epoch (metrics.csv): epoch, lr, train/eval loss and accuracy, seconds, img/s."""
         from cifarzoo.train.rundir import read_metrics
 
-        p = self.run_dir / "metrics.csv"
+        p = _files(self.run_dir).metrics_path
         return read_metrics(p) if p.exists() else []
 
     @property
@@ -472,7 +479,7 @@ class Study:
     def runs(self) -> list[Run]:
         """Every run folder of the study that has started, as a :class:`Run`."""
         root = self.out_dir / "runs"
-        return [Run(p) for p in sorted(root.iterdir()) if (p / "config.json").is_file()] if root.is_dir() else []
+        return [Run(p) for p in sorted(root.iterdir()) if _files(p).config_path.is_file()] if root.is_dir() else []
 
     def __repr__(self) -> str:
         return f"Study({str(self.out_dir)!r}: {', '.join(r['model'] for r in self.results)}; report {self.report})"

@@ -39,7 +39,7 @@ from cifarzoo.errors import CifarzooError
 from cifarzoo.io import atomic_write_bytes
 from cifarzoo.study.plan import STUDY_FILE, RunSpec
 from cifarzoo.study.training import RunOutcome, RunProgress, StudyReporter, estimate_seconds_left, train_one
-from cifarzoo.train.rundir import RunDir
+from cifarzoo.train.rundir import CONFIG_FILE, SUMMARY_FILE, RunDir
 
 # (plan position from 1, run, "trained" | "resumed")
 Job = tuple[int, RunSpec, str]
@@ -262,11 +262,11 @@ def _write_files(run_dir: Path, files: dict[str, bytes]) -> None:
     is trained again, never one that looks finished with files missing. ``config.json``
     states the worker's temporary folder as ``run_dir``; it is set to this one.
     """
-    for name in sorted(files, key=lambda n: n == "summary.json"):
+    for name in sorted(files, key=lambda n: n == SUMMARY_FILE):
         if Path(name).is_absolute() or ".." in Path(name).parts:
             raise CifarzooError(f"a Ray worker sent back {name!r}, a path outside its run folder")
         data = files[name]
-        if name == "config.json":
+        if name == CONFIG_FILE:
             info = json.loads(data)
             info["run_dir"] = str(run_dir)
             data = json.dumps(info, indent=2).encode()

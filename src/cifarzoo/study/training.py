@@ -148,15 +148,14 @@ def evaluate_for_report(spec: RunSpec, dataset, logits=None) -> dict:
     is loaded and evaluated.
     """
     from cifarzoo.evaluate import eval_result, evaluate, save_eval_result
-    from cifarzoo.train.checkpoint import CHECKPOINT_NAME
-
+    
     try:
         if logits is None:
             r = evaluate(spec.run_dir, dataset=dataset, device=spec.config.device,
                          batch_size=spec.config.eval_batch_size, save=True)
         else:
             r = eval_result(logits, dataset.test_labels, list(dataset.classes), tta=False,
-                            data_source=dataset.source, checkpoint=str(spec.run_dir / CHECKPOINT_NAME))
+                            data_source=dataset.source, checkpoint=str(RunDir(spec.run_dir).checkpoint_path))
             save_eval_result(r, spec.run_dir, spec.model)
         record = {
             "accuracy": r.accuracy, "loss": r.loss, "classes": list(r.classes),

@@ -48,7 +48,6 @@ from cifarzoo.train.rundir import CHECKPOINT_FILE
 
 FORMAT = "cifarzoo.checkpoint"
 VERSION = 1
-CHECKPOINT_NAME = CHECKPOINT_FILE  # the run folder names it (rundir.py)
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
@@ -61,9 +60,9 @@ def resolve_checkpoint_path(run_or_checkpoint: str | os.PathLike) -> Path:
     """Accept a run folder (containing checkpoint.pt) or a checkpoint file."""
     p = Path(run_or_checkpoint)
     if p.is_dir():
-        p = p / CHECKPOINT_NAME
+        p = p / CHECKPOINT_FILE
         if not p.exists():
-            raise CifarzooError(f"{run_or_checkpoint}: not a run folder (no {CHECKPOINT_NAME} inside)")
+            raise CifarzooError(f"{run_or_checkpoint}: not a run folder (no {CHECKPOINT_FILE} inside)")
     elif not p.exists():
         raise CifarzooError(f"{run_or_checkpoint}: no such run folder or checkpoint file")
     return p
