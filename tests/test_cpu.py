@@ -29,22 +29,19 @@ def test_native_bf16_is_detected_from_torch_and_the_cpu_flags(monkeypatch, flags
     assert dev.cpu_bf16() == expected
 
 
-@pytest.mark.parametrize("flags, threads, expected", [
-    ({"avx512_bf16", "amx_bf16"}, 1, "bf16"),  # AMX: faster at every width measured
-    ({"avx512_bf16", "amx_bf16"}, 8, "bf16"),
-    ({"avx512_bf16"}, 1, "bf16"),  # AVX512-BF16 alone: faster on one thread only
-    ({"avx512_bf16"}, 2, "fp32"),
-    ({"avx2", "fma"}, 1, "fp32"),  # no native bf16: emulated, slower
+@pytest.mark.parametrize("flags, expected, why", [
+    ({"avx512_bf16", "amx_bf16"}, "bf16", "auto: bf16, the CPU has AMX-BF16"),
+    ({"avx512_bf16"}, "bf16", "auto: bf16, the CPU has AVX512-BF16"),  # AMD Zen 4
+    ({"avx2", "fma"}, "fp32", "auto: fp32, the CPU has no native bf16"),  # emulated: slower
 ])
-def test_auto_precision_on_cpu(monkeypatch, flags, threads, expected):
+def test_auto_precision_on_cpu(monkeypatch, flags, expected, why):
     fake_cpu(monkeypatch, flags)
-    precision, why = dev.choose_precision("auto", CPU, threads)
-    assert precision == expected
-    assert why.startswith(f"auto: {expected}")
-    assert dev.resolve_precision("auto", CPU, threads) == expected
+    precision, reason = dev.choose_precision("auto", CPU)
+    assert precision == expected and reason.startswith(why)
+    assert dev.resolve_precision("auto", CPU) == expected
     # An explicit choice is never second-guessed.
-    assert dev.choose_precision("fp32", CPU, threads) == ("fp32", "asked for")
-    assert dev.choose_precision("bf16", CPU, threads) == ("bf16", "asked for")
+    assert dev.choose_precision("fp32", CPU) == ("fp32", "asked for")
+    assert dev.choose_precision("bf16", CPU) == ("bf16", "asked for")
 
 
 def test_fp16_on_cpu_is_an_error():
@@ -76,7 +73,7 @@ def test_threads_default_to_omp_num_threads_else_the_physical_cores(monkeypatch)
 
 
 def test_fit_uses_the_threads_asked_for_and_says_why_it_chose_its_precision(tmp_path, monkeypatch):
-    fake_cpu(monkeypatch, {"avx512_bf16"})  # without AMX: bf16 on one thread
+    fake_cpu(monkeypatch, {"avx512_bf16"})  # without AMX: bf16 too
     before = torch.get_num_threads()
     try:
         config = make_config("resnet18", width_mult=0.125, epochs=1, batch_size=50, subset=100, device="cpu",
@@ -87,7 +84,7 @@ def test_fit_uses_the_threads_asked_for_and_says_why_it_chose_its_precision(tmp_
         torch.set_num_threads(before)
     info = json.loads((run / "config.json").read_text())
     assert (info["threads"], info["threads_reason"]) == (1, "1: asked for")
-    assert info["precision"] == "bf16" and "one thread" in info["precision_reason"]
+    assert info["precision"] == "bf16" and "AVX512-BF16" in info["precision_reason"]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["precision_reason"] == info["precision_reason"] and summary["threads"] == 1
     # tta_level 2 adds airbench's 6-view TTA beside the flip TTA every run reports.

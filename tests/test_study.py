@@ -72,6 +72,18 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def in_this_process():
+    """These tests drive the study in the test process (a patched ``fit`` that fails, reporters
+    that raise), so its runs train one after the other here, whatever the machine's cores;
+    tests/test_local_jobs.py covers runs trained side by side in worker processes."""
+    import cifarzoo.study.runner
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cifarzoo.study.runner, "default_jobs", lambda plan: 1)
+        yield
+
+
 @pytest.fixture(scope="module")
 def dataset():
     return tiny_dataset()

@@ -427,23 +427,28 @@ def benchmark(
     out: str | os.PathLike | None = None,
     force: bool = False,
     progress: Any = "auto",
+    jobs: int | None = None,
     **overrides: Any,
 ) -> "Study":
     """Train every model under one rule and write the report, as ``cifarzoo benchmark``; returns a :class:`Study`.
 
     Same folder layout (default ``study/<preset>``), the same resuming of an interrupted
     study, and ``overrides`` (any TrainConfig field, e.g. ``epochs=2``) for every model.
+    ``jobs``: runs trained at once, each in a process of its own, as ``--jobs`` (default:
+    one per physical core for the quick and cpu presets on a CPU, else one).
     """
     from cifarzoo.progress import make_study_reporter
     from cifarzoo.study import run_study
+    from cifarzoo.study.executors import LocalExecutor
 
     reporter = make_study_reporter(progress)
     spec, dataset = resolve_data(data, classes)
     if dataset is not None and dataset.labelling and "labels" not in overrides:
         overrides["labels"] = dataset.labelling
     out = Path(out) if out is not None else Path("study") / preset
+    executor = None if jobs is None else LocalExecutor(jobs)
     result = run_study(models, preset=preset, seeds=seeds, data=spec, out_dir=out, force=force,
-                       reporter=reporter, dataset=dataset, **overrides)
+                       reporter=reporter, dataset=dataset, executor=executor, **overrides)
     return Study(result.plan.out_dir)
 
 

@@ -70,20 +70,19 @@ def _mkldnn_bf16() -> bool:
     return bool(check()) if check is not None else True
 
 
-# Without AMX, bf16 autocast pays only on one thread. Training step, images per CPU-second of
-# bf16+channels_last vs fp32+channels_last on an AMD EPYC (Zen 4: AVX512-BF16, no AMX), torch
-# 2.13 (benchmarks/RESULTS.md): one thread 1.3-2.0x faster at every width measured (0.125-1.0:
-# fastnet at full width 268 vs 138); two threads mostly far slower (fastnet full width 52 vs 141,
-# at width 0.5 79 vs 388, vgg16 at 0.25 61 vs 710; resnet50/inception/vgg19 at quick widths
-# 0.88-1.0x; only xception at 0.125 1.45x faster). With AMX (Intel Xeon, two threads) bf16 was
-# faster at every width measured: 1.03-1.37x at widths 0.125-0.5, 1.6-4.1x at full width.
-def choose_precision(name: str, device: torch.device, threads: int | None = None) -> tuple[str, str]:
-    """``(precision, why)`` for ``--precision name`` on ``device`` with ``threads`` CPU threads
-    (default: torch's current number).
+# bf16 autocast where the CPU multiplies bf16 natively: faster than fp32 at every width and
+# thread count measured with the cores to itself. Training step, images per second of
+# bf16+channels_last vs fp32+channels_last, torch 2.13 (benchmarks/RESULTS.md): AMD EPYC (Zen 4,
+# AVX512-BF16, no AMX) fastnet at full width 2.25x on two threads (462 vs 205; 2.42x plain fp32),
+# 1.93x on one; the quick preset's widths 1.10-1.40x on two threads, 1.29-1.68x on one. Intel
+# Xeon with AMX, two threads: 1.03-1.37x at widths 0.125-0.5, 1.6-4.1x at full width. With the
+# cores busy with other work, two-thread bf16 on the AMD machine ran up to 10x slower than fp32
+# (oneDNN's threads wait on each other): there, train on one thread (--threads 1).
+def choose_precision(name: str, device: torch.device) -> tuple[str, str]:
+    """``(precision, why)`` for ``--precision name`` on ``device``.
 
     ``auto``: bf16 autocast on GPUs that support it; on CPU bf16 where the CPU multiplies bf16
-    natively and that was measured faster: with AMX-BF16 always, with AVX512-BF16 alone only on
-    one thread; fp32 otherwise.
+    natively (AMX-BF16 or AVX512-BF16) and torch's oneDNN uses it; fp32 otherwise.
     """
     if name == "fp16" and device.type != "cuda":
         raise CifarzooError("--precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
@@ -96,18 +95,12 @@ def choose_precision(name: str, device: torch.device, threads: int | None = None
     native = cpu_bf16()
     if native is None:
         return "fp32", "auto: fp32, the CPU has no native bf16 (AMX-BF16 or AVX512-BF16)"
-    if native == "AMX-BF16":
-        return "bf16", "auto: bf16, the CPU has AMX-BF16"
-    threads = threads or torch.get_num_threads()
-    if threads == 1:
-        return "bf16", "auto: bf16, the CPU has AVX512-BF16 and this run uses one thread"
-    return "fp32", (f"auto: fp32, the CPU has AVX512-BF16 but no AMX: bf16 was measured slower than fp32 "
-                    f"on {threads} threads (faster on one: --threads 1)")
+    return "bf16", f"auto: bf16, the CPU has {native}"
 
 
-def resolve_precision(name: str, device: torch.device, threads: int | None = None) -> str:
+def resolve_precision(name: str, device: torch.device) -> str:
     """The precision of :func:`choose_precision`, without the reason."""
-    return choose_precision(name, device, threads)[0]
+    return choose_precision(name, device)[0]
 
 
 def physical_cores(cpus: list[int] | None = None, sys_cpu: str = "/sys/devices/system/cpu") -> int:

@@ -231,7 +231,7 @@ class NotebookStudyReporter(ConsoleStudyReporter):
     def on_run_end(self, index, total, outcome, eta_seconds) -> None:
         super().on_run_end(index, total, outcome, eta_seconds)
         if self.bar is not None:
-            self.bar.update(index - self.bar.n)
+            self.bar.update(1)  # runs trained side by side end in any order
             self.bar.set_postfix_str(_duration(eta_seconds))
 
     def on_report(self, paths) -> None:

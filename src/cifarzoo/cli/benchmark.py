@@ -33,8 +33,12 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="torch's CPU threads per run (default: $OMP_NUM_THREADS if set, which Ray sets to "
                         "--cpus-per-run, else the physical cores)")
     p.add_argument("--executor", choices=["local", "ray"], default="local",
-                   help="local: the runs one after the other in this process (default); ray: every run a Ray "
+                   help="local: the runs on this machine, --jobs at a time (default); ray: every run a Ray "
                         "task, on a local Ray instance or the cluster at --address (needs cifarzoo[ray])")
+    p.add_argument("--jobs", type=int, metavar="N",
+                   help="with --executor local: runs trained at once, each in a process of its own with an equal "
+                        "share of the physical cores (default: quick and cpu presets on a CPU, one per core with "
+                        "one thread each; else 1, in this process)")
     p.add_argument("--address", metavar="auto|HOST:PORT",
                    help="with --executor ray: the Ray cluster to use (auto: the one `ray start` runs here or "
                         "RAY_ADDRESS); default: a local Ray instance for this study")
@@ -70,13 +74,15 @@ def _executor(args):
     from cifarzoo.study.executors import LocalExecutor, RayExecutor
 
     if args.executor == "ray":
+        if args.jobs is not None:
+            raise CifarzooError("--jobs: only with --executor local (with ray, --cpus-per-run sizes each run)")
         cpus = 1 if args.cpus_per_run is None else args.cpus_per_run
         return RayExecutor(args.address, cpus_per_run=cpus, gpus_per_run=args.gpus_per_run)
     ray_only = [f for f, v in (("--address", args.address), ("--cpus-per-run", args.cpus_per_run),
                                ("--gpus-per-run", args.gpus_per_run)) if v is not None]
     if ray_only:
         raise CifarzooError(f"{', '.join(ray_only)}: only with --executor ray")
-    return LocalExecutor()
+    return None if args.jobs is None else LocalExecutor(args.jobs)
 
 
 def run(args) -> int:

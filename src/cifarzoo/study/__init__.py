@@ -50,8 +50,9 @@ def run_study(
 
     ``dataset`` (a :class:`cifarzoo.data.Dataset`) skips loading ``data``; every run
     gets the same one. See :mod:`cifarzoo.study.runner` for what happens to existing
-    run folders; ``executor`` trains the runs (default: one after the other in this
-    process; :class:`cifarzoo.study.executors.RayExecutor` for a Ray cluster).
+    run folders; ``executor`` trains the runs (default: on this machine, one after the other,
+    or one per physical core where the preset says so on a CPU: ``LocalExecutor(default_jobs(plan))``;
+    :class:`cifarzoo.study.executors.RayExecutor` for a Ray cluster).
     """
     plan = plan_study(models, preset=preset, seeds=seeds, data=data, out_dir=out_dir, **overrides)
     return run_plan(plan, force=force, reporter=reporter, dataset=dataset, report=report, executor=executor)

@@ -33,15 +33,15 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from cifarzoo.errors import CifarzooError
-from cifarzoo.study.executors import LocalExecutor
+from cifarzoo.study.executors import LocalExecutor, default_jobs
 from cifarzoo.study.plan import EVAL_FILE, RUNS_DIR, RunSpec, StudyPlan, with_recorded_models, write_plan
 from cifarzoo.study.training import RunOutcome, StudyReporter, evaluate_for_report, run_cost
 from cifarzoo.train.config import TrainConfig
 from cifarzoo.train.rundir import EMPTY, FAILED, FINISHED, FOREIGN, LOCK_FILE, RESUMABLE, RunDir, RunLock
 
-# Settings that do not change what a run computes: a run folder that differs only in
-# these still belongs to the study.
-_IGNORED_SETTINGS = ("compile", "nan_check_every", "eval_batch_size")
+# Settings that do not change what a run computes (threads: at most its last bits, as on
+# another CPU): a run folder that differs only in these still belongs to the study.
+_IGNORED_SETTINGS = ("compile", "nan_check_every", "eval_batch_size", "threads")
 
 
 # --------------------------------------------------------------------------- result
@@ -113,7 +113,7 @@ def execute(plan: StudyPlan, *, force: bool = False, reporter: StudyReporter | N
     """Train the runs of ``plan`` that are not done yet (see the module doc); no report.
 
     ``executor`` trains them: :class:`cifarzoo.study.executors.LocalExecutor` (the
-    default, one after the other in this process) or ``RayExecutor``.
+    default, with :func:`~cifarzoo.study.executors.default_jobs` runs at once) or ``RayExecutor``.
     """
     reporter = reporter or StudyReporter()
     plan.out_dir.mkdir(parents=True, exist_ok=True)
@@ -162,7 +162,7 @@ def _execute(plan: StudyPlan, *, force: bool, reporter: StudyReporter, dataset, 
             remove_run_dir(spec.run_dir, root)  # leftovers of a run that never saved an epoch
         jobs.append((index, spec, action))
     # ---- the executor trains the runs (study/executors.py: in this process, or Ray tasks)
-    executor = executor or LocalExecutor()
+    executor = executor or LocalExecutor(default_jobs(plan))
     outcomes += executor.run(jobs, total=total, dataset=dataset, reporter=reporter, costs=costs)
     order = {s.name: i for i, s in enumerate(plan.runs)}
     outcomes.sort(key=lambda o: order[o.spec.name])

@@ -259,6 +259,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "description": "narrow widths, bundled 5,000/1,000-image sample, 5-12 epochs at batch 32-128 (CPU-sized)",
         "data": "sample",
+        # On a CPU a study's runs train side by side, one per physical core with one thread each
+        # (study/executors.py, LocalExecutor): at these widths a second thread adds little.
+        "one_run_per_core": True,
         # channels_last: oneDNN's NHWC convolutions halve CPU training time here (measured:
         # inception 11.1 -> 5.0 ms/image, resnet50 5.4 -> 3.1, one thread). precision auto: bf16
         # where the CPU's native bf16 was measured faster (AMX; AVX512-BF16 on one thread), else fp32
@@ -298,6 +301,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "description": "full CIFAR-10 on a CPU in minutes: fastnet with airbench94_muon's recipe (~6 min on 2 "
                        "AMX cores), the study models at widths 0.25-0.5 for 10-12 epochs (~10 min each, estimated)",
         "data": None,
+        "one_run_per_core": True,
         "all": dict(precision="auto", channels_last=True, compile="off", eval_batch_size=256),
         "vgg16": dict(width_mult=0.5, epochs=12), "vgg19": dict(width_mult=0.5, epochs=10),
         "resnet18": dict(width_mult=0.5, epochs=10),

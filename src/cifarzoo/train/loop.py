@@ -260,7 +260,7 @@ def _set_up_device(config: TrainConfig, dist: dist_mod.DistInfo) -> tuple[torch.
         torch.cuda.set_device(device)
     threads, why_threads = resolve_threads(config.threads)
     torch.set_num_threads(threads)
-    precision, why_precision = choose_precision(config.precision, device, threads)
+    precision, why_precision = choose_precision(config.precision, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)  # one study process runs many fits
         # drop_last keeps every training batch the same shape: cuDNN's algorithm search
