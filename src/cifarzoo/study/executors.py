@@ -198,17 +198,21 @@ class _Workers:
         self.reporter.on_run_end(r.index, self.total, outcome, self._eta())
 
     def _eta(self) -> float | None:
-        """Seconds left: the work left, priced by the pace of the runs so far, over the slots."""
-        paces = list(self.finished)
-        left = [self.costs[s.name] for _, s, _ in self.waiting]
+        """Seconds left: each running run's rest at its own pace once it has an epoch behind it;
+        the other runs priced by the pace (seconds per unit of cost) of the runs so far; all shared
+        out over the slots. None while nothing has been measured."""
+        paces, rests = list(self.finished), []
+        priced = [self.costs[s.name] for _, s, _ in self.waiting]
         now = time.perf_counter()
         for r in self.running.values():
             cost, epochs = self.costs[r.spec.name], r.spec.config.epochs
             if r.epochs_done:
                 paces.append((now - r.t0, cost * r.epochs_done / epochs))
-            left.append(cost * max(0, epochs - r.epochs_done) / epochs)
-        eta = estimate_seconds_left(paces, left)
-        return None if eta is None else eta / self.slots
+                rests.append((now - r.t0) / r.epochs_done * max(0, epochs - r.epochs_done))
+            else:
+                priced.append(cost)
+        rest = estimate_seconds_left(paces, priced) if paces else (None if priced else 0.0)
+        return None if rest is None else (sum(rests) + rest) / self.slots
 
     def _stop_all(self) -> None:
         """One Ctrl-C to every worker; wait while they save their checkpoints (a minute at most)."""
