@@ -122,7 +122,6 @@ class _Running:
     conn: Connection
     t0: float
     epochs_done: int = 0
-    outcome: RunOutcome | None = None
 
 
 class _Workers:

@@ -294,23 +294,28 @@ PRESETS: dict[str, dict[str, Any]] = {
                         augment="flip"),
     },
     # Full CIFAR-10 on a laptop or desktop CPU: minutes per model. fastnet runs airbench94_muon's
-    # recipe (FASTNET_MUON) at full width: 8 epochs = 400,000 training images, at the 1,086 img/s
-    # measured for fastnet in bf16 on 2 AMX-BF16 cores about 6 minutes. The study models' widths
-    # and epochs are ESTIMATES, not yet measured for accuracy: ~10 minutes each on 2 AMX cores if
-    # they train at about half fastnet's ~0.77 TFLOP/s (training = 6 FLOP per MAC), i.e. ~0.5
-    # GFLOP per image at these widths (vgg16 0.5: 79M MACs, vgg19 0.5: 100M, resnet50 0.25: 81M,
-    # inception 0.25: 96M, xception 0.25: 90M) for 10-12 epochs; CPUs without AMX take longer.
-    # precision auto: bf16 where the CPU's native bf16 is faster at that width (device.py).
+    # recipe (FASTNET_MUON) at full width: 8 epochs = 400,000 training images; at the 1,086 img/s
+    # measured for fastnet in bf16 on 2 AMX-BF16 cores about 6 minutes; measured on 2 Zen 4 cores
+    # (AVX512-BF16, no AMX): 377 img/s, 1,061 s, 90.51% flip TTA (benchmarks/RESULTS.md). The study
+    # models train side by side (one_run_per_core), each at the width and epochs that fill ~10
+    # minutes of one core at its training-step throughput measured there (bf16 + channels_last,
+    # one thread, batch 512: vgg16 0.25 1,166 img/s -> 14 epochs, vgg19 0.25 960 -> 11, resnet18
+    # 0.25 687 -> 8, resnet50 0.125 423 -> 5, inception 0.125 179 -> 2, xception 0.125 456 -> 5),
+    # with each recipe's ~20% warm-up. Their accuracy is NOT measured yet.
+    # precision auto: bf16 where the CPU multiplies bf16 natively (device.py).
     "cpu": {
         "description": "full CIFAR-10 on a CPU in minutes: fastnet with airbench94_muon's recipe (~6 min on 2 "
-                       "AMX cores), the study models at widths 0.25-0.5 for 10-12 epochs (~10 min each, estimated)",
+                       "AMX cores, 18 on 2 Zen 4 cores), the study models side by side, each at a width and "
+                       "epochs for ~10 min of one core (accuracy not yet measured)",
         "data": None,
         "one_run_per_core": True,
         "all": dict(precision="auto", channels_last=True, compile="off", eval_batch_size=256),
-        "vgg16": dict(width_mult=0.5, epochs=12), "vgg19": dict(width_mult=0.5, epochs=10),
-        "resnet18": dict(width_mult=0.5, epochs=10),
-        "resnet50": dict(width_mult=0.25, epochs=10), "inception": dict(width_mult=0.25, epochs=10),
-        "xception": dict(width_mult=0.25, epochs=10),
+        "vgg16": dict(width_mult=0.25, epochs=14, warmup_epochs=2.8),
+        "vgg19": dict(width_mult=0.25, epochs=11, warmup_epochs=2.2),
+        "resnet18": dict(width_mult=0.25, epochs=8, warmup_epochs=1.6),
+        "resnet50": dict(width_mult=0.125, epochs=5, warmup_epochs=1.0),
+        "inception": dict(width_mult=0.125, epochs=2, warmup_epochs=0.4),
+        "xception": dict(width_mult=0.125, epochs=5, warmup_epochs=1.0),
         "fastnet": FASTNET_MUON,
     },
     # One GPU: full widths, full CIFAR-10, each model's tuned recipe.
