@@ -99,6 +99,7 @@ def test_cpu_preset_is_full_cifar10_with_fastnet_on_airbench_muon():
     for model in ("vgg16", "vgg19", "resnet50", "inception", "xception"):
         c = make_config(model, preset="cpu")
         assert c.data is None and c.width_mult < 1 and c.precision == "auto"
+        assert 0 < c.warmup_epochs < c.epochs / 2, model  # one-cycle's peak early, whatever the epochs
 
 
 def test_threads_option_reaches_every_run_of_a_study(tmp_path):

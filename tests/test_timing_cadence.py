@@ -249,11 +249,10 @@ def test_gpu_presets_evaluate_and_checkpoint_rarely_cpu_presets_every_epoch():
     q = make_config("resnet18", preset="quick")
     assert (q.eval_every, q.checkpoint_every, q.lookahead) == (1, 1, False)
     assert make_config("fastnet", preset="quick").lookahead  # fastnet's own recipe keeps it
-    vgg = models.create("vgg16", num_classes=10, width_mult=0.125, **make_config("vgg16").model_kwargs)
-    assert all(m.p == 0 for m in vgg.modules() if isinstance(m, torch.nn.Dropout))
-    vgg_quick = models.create("vgg16", num_classes=10, width_mult=0.125,
-                              **make_config("vgg16", preset="quick").model_kwargs)
-    assert all(m.p == 0.5 for m in vgg_quick.modules() if isinstance(m, torch.nn.Dropout))
+    for preset in (None, "quick", "cpu"):  # no dropout in VGG's head (quick: tuned so, vgg19 64% vs 56%)
+        vgg = models.create("vgg16", num_classes=10, width_mult=0.125,
+                            **make_config("vgg16", preset=preset).model_kwargs)
+        assert all(m.p == 0 for m in vgg.modules() if isinstance(m, torch.nn.Dropout)), preset
 
 
 def test_the_training_split_is_prenormalized_in_half_precision_on_cuda_only():
