@@ -437,8 +437,9 @@ def _memory_note(rows: list[dict]) -> str:
         return ""
     text = f" Peak memory is {' / '.join(kinds)}"
     if any("RSS" in k for k in kinds):
-        text += (" (the whole process's high-water mark: in one study process it includes the runs before, "
-                 "so later runs can read higher than they needed)")
+        text += (" (the whole process's high-water mark: where runs train one after the other in the study's "
+                 "process it includes the runs before, so later runs can read higher than they needed; runs "
+                 "trained side by side each have a process of their own)")
     return text + "."
 
 
