@@ -29,7 +29,7 @@ import cifarzoo  # noqa: F401,E402  first: it sets OMP_WAIT_POLICY before torch 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import header, write_json  # noqa: E402
-from cifarzoo.train.config import COMPILE_MODES, DEVICES, PRECISIONS  # noqa: E402
+from cifarzoo.train.config import COMPILE_MODES, DEVICES, PRECISIONS, PRESETS  # noqa: E402
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -117,7 +117,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="fastnet", help="comma list (default fastnet)")
-    p.add_argument("--preset", default="standard", help="quick | standard | full | seed (default standard)")
+    p.add_argument("--preset", default="standard", choices=list(PRESETS), help="a study preset (default standard)")
     p.add_argument("--data", default=None, help="--data spec (default: the preset's)")
     p.add_argument("--thresholds", default="0.5,0.8,0.9", help="comma list of accuracies in [0, 1]")
     p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 of every model (default 1)")
