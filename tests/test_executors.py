@@ -35,15 +35,9 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 @pytest.fixture(scope="module")
-def small():
+def small(sample_subset):
     """300 training and 100 test images of the bundled sample (the study's dataset, put into Ray's store)."""
-    from dataclasses import replace
-
-    from cifarzoo.data import load
-
-    ds = load("sample")
-    return replace(ds, train_images=ds.train_images[:300], train_labels=ds.train_labels[:300],
-                   test_images=ds.test_images[:100], test_labels=ds.test_labels[:100])
+    return sample_subset(30, 10)
 
 
 class Events(StudyReporter):

@@ -30,14 +30,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 @pytest.fixture(scope="module")
-def small():
-    from dataclasses import replace
-
-    from cifarzoo.data import load
-
-    ds = load("sample")
-    return replace(ds, train_images=ds.train_images[:300], train_labels=ds.train_labels[:300],
-                   test_images=ds.test_images[:100], test_labels=ds.test_labels[:100])
+def small(sample_subset):
+    return sample_subset(30, 10)
 
 
 @pytest.fixture(autouse=True)
@@ -128,14 +122,13 @@ def test_a_worker_that_dies_is_a_failed_run_and_the_study_goes_on(tmp_path, smal
     assert "Failed runs" in (out / "report.html").read_text()
 
 
-def test_ctrl_c_stops_every_worker_at_a_checkpoint_and_the_study_resumes(tmp_path, small):
+def test_ctrl_c_stops_every_worker_at_a_checkpoint_and_the_study_resumes(tmp_path, sample_subset):
     """SIGINT to the study's process (as Ctrl-C at a terminal or a notebook's interrupt): each
     worker saves a resumable checkpoint once; the next invocation resumes both runs."""
     import pickle
-    from dataclasses import replace
 
     data = tmp_path / "small.pkl"
-    small = replace(small, train_images=small.train_images[:100], train_labels=small.train_labels[:100])
+    small = sample_subset(10, 10)
     data.write_bytes(pickle.dumps(small))
     out = tmp_path / "s"
     kw = {**TINY, "epochs": 60}
