@@ -131,3 +131,46 @@ def test_benchmark_from_arrays_returns_a_study_with_its_report(fake_cifar, tmp_p
     page = cz.load_study(tmp_path / "study")._repr_html_()
     assert "<table>" in page and f"{100 * row['test_acc_mean']:.2f}%" in page
     assert page.count('<img src="data:image/png;base64,') == 2  # learning curves and trade-offs
+
+
+def test_rerunning_a_fit_cell_returns_the_finished_run_and_other_settings_are_refused_in_python_terms(
+        fake_cifar, tmp_path):
+    data, out = _data(fake_cifar), tmp_path / "run"
+    first = cz.fit("resnet18", data=data, epochs=1, out=out, progress="none", **TINY)
+    stamp = (out / "summary.json").stat().st_mtime_ns
+    again = cz.fit("resnet18", data=data, epochs=1, out=out, progress="none", **TINY)  # the same cell, re-run
+    assert again.run_dir == first.run_dir and (out / "summary.json").stat().st_mtime_ns == stamp
+    with pytest.raises(CifarzooError, match=r"other settings: epochs 1 \(now 2\); pass force=True .* another out="):
+        cz.fit("resnet18", data=data, epochs=2, out=out, progress="none", **TINY)
+    other = list(data)
+    other[0] = 255 - other[0]
+    with pytest.raises(CifarzooError, match="not the arrays the run was trained on.*force=True"):
+        cz.fit("resnet18", data=other, epochs=1, out=out, progress="none", **TINY)
+    forced = cz.fit("resnet18", data=data, epochs=1, out=out, progress="none", force=True, lr=0.05, **TINY)
+    assert forced.config.lr == 0.05 and (out / "summary.json").stat().st_mtime_ns != stamp
+
+
+@pytest.mark.parametrize("given, hint", [
+    (dict(learning_rate=0.1), r"learning_rate \(cifarzoo calls it lr\)"),
+    (dict(validation_split=0.1), r"validation_split \(cifarzoo calls it val_split\)"),
+    (dict(num_epochs=3, verbose=1), r"num_epochs \(cifarzoo calls it epochs\); verbose \(progress is an argument"),
+    (dict(validation_data=([], [])), r"validation_data \(.*data=\(x_train, y_train, x_test, y_test\)"),
+    (dict(weight_decy=0.1), r"weight_decy \(did you mean weight_decay\?\)"),
+])
+def test_unknown_settings_name_what_was_meant(fake_cifar, tmp_path, given, hint):
+    with pytest.raises(CifarzooError, match="unknown training settings: " + hint):
+        cz.fit("vgg16", data=_data(fake_cifar), out=tmp_path / "r", epochs=1, progress="none", **given, **TINY)
+    assert not (tmp_path / "r").exists()
+
+
+def test_option_values_are_case_insensitive_and_val_split_takes_a_fraction(fake_cifar, tmp_path):
+    from cifarzoo.train import make_config
+
+    c = make_config("VGG16", optimizer="Adam", schedule="OneCycle", augment="Crop,Flip", val_split=0.25)
+    assert (c.model, c.optimizer, c.schedule, c.augment, c.val_split) == ("vgg16", "adam", "onecycle", "crop,flip", 0.25)
+    for bad in (1.0, 1.5, -0.1, True, "10"):
+        with pytest.raises(CifarzooError, match="invalid --val-split"):
+            make_config("vgg16", val_split=bad)
+    run = cz.fit("resnet18", data=_data(fake_cifar), epochs=1, out=tmp_path / "r", progress="none",
+                 val_split=0.25, **TINY)
+    assert run.info["data"]["eval_split"] == "val" and run.info["data"]["eval_images"] == 15  # 25% of 60

@@ -137,3 +137,20 @@ def test_the_nan_message_promises_a_checkpoint_only_when_there_is_one(bundled_sa
     assert "No checkpoint had been saved yet" in str(info.value)
     assert "is kept" not in str(info.value)
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_option_values_are_case_insensitive_and_val_split_takes_a_count_or_a_fraction(capsys, tmp_path):
+    import json
+
+    small = ["--subset", "100", "--width-mult", "0.125", "--epochs", "1", "--batch-size", "20", "--compile", "off",
+             "--precision", "FP32", "--optimizer", "SGD", "--allow-stall"]
+    assert main(TRAIN + small + ["--val-split", "0.2", "--out", str(tmp_path / "run")]) == 0
+    info = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (info["config"]["val_split"], info["config"]["optimizer"], info["config"]["precision"]) == (0.2, "sgd", "fp32")
+    assert info["data"]["eval_split"] == "val" and info["data"]["eval_images"] == 20
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as parse_error:  # argparse's usage, then the reason on its last line
+        main(TRAIN + small + ["--val-split", "a tenth", "--out", str(tmp_path / "other")])
+    assert parse_error.value.code == 2 and not (tmp_path / "other").exists()
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        "--val-split: expected an image count or a fraction in (0, 1), got 'a tenth'")

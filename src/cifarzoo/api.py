@@ -99,8 +99,6 @@ def resume_dataset(run_dir: str | os.PathLike, data: Any, classes: Iterable[str]
     of the same images saved to disk, loaded with ``labels``, default the run's own);
     it must hold the classes and training images the run was trained on.
     """
-    import numpy as np
-
     run_dir = _run_folder(run_dir)
     info = _read_info(run_dir)
     spec = info.get("config", {}).get("data")
@@ -119,14 +117,51 @@ def resume_dataset(run_dir: str | os.PathLike, data: Any, classes: Iterable[str]
         from cifarzoo.data import load
 
         ds = load(spec, labels=labels or info.get("config", {}).get("labels", "fine"), progress=False)
-    if saved.get("classes") is not None and list(ds.classes) != list(saved["classes"]):
-        raise CifarzooError(f"{run_dir}: trained on classes {saved['classes']}, the arrays given have "
-                            f"{list(ds.classes)}")
-    if saved.get("mean") is not None and not np.allclose(ds.mean, saved["mean"], rtol=0, atol=1e-6):
-        raise CifarzooError(f"{run_dir}: these are not the arrays the run was trained on (training-image mean "
-                            f"{[round(m, 3) for m in ds.mean]}, config.json says "
-                            f"{[round(m, 3) for m in saved['mean']]})")
+    problem = _other_arrays(saved, ds)
+    if problem:
+        raise CifarzooError(f"{run_dir}: {problem}")
     return ds
+
+
+def _other_arrays(saved: dict, ds) -> str | None:
+    """Why ``ds`` is not the data a run's config.json ``saved`` describes (classes, training-image mean), or None."""
+    import numpy as np
+
+    if saved.get("classes") is not None and list(ds.classes) != list(saved["classes"]):
+        return f"trained on classes {saved['classes']}, the arrays given have {list(ds.classes)}"
+    if saved.get("mean") is not None and not np.allclose(ds.mean, saved["mean"], rtol=0, atol=1e-6):
+        return (f"these are not the arrays the run was trained on (training-image mean "
+                f"{[round(m, 3) for m in ds.mean]}, config.json says {[round(m, 3) for m in saved['mean']]})")
+    return None
+
+
+def _finished_run(run_dir: Path, config, dataset) -> "Run | None":
+    """The finished run that ``run_dir`` holds with ``config`` and the same data (a re-run notebook cell).
+
+    None for a folder that holds no run; raises, in Python terms, for one that holds
+    another run (other settings, other arrays, unfinished or failed).
+    """
+    from cifarzoo.train.rundir import FINISHED, RESUMABLE, RunDir, settings_changed
+
+    folder = RunDir(run_dir)
+    if not folder.holds_run():
+        return None
+    saved = folder.saved_config()
+    diff = ["config.json is missing or unreadable"] if saved is None else settings_changed(saved, config)
+    if not diff and dataset is not None:
+        problem = _other_arrays((folder.read_info() or {}).get("data", {}), dataset)
+        diff = [problem] if problem else []
+    state = folder.state()
+    if not diff and state == FINISHED:
+        return Run(run_dir, dataset=dataset)
+    if diff:
+        what = "a run made with other settings: " + ", ".join(diff[:4])
+    elif state == RESUMABLE:
+        what = f"an interrupted run with these settings; continue it with cifarzoo.fit(resume={str(run_dir)!r})"
+    else:
+        what = f"a run with these settings that did not finish ({state})"
+    raise CifarzooError(f"{run_dir} already holds {what}; pass force=True to train it again from the start, "
+                        "or choose another out=")
 
 
 # --------------------------------------------------------------------------- fit
@@ -148,8 +183,9 @@ def fit(
     ``settings`` are any :class:`~cifarzoo.train.TrainConfig` fields (``epochs=3,
     width_mult=0.25, lr=0.1, ...``) over the model's recipe and ``preset``; unknown or
     invalid ones raise CifarzooError. ``out`` is the run folder (default
-    ``runs_root/<model>-<time>``); one that holds a run already is refused unless
-    ``force=True``. ``resume=FOLDER`` continues an interrupted run with its
+    ``runs_root/<model>-<time>``); one that holds another run is refused unless
+    ``force=True``, except that a finished run made with the same settings and data is
+    returned as it is (so re-running a notebook cell does not train again). ``resume=FOLDER`` continues an interrupted run with its
     saved settings (a run trained from arrays needs ``data=`` again). On Ctrl-C / a kernel
     interrupt, KeyboardInterrupt propagates after a resumable checkpoint is written.
     """
@@ -177,6 +213,9 @@ def fit(
 
             out = RunDir.new(config.model, runs_root).path
         run_dir = Path(out)
+        done = None if force else _finished_run(run_dir, config, dataset)
+        if done is not None:
+            return done
         kwargs = dict(config=config, dataset=dataset, out_dir=run_dir, force=force)
     try:
         result = fit(reporter=reporter, **kwargs)

@@ -72,7 +72,7 @@ OPTION_HELP = {
     "augment": "comma list of crop, flip, cutout; or none (default crop,flip)",
     "width_mult": "channel multiplier (1.0 = paper width)",
     "subset": "first N training images, class-balanced",
-    "val_split": "hold N training images out as the validation set",
+    "val_split": "hold N training images (or a fraction such as 0.1) out as the validation set",
     "allow_stall": "do not stop a run whose loss stays at ln(C) with chance accuracy",
     "stall_steps": "check for a stall after N steps (default: after epoch 1)",
     "sync_bn": "SyncBatchNorm under torchrun/DDP",
@@ -116,8 +116,21 @@ def add_config_options(parser: argparse.ArgumentParser, fields: tuple[str, ...] 
         help_text = OPTION_HELP.get(name)
         if base is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        else:
-            parser.add_argument(flag, type=base, choices=choices.get(name), default=None, help=help_text)
+        elif name == "val_split":
+            parser.add_argument(flag, type=_count_or_fraction, default=None, metavar="N|FRACTION", help=help_text)
+        else:  # choices are matched case-insensitively, as model names are
+            parser.add_argument(flag, type=str.lower if name in choices else base, choices=choices.get(name),
+                                default=None, help=help_text)
+
+
+def _count_or_fraction(text: str) -> int | float:
+    """``--val-split``: an image count ("5000") or a fraction of the training images ("0.1")."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    raise argparse.ArgumentTypeError(f"expected an image count or a fraction in (0, 1), got {text!r}")
 
 
 def config_overrides(args: argparse.Namespace, fields: tuple[str, ...] | None = None) -> dict:

@@ -22,7 +22,6 @@ rule; the final epoch's weights are reported, never a test-selected epoch.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -36,12 +35,11 @@ from cifarzoo.errors import CifarzooError
 from cifarzoo.study.executors import LocalExecutor, default_jobs
 from cifarzoo.study.plan import EVAL_FILE, RUNS_DIR, RunSpec, StudyPlan, with_recorded_models, write_plan
 from cifarzoo.study.training import RunOutcome, StudyReporter, evaluate_for_report, run_cost
-from cifarzoo.train.config import TrainConfig
-from cifarzoo.train.rundir import EMPTY, FAILED, FINISHED, FOREIGN, LOCK_FILE, RESUMABLE, RunDir, RunLock
+from cifarzoo.train.rundir import (EMPTY, FAILED, FINISHED, FOREIGN, LOCK_FILE, RESUMABLE, RunDir, RunLock,
+                                   settings_changed)
 
 # Settings that do not change what a run computes (threads: at most its last bits, as on
 # another CPU): a run folder that differs only in these still belongs to the study.
-_IGNORED_SETTINGS = ("compile", "nan_check_every", "eval_batch_size", "threads")
 
 
 # --------------------------------------------------------------------------- result
@@ -58,13 +56,6 @@ class StudyResult:
 
 
 # --------------------------------------------------------------------------- run-folder state
-def _normalized(config: dict) -> dict:
-    d = json.loads(json.dumps(config))
-    for k in _IGNORED_SETTINGS:
-        d.pop(k, None)
-    return d
-
-
 def check_compatible(spec: RunSpec) -> None:
     """Raise if ``spec.run_dir`` holds a run made with other settings than ``spec.config``."""
     run = RunDir(spec.run_dir)
@@ -75,14 +66,9 @@ def check_compatible(spec: RunSpec) -> None:
                 f"{spec.run_dir} holds a run whose settings cannot be checked (no readable config.json); "
                 "rerun with --force to train it again, or move it out of the study")
         return
-    # A setting newer than the saved run (e.g. labels) was its default value then.
-    want, have = _normalized(spec.config.to_dict()), _normalized({**TrainConfig().to_dict(), **saved})
-    if want.get("batch_size") is None:  # chosen by the trainer from the data size and saved resolved
-        have.pop("batch_size", None)
-        want.pop("batch_size", None)
-    diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+    diff = settings_changed(saved, spec.config)
     if diff:
-        shown = ", ".join(f"{k} {have.get(k)!r} (now {want.get(k)!r})" for k in diff[:4])
+        shown = ", ".join(diff[:4])
         raise CifarzooError(
             f"{spec.run_dir} was trained with other settings: {shown}; rerun with --force to train it "
             "again, or choose another --out")

@@ -32,7 +32,7 @@ class TrainConfig:
     data: str | None = None  # --data spec: None (default cache), "sample", or a path
     labels: str = "fine"  # CIFAR-100's labelling: fine (100 classes) | coarse (20 superclasses); others: fine
     subset: int | None = None  # use only the first N training images, class-balanced
-    val_split: int = 0  # hold N training images out as the per-epoch evaluation set (0: evaluate on test)
+    val_split: int | float = 0  # hold N training images (or a fraction in (0, 1) of them) out as the per-epoch evaluation set (0: evaluate on test)
     epochs: int = 30  # full passes over the training set
     batch_size: int | None = None  # images per optimizer step, the global batch under DDP (None: 512, smaller for small data)
     eval_batch_size: int = 1024  # images per evaluation forward pass
@@ -71,6 +71,10 @@ class TrainConfig:
     tta_level: int = 1  # test-time augmentation of the "TTA" result: 1 flip (2 views), 2 flip + 1-pixel shifts (6 views)
 
     def __post_init__(self):
+        for name in _CHOICE_FIELDS:  # option values are case-insensitive, as model names are
+            value = getattr(self, name)
+            if isinstance(value, str) and value != value.lower():
+                object.__setattr__(self, name, value.lower())
         validate(self)
 
     def to_dict(self) -> dict[str, Any]:
@@ -82,9 +86,10 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
+        unknown = sorted(set(d) - known)
         if unknown:
-            raise CifarzooError(f"unknown training settings: {', '.join(sorted(unknown))}")
+            raise CifarzooError("unknown training settings: "
+                                + "; ".join(_unknown_setting_hint(k, known) for k in unknown))
         return cls(**d)
 
     @property
@@ -94,6 +99,43 @@ class TrainConfig:
 
         names = parse_augment(self.augment)
         return tuple(a for a in AUGMENTATIONS if a in names)
+
+
+# Fields whose value is one word from a fixed set (lower-cased before validation).
+_CHOICE_FIELDS = ("optimizer", "schedule", "precision", "compile", "device", "labels", "augment", "warmup")
+
+# Names users bring from Keras, Lightning, fastai and timm, and what cifarzoo calls them.
+SYNONYMS = {
+    "validation_split": "val_split", "valid_pct": "val_split", "learning_rate": "lr", "base_lr": "lr",
+    "num_epochs": "epochs", "n_epochs": "epochs", "max_epochs": "epochs", "epoch": "epochs",
+    "batch": "batch_size", "bs": "batch_size", "wd": "weight_decay", "l2": "weight_decay",
+    "smoothing": "label_smoothing", "width": "width_mult", "width_multiplier": "width_mult",
+    "random_seed": "seed", "num_threads": "threads", "opt": "optimizer", "lr_schedule": "schedule",
+    "scheduler": "schedule", "sched": "schedule", "augmentation": "augment", "mixed_precision": "precision",
+    "amp": "precision",
+}
+# Names that are not training settings at all, with where the thing lives instead.
+NOT_SETTINGS = {
+    "validation_data": "the per-epoch evaluation set is the test split, or val_split held out of the "
+                       "training images; pass your own split as data=(x_train, y_train, x_test, y_test)",
+    "x": "arrays go in data=(x_train, y_train, x_test, y_test)",
+    "y": "arrays go in data=(x_train, y_train, x_test, y_test)",
+    "verbose": "progress is an argument of cifarzoo.fit: progress='auto' | 'bar' | 'none'",
+    "num_classes": "the class count comes from the data",
+}
+
+
+def _unknown_setting_hint(name: str, known: set[str]) -> str:
+    """``name`` with what the user probably meant: a synonym, a close spelling, or where it lives."""
+    import difflib
+
+    key = name.lower() if isinstance(name, str) else str(name)
+    if key in NOT_SETTINGS:
+        return f"{name} ({NOT_SETTINGS[key]})"
+    if SYNONYMS.get(key) in known:
+        return f"{name} (cifarzoo calls it {SYNONYMS[key]})"
+    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)
+    return f"{name} (did you mean {close[0]}?)" if close else f"{name} (see `cifarzoo train --help`)"
 
 
 def validate(c: TrainConfig) -> None:
@@ -121,6 +163,10 @@ def validate(c: TrainConfig) -> None:
 
         bad("--augment", c.augment, f"a comma list of {', '.join(AUGMENTATIONS)}, or none")
     _validate_numbers(c, bad)
+    v = c.val_split
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (
+            (isinstance(v, int) and v >= 0) or (isinstance(v, float) and 0 < v < 1)):
+        bad("--val-split", v, "an image count >= 0, or a fraction in (0, 1) of the training images")
     if "flip" in c.augmentations and "altflip" in c.augmentations:
         bad("--augment", c.augment, "flip or altflip, not both")
     if c.optimizer != "muon" and (c.bn_bias_decay or c.whiten_bias_epochs is not None):
@@ -143,7 +189,6 @@ def validate(c: TrainConfig) -> None:
 _NUMBERS: dict[str, tuple] = {
     "width_mult": (False, 0, None, False, None, False),
     "subset": (True, 1, None, True, None, True),
-    "val_split": (True, 0, None, True, None, False),
     "epochs": (True, 1, None, True, None, False),
     "batch_size": (True, 1, None, True, None, True),
     "eval_batch_size": (True, 1, None, True, None, False),

@@ -86,7 +86,7 @@ def split_dataset(ds: Dataset, config: TrainConfig) -> Split:
 
     ``subset`` keeps the first N//C images of each class (the remainder to the first
     classes), in their original order. ``val_split`` holds out the *last* images of
-    each class of that training set. The test set is never touched here.
+    each class of that training set (a count, or a fraction of it). The test set is never touched here.
     """
     x, y = ds.train_images, ds.train_labels
     n_classes = ds.num_classes
@@ -108,9 +108,10 @@ def split_dataset(ds: Dataset, config: TrainConfig) -> Split:
         idx = balanced_take(y, config.subset, from_end=False)
         x, y = x[idx], y[idx]
     if config.val_split:
-        if config.val_split >= len(y):
+        n_val = config.val_split if isinstance(config.val_split, int) else max(1, round(config.val_split * len(y)))
+        if n_val >= len(y):
             raise CifarzooError(f"--val-split {config.val_split} leaves no training images (have {len(y)})")
-        val_idx = balanced_take(y, config.val_split, from_end=True)
+        val_idx = balanced_take(y, n_val, from_end=True)
         mask = np.ones(len(y), dtype=bool)
         mask[val_idx] = False
         return Split(x[mask], y[mask], x[val_idx], y[val_idx], "val")

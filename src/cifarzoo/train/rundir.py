@@ -237,6 +237,29 @@ class RunLock:
         self.file = None
 
 
+# Settings that change how fast a run goes, not what it learns: a run made with others is the same run.
+SPEED_SETTINGS = ("compile", "nan_check_every", "eval_batch_size", "threads")
+
+
+def settings_changed(saved: dict, config) -> list[str]:
+    """``"name saved (now new)"`` for each setting of TrainConfig ``config`` that differs from a run's ``saved`` one."""
+    import json
+
+    from cifarzoo.train.config import TrainConfig
+
+    def normalized(d: dict) -> dict:
+        d = json.loads(json.dumps(d))  # tuples as lists, as config.json holds them
+        return {k: v for k, v in d.items() if k not in SPEED_SETTINGS}
+
+    # A setting newer than the saved run (e.g. labels) was its default value then.
+    want, have = normalized(config.to_dict()), normalized({**TrainConfig().to_dict(), **saved})
+    if want.get("batch_size") is None:  # chosen by the trainer from the data size and saved resolved
+        have.pop("batch_size", None)
+        want.pop("batch_size", None)
+    return [f"{k} {have.get(k)!r} (now {want.get(k)!r})"
+            for k in sorted(set(want) | set(have)) if want.get(k) != have.get(k)]
+
+
 def run_state(run_dir: str | os.PathLike) -> str:
     """``RunDir(run_dir).state()``."""
     return RunDir(run_dir).state()
