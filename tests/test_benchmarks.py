@@ -281,8 +281,8 @@ def test_gpu_script_plan_puts_fit_stages_first_and_cheapest_compiles_first(tmp_p
 def test_gpu_script_study_call_runs_the_next_unfinished_part(tmp_path):
     study = tmp_path / "work" / "study"
     plan = _script(["--study", "--plan", "x.tar.gz"], tmp_path)
-    assert "study part 1 of 2: vgg16,vgg19,resnet50, expected ~390s on an H100 <- this call" in plan.stdout
-    assert "study part 2 of 2: inception,xception, expected ~350s on an H100\n" in plan.stdout
+    assert "study part 1 of 2: vgg16,vgg19,resnet50, expected ~340s on an H100 <- this call" in plan.stdout
+    assert "study part 2 of 2: inception,xception, expected ~410s on an H100\n" in plan.stdout
     assert "study_part1" in _planned(plan.stdout)
     study.mkdir(parents=True)
     (study / ".part1-done").touch()
