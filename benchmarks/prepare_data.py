@@ -33,15 +33,11 @@ BATCHES_DIR, META, TEST_BATCH, TRAIN_BATCHES = CIFAR10.folder, CIFAR10.meta, CIF
 from cifarzoo.errors import CifarzooError
 
 
-def read_image_archive(path: Path, workers: int) -> Dataset | None:
-    """The JPEG copy read straight from its tar stream: no extraction to disk, the images decoded by
-    ``workers`` processes. None when the archive holds ``cifar-10-batches-py/`` (the official one).
-
-    Members ``[ROOT/]train|test/<class>/<image>`` are kept; classes are the train folders sorted, images
-    sorted by name within each class, as ``load`` reads an unpacked image folder.
-    """
-    keys, blobs, roots = [], [], set()
-    with tarfile.open(path, "r|*") as tar:  # "|": a stream, read once front to back
+def _image_members(path: Path) -> list[tuple[str, str, str, bytes]] | None:
+    """``(split, class, "archive:member", bytes)`` of every ``[ROOT/]train|test/<class>/<image>`` member,
+    read front to back from the tar stream; None when the archive holds ``cifar-10-batches-py/``."""
+    members, roots = [], set()
+    with tarfile.open(path, "r|*") as tar:  # "|": a stream, read once, nothing written to disk
         for m in tar:
             parts = PurePosixPath(m.name).parts
             if BATCHES_DIR in parts:
@@ -49,30 +45,40 @@ def read_image_archive(path: Path, workers: int) -> Dataset | None:
             if not m.isfile() or len(parts) < 3 or parts[-3] not in ("train", "test"):
                 continue
             split, cls, name = parts[-3:]
-            if cls.startswith(".") or name.startswith(".") or PurePosixPath(name).suffix.lower() not in IMAGE_EXTENSIONS:
+            hidden = cls.startswith(".") or name.startswith(".")
+            if hidden or PurePosixPath(name).suffix.lower() not in IMAGE_EXTENSIONS:
                 continue
-            roots.add(parts[:-3])
-            keys.append((split, cls, name, f"{path}:{m.name}"))
-            blobs.append(tar.extractfile(m).read())
+            roots.add("/".join(parts[:-3]) or ".")
+            members.append((split, cls, f"{path}:{m.name}", tar.extractfile(m).read()))
     if len(roots) > 1:
-        raise CifarzooError(f"{path}: image folders under more than one root ({', '.join(sorted('/'.join(r) or '.' for r in roots))})")
-    classes = sorted({k[1] for k in keys if k[0] == "train"})
-    if not classes or not any(k[0] == "test" for k in keys):
+        raise CifarzooError(f"{path}: image folders under more than one root ({', '.join(sorted(roots))})")
+    return members
+
+
+def read_image_archive(path: Path, workers: int) -> Dataset | None:
+    """The JPEG copy read straight from its tar stream, its images decoded by ``workers`` processes;
+    None for the official archive. Classes are the train folders sorted, images sorted by name within
+    each class, as ``load`` reads an unpacked image folder."""
+    members = _image_members(path)
+    if members is None:
+        return None
+    classes = sorted({cls for split, cls, _, _ in members if split == "train"})
+    if not classes or not any(split == "test" for split, _, _, _ in members):
         raise CifarzooError(f"{path}: the archive has no train/ and test/ folders of class folders")
-    extra = sorted({k[1] for k in keys if k[1] not in classes})
+    extra = sorted({cls for _, cls, _, _ in members if cls not in classes})
     if extra:
         raise CifarzooError(f"{path}: test class folder '{extra[0]}' has no train counterpart")
-    order = sorted(range(len(keys)), key=lambda i: (keys[i][0], classes.index(keys[i][1]), keys[i][2]))
-    datas, names = [blobs[i] for i in order], [keys[i][3] for i in order]
-    if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            decoded = list(pool.map(decode_image, datas, names, chunksize=max(1, len(datas) // (4 * workers))))
-    else:
-        decoded = [decode_image(d, n) for d, n in zip(datas, names)]
-    split = {s: [j for j, i in enumerate(order) if keys[i][0] == s] for s in ("train", "test")}
-    arrays = {s: (np.stack([decoded[j][0] for j in idx]),
-                  np.array([classes.index(keys[order[j]][1]) for j in idx], dtype=np.int64)) for s, idx in split.items()}
-    return build_dataset(*arrays["train"], *arrays["test"], classes, f"image archive {path.resolve()}")
+    label = {cls: i for i, cls in enumerate(classes)}
+    arrays = []
+    with ProcessPoolExecutor(max(1, workers)) as pool:  # its processes start at the first map
+        for split in ("train", "test"):
+            part = sorted((m for m in members if m[0] == split), key=lambda m: (label[m[1]], m[2]))
+            datas, names = [m[3] for m in part], [m[2] for m in part]
+            decoded = (pool.map(decode_image, datas, names, chunksize=max(1, len(part) // (4 * workers)))
+                       if workers > 1 else map(decode_image, datas, names))
+            arrays += [np.stack([image for image, _resized in decoded]),
+                       np.array([label[m[1]] for m in part], dtype=np.int64)]
+    return build_dataset(*arrays, classes, f"image archive {path.resolve()}")
 
 
 def _rows(images: np.ndarray) -> np.ndarray:

@@ -163,7 +163,8 @@ def test_time_to_accuracy_trains_and_reports(tta, tmp_path, one_thread):
     result = json.loads(out.read_text())
     assert result["data_source"].startswith("sample") and result["thresholds"] == [0.1, 0.99]
     runs = result["runs"]
-    assert [(r["model"], r["seed"], r["status"]) for r in runs] == [("fastnet", 0, "finished"), ("fastnet", 1, "finished")]
+    assert [(r["model"], r["seed"], r["status"]) for r in runs] == [("fastnet", 0, "finished"),
+                                                                     ("fastnet", 1, "finished")]
     for r in runs:
         assert Path(r["run_dir"], "metrics.csv").is_file()
         assert len(r["curve"]) == 2 and r["curve"][-1]["elapsed_seconds"] == pytest.approx(
