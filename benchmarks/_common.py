@@ -83,3 +83,72 @@ def write_json(path, obj) -> None:
     from cifarzoo.io import atomic_write_bytes
 
     atomic_write_bytes(path, (json.dumps(obj, indent=2, default=float) + "\n").encode())
+
+
+def write_text(path, text: str) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(text)
+
+
+def save(args, result: dict, markdown) -> None:
+    """Rewrite ``--json`` and ``--markdown`` after every model or run, so a run stopped by a time cap
+    (or killed) keeps everything measured before it."""
+    if getattr(args, "json", None):
+        write_json(args.json, result)
+    if getattr(args, "markdown", None):
+        write_text(args.markdown, markdown(result))
+
+
+def failure(exc: BaseException) -> dict:
+    """What one model's or run's error leaves in the results: the others are still measured.
+
+    An exception that is not one of cifarzoo's own one-line errors (CUDA out of memory,
+    a compiler failure, any RuntimeError) keeps its type, so the record says what broke.
+    """
+    from cifarzoo.errors import CifarzooError
+
+    first = (str(exc).strip().splitlines() or [""])[0]
+    reason = first if isinstance(exc, CifarzooError) else f"{type(exc).__name__}: {first}"
+    return {"status": "failed", "reason": reason[:300]}
+
+
+def free_device_memory(device) -> None:
+    """After a failed model, give its CUDA memory back before the next (an OOM must not cascade)."""
+    import gc
+
+    gc.collect()
+    if getattr(device, "type", str(device)) == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+def compile_problem(device: str) -> str | None:
+    """None when torch.compile trains a tiny conv net on ``device`` (forward and backward), else why not.
+
+    The GPU script calls this once before any stage: without a working Triton (CUDA) or C++
+    (CPU) toolchain every compiled stage would fail model by model, each after its own wait.
+    """
+    import torch
+    from torch import nn
+
+    try:
+        dev = torch.device(device)
+        model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
+                              nn.Linear(8 * 8 * 8, 10)).to(dev)
+        x = torch.randn(4, 3, 8, 8, device=dev)
+        torch.compile(model)(x).square().mean().backward()
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+    except Exception as exc:  # any failure means: run eager
+        return failure(exc)["reason"]
+    return None
+
+
+if __name__ == "__main__":  # python benchmarks/_common.py compile-check DEVICE: exit 0 if compile works
+    if sys.argv[1:2] != ["compile-check"] or len(sys.argv) != 3:
+        sys.exit("usage: python benchmarks/_common.py compile-check DEVICE")
+    sys.path.insert(0, str(REPO / "src"))
+    problem = compile_problem(sys.argv[2])
+    print("torch.compile works" if problem is None else f"torch.compile fails: {problem}")
+    sys.exit(0 if problem is None else 1)

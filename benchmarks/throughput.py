@@ -27,10 +27,20 @@ Fairness under noise: every variant is warmed up first (the first compiled call'
 time is reported as compile time), then ``--repeats`` rounds run each variant's
 ``--steps`` steps in turn, so a burst of load from another process hits all of them
 alike; the median round is reported, with every round kept in the JSON.
+
+``--baseline-from EARLIER.json`` takes each model's ``fp32`` record from an earlier
+run of this script (same model, width, batch and device) instead of measuring it
+again: the GPU script's compiled stage reuses the eager stage's baseline. Those
+records say ``reused_from``; their rounds were not interleaved with this run's.
+
+One model's failure (out of memory, a compiler error, any exception) is recorded as
+that model's ``status: "failed"`` with its ``reason``, and the next model is measured;
+the exit status is then 1.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -41,7 +51,7 @@ import cifarzoo  # noqa: F401  first: it sets OMP_WAIT_POLICY before torch loads
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import header, write_json  # noqa: E402
+from _common import failure, free_device_memory, header, save, write_text  # noqa: E402
 from cifarzoo.train.config import DEVICES  # noqa: E402
 
 DEFAULT_MODELS = "vgg16,vgg19,resnet18,resnet50,inception,xception,fastnet"
@@ -146,30 +156,36 @@ class Bench:
         return time.perf_counter() - t0
 
 
-def bench_model(config, variants: list[Variant], device, args) -> dict:
+def _warmed_up(config, v: Variant, device, args) -> tuple[Bench, dict]:
+    """A Bench of ``v``, warmed up, and its record. The first call of a compiled module compiles it
+    (forward and backward): its time minus one steady step is reported as compile time."""
+    b = Bench(config, v, device, args.inference_batch_size, 1 + max(1, args.warmup) + args.repeats * args.steps)
+    r = {"precision": v.precision, "channels_last": v.channels_last, "compile": v.compile,
+         "compile_inference": v.compile_inference, "train_rounds": [], "infer_rounds": []}
+    first = b.timed(b.train_steps, 1)
+    steady = b.timed(b.train_steps, max(1, args.warmup))
+    r["first_train_step_seconds"] = first
+    if v.compile:
+        r["compile_seconds_train"] = max(0.0, first - steady / max(1, args.warmup))
+    if not args.no_inference:
+        first = b.timed(b.infer_steps, 1)
+        steady = b.timed(b.infer_steps, max(1, args.warmup))
+        if v.compile_inference:
+            r["compile_seconds_inference"] = max(0.0, first - steady / max(1, args.warmup))
+    return b, r
+
+
+def bench_model(config, variants: list[Variant], device, args, baseline: dict | None = None) -> dict:
+    """Every variant of one model; ``baseline``: an earlier run's fp32 record of it, used as this run's."""
     rec: dict = {"model": config.model, "width_mult": config.width_mult, "batch_size": config.batch_size,
                  "inference_batch_size": args.inference_batch_size, "variants": {}}
+    if baseline is not None:
+        rec["variants"]["fp32"] = baseline
+        variants = [v for v in variants if v.name != "fp32"]
     benches = {}
     for v in variants:
-        total = 1 + max(1, args.warmup) + args.repeats * args.steps
-        b = Bench(config, v, device, args.inference_batch_size, total)
-        rec["parameters"] = b.parameters
-        r = rec["variants"][v.name] = {"precision": v.precision, "channels_last": v.channels_last,
-                                       "compile": v.compile, "compile_inference": v.compile_inference,
-                                       "train_rounds": [], "infer_rounds": []}
-        # Warm-up. The first call of a compiled module compiles it (forward and backward):
-        # its time minus one steady step is reported as compile time.
-        first = b.timed(b.train_steps, 1)
-        steady = b.timed(b.train_steps, max(1, args.warmup))
-        r["first_train_step_seconds"] = first
-        if v.compile:
-            r["compile_seconds_train"] = max(0.0, first - steady / max(1, args.warmup))
-        if not args.no_inference:
-            first = b.timed(b.infer_steps, 1)
-            steady = b.timed(b.infer_steps, max(1, args.warmup))
-            if v.compile_inference:
-                r["compile_seconds_inference"] = max(0.0, first - steady / max(1, args.warmup))
-        benches[v.name] = b
+        benches[v.name], rec["variants"][v.name] = _warmed_up(config, v, device, args)
+        rec["parameters"] = benches[v.name].parameters
     for _ in range(args.repeats):  # interleaved rounds: load bursts hit every variant alike
         for v in variants:
             b, r = benches[v.name], rec["variants"][v.name]
@@ -182,7 +198,8 @@ def bench_model(config, variants: list[Variant], device, args) -> dict:
                 r["infer_rounds"].append(n / b.timed(b.infer_steps, args.steps))
                 if device.type == "cpu":
                     r.setdefault("infer_cpu_rounds", []).append(n / max(b.cpu_seconds, 1e-9))
-    for r in rec["variants"].values():
+    for name in benches:
+        r = rec["variants"][name]
         r["train_images_per_second"] = statistics.median(r["train_rounds"])
         r["infer_images_per_second"] = statistics.median(r["infer_rounds"]) if r["infer_rounds"] else None
         if device.type == "cpu":
@@ -216,9 +233,13 @@ def markdown(result: dict) -> str:
              + ("| train img/CPU-s | ×fp32 " if cpu else "") + "| infer img/s | ×fp32 | compile s |",
              "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if cpu else "") + "---|---|---|"]
     for rec in result["models"]:
+        if rec["status"] != "finished":
+            lines.append(f"| {rec['model']} | | | failed: {rec['reason']} |" + " |" * (8 + 2 * cpu))
+            continue
         for name, r in rec["variants"].items():
             lines.append(
-                f"| {rec['model']} | {rec['width_mult']:g} | {rec['batch_size']} | {name} | {r['precision']} "
+                f"| {rec['model']} | {rec['width_mult']:g} | {rec['batch_size']} "
+                f"| {name}{' (earlier run)' if r.get('reused_from') else ''} | {r['precision']} "
                 f"| {'yes' if r['channels_last'] else 'no'} | {'yes' if r['compile'] else 'no'} "
                 f"| {num(r['train_images_per_second'])} | {num(r.get('train_ratio'), '.2f')} "
                 + (f"| {num(r.get('train_images_per_cpu_second'))} | {num(r.get('train_ratio_cpu'), '.2f')} "
@@ -226,11 +247,6 @@ def markdown(result: dict) -> str:
                 + f"| {num(r['infer_images_per_second'])} | {num(r.get('infer_ratio'), '.2f')} "
                 f"| {num(r.get('compile_seconds_train'), '.1f')} |")
     return "\n".join(lines) + "\n"
-
-
-def _write_text(path, text: str) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(text)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -253,6 +269,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--preset", default=None, help="preset the project path comes from (default standard on "
                                                   "CUDA, quick on CPU)")
     p.add_argument("--no-inference", action="store_true", help="time the training step only")
+    p.add_argument("--baseline-from", metavar="JSON",
+                   help="take each model's fp32 record from this earlier JSON of this script (same model, width, "
+                        "batch, device kind) instead of measuring it again; models it lacks are measured")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads on CPU (default as in training: $OMP_NUM_THREADS, else the physical cores)")
     p.add_argument("--json", metavar="OUT", help="write the results here (rewritten after every model)")
@@ -260,11 +279,48 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def model_config(name: str, preset: str, device: torch.device, args):
+    """The config the preset gives ``name`` on ``device``, with --width-mult / --batch-size on top."""
+    from cifarzoo.train.config import make_config
+    from cifarzoo.train.loop import auto_batch_size
+
+    over = {"device": device.type}
+    if args.width_mult is not None:
+        over["width_mult"] = args.width_mult
+    if args.batch_size is not None:
+        over["batch_size"] = args.batch_size
+    config = make_config(name, preset=preset, **over)
+    if config.batch_size is None:  # fit's own choice for the preset's training set
+        config = config.replace(batch_size=auto_batch_size(TRAIN_IMAGES.get(config.data, 50000)))
+    return config
+
+
+def earlier_baselines(path: str | None, device: torch.device) -> dict:
+    """(model, width, batch) -> the fp32 record of an earlier run's JSON on the same kind of device."""
+    if not path or not Path(path).is_file():
+        return {}
+    earlier = json.loads(Path(path).read_text())
+    if earlier.get("machine", {}).get("device") != device.type:
+        return {}
+    return {(m["model"], m["width_mult"], m["batch_size"]): {**m["variants"]["fp32"], "reused_from": str(path)}
+            for m in earlier.get("models", []) if "fp32" in m.get("variants", {})}
+
+
+def measure(name: str, preset: str, names: list[str], device: torch.device, args, baselines: dict) -> dict:
+    config = model_config(name, preset, device, args)
+    project = project_variant(config, device)
+    variants = list({v.name: v for v in (parse_variant(n, project) for n in names)}.values())
+    t0 = time.perf_counter()
+    rec = bench_model(config, variants, device, args,
+                      baselines.get((config.model, config.width_mult, config.batch_size)))
+    rec["seconds"] = time.perf_counter() - t0
+    rec["status"] = "finished"
+    return rec
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from cifarzoo.train.config import make_config
     from cifarzoo.device import resolve_device
-    from cifarzoo.train.loop import auto_batch_size
 
     device = resolve_device(args.device)
     if device.type == "cpu":  # as fit does: --threads, else $OMP_NUM_THREADS, else the physical cores
@@ -281,42 +337,26 @@ def main(argv=None) -> int:
     names = ALL_CPU_VARIANTS.split(",") if args.variants == "all" else [v.strip() for v in args.variants.split(",")]
     if "fp32" not in names:
         names.insert(0, "fp32")  # the baseline every ratio is against
+    baselines = earlier_baselines(args.baseline_from, device)
 
     result = {"benchmark": "throughput", **header(device, ["benchmarks/throughput.py", *(argv or sys.argv[1:])]),
               "preset": preset, "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "models": []}
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
-        over = {"device": device.type}
-        if args.width_mult is not None:
-            over["width_mult"] = args.width_mult
-        if args.batch_size is not None:
-            over["batch_size"] = args.batch_size
-        config = make_config(name, preset=preset, **over)
-        if config.batch_size is None:  # fit's own choice for the preset's training set
-            config = config.replace(batch_size=auto_batch_size(TRAIN_IMAGES.get(config.data, 50000)))
-        project = project_variant(config, device)
-        variants, seen = [], set()
-        for n in names:
-            v = parse_variant(n, project)
-            if v.name not in seen:
-                variants.append(v)
-                seen.add(v.name)
-        t0 = time.perf_counter()
-        rec = bench_model(config, variants, device, args)
-        rec["seconds"] = time.perf_counter() - t0
+        try:
+            rec = measure(name, preset, names, device, args, baselines)
+        except Exception as exc:  # noqa: BLE001  one model's failure is its result; the next is measured
+            rec = {"model": name, **failure(exc)}
+            free_device_memory(device)
+            print(f"{name:<10} failed: {rec['reason']}", flush=True)
+        else:
+            pr = rec["variants"].get("project", {})
+            print(f"{rec['model']:<10} width {rec['width_mult']:<5g} batch {rec['batch_size']:<5} "
+                  + "  ".join(f"{k}: {v['train_images_per_second']:,.0f} img/s" for k, v in rec["variants"].items())
+                  + (f"  project/fp32 train x{pr['train_ratio']:.2f}" if "train_ratio" in pr else ""), flush=True)
         result["models"].append(rec)
-        pr = rec["variants"].get("project", {})
-        print(f"{rec['model']:<10} width {rec['width_mult']:<5g} batch {rec['batch_size']:<5} "
-              + "  ".join(f"{k}: {v['train_images_per_second']:,.0f} img/s" for k, v in rec["variants"].items())
-              + (f"  project/fp32 train x{pr['train_ratio']:.2f}" if "train_ratio" in pr else ""), flush=True)
-        if args.json:
-            write_json(args.json, result)
-        if args.markdown:  # also after every item, so a run stopped by a time cap keeps its table
-            _write_text(args.markdown, markdown(result))
-    table = markdown(result)
-    print(table)
-    if args.markdown:
-        _write_text(args.markdown, table)
-    return 0
+        save(args, result, markdown)
+    print(markdown(result))
+    return 0 if all(m["status"] == "finished" for m in result["models"]) else 1
 
 
 if __name__ == "__main__":

@@ -15,6 +15,16 @@ A threshold counts as reached at the first epoch whose end-of-epoch evaluation
 accuracy (``eval_acc``, on the test set unless ``--val-split``) is at least that
 value, so times have the resolution of one epoch. The final accuracies are fit's
 ``test_acc`` (last epoch's weights) and ``test_acc_tta`` (with flip TTA).
+
+``--epochs`` shorter than a recipe's cuts its schedule, and the recipe's warm-up (about
+a fifth of its epochs) would then fill the whole run: ``--truncate-schedule`` scales the
+warm-up by the same factor, so every model runs its own one-cycle shape in miniature
+and the JSON says ``schedule: "truncated"``; those accuracies say how fast a model
+learns under its recipe's shape, not what the full recipe reaches.
+
+One run's failure (a stall, a non-finite loss, out of memory, any exception) is
+recorded as that run's ``status: "failed"`` with its ``reason``, and the next run
+trains; the exit status is then 1.
 """
 from __future__ import annotations
 
@@ -28,7 +38,7 @@ from pathlib import Path
 import cifarzoo  # noqa: F401,E402  first: it sets OMP_WAIT_POLICY before torch loads OpenMP, as the CLI does
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import header, write_json  # noqa: E402
+from _common import failure, free_device_memory, header, save  # noqa: E402
 from cifarzoo.train.config import COMPILE_MODES, DEVICES, PRECISIONS, PRESETS  # noqa: E402
 
 
@@ -80,20 +90,22 @@ def markdown(result: dict) -> str:
     pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"  # noqa: E731
     secs = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
     lines = [f"Time to accuracy on {m['device_name']} — {result['date']}, commit {result['commit']}, "
-             f"torch {m['torch']}, preset {result['preset']}, data {result['data_source']}", "",
+             f"torch {m['torch']}, preset {result['preset']}, data {result['data_source']}"
+             + (", schedules truncated to --epochs (warm-up scaled): accuracies show early learning, not the "
+                "recipes' results" if result.get("schedule") == "truncated" else ""), "",
              f"`{result['command']}`", "",
              "| model | seed | " + " | ".join(f"s to {100 * t:g}%" for t in th)
              + " | test acc | flip TTA | train s | compile s | epochs |",
              "|---|---|" + "---|" * len(th) + "---|---|---|---|---|"]
     for r in result["runs"]:
+        if r["status"] != "finished":
+            lines.append(f"| {r['model']} | {r['seed']} | " + " | ".join("-" for _ in th)
+                         + f" | {r['status']}: {r.get('reason', '')} | | | | {r.get('epochs', '-')} |")
+            continue
         times = []
         for t in th:
             hit = r["time_to"].get(f"{t:g}")
             times.append(f"{hit['seconds']:.1f} (ep {hit['epoch']})" if hit else "not reached")
-        if r["status"] != "finished":
-            lines.append(f"| {r['model']} | {r['seed']} | " + " | ".join("-" for _ in th)
-                         + f" | {r['status']}: {r.get('reason', '')} | | | | |")
-            continue
         lines.append(f"| {r['model']} | {r['seed']} | " + " | ".join(times)
                      + f" | {pct(r['test_acc'])} | {pct(r['test_acc_tta'])} | {secs(r['train_seconds'])} "
                      f"| {secs(r.get('compile_seconds'))} | {r['epochs']} |")
@@ -108,11 +120,6 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_text(path, text: str) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(text)
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -123,6 +130,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 of every model (default 1)")
     p.add_argument("--first-seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=None, help="override every model's epochs")
+    p.add_argument("--truncate-schedule", action="store_true",
+                   help="with --epochs: scale each recipe's warm-up by epochs/recipe epochs (its schedule in "
+                        "miniature; the JSON and table say 'truncated')")
     p.add_argument("--subset", type=int, default=None, help="first N training images, class-balanced")
     p.add_argument("--width-mult", type=float, default=None)
     p.add_argument("--batch-size", type=int, default=None)
@@ -154,13 +164,41 @@ def parse_sets(items: list[str]) -> dict:
     return out
 
 
+def run_config(model: str, seed: int, args, overrides: dict):
+    """The preset's config for ``model``; with --truncate-schedule its warm-up scaled to --epochs."""
+    from cifarzoo.train import make_config
+
+    config = make_config(model, preset=args.preset, data=args.data, seed=seed, **overrides)
+    if args.truncate_schedule and args.epochs:
+        recipe = make_config(model, preset=args.preset, data=args.data)
+        config = config.replace(warmup_epochs=recipe.warmup_epochs * args.epochs / recipe.epochs)
+    return config
+
+
+def train_one(config, dataset, run_dir: Path, thresholds: list[float]) -> dict:
+    """One fit and what the tables need from it."""
+    from cifarzoo.train import fit
+
+    res = fit(config, dataset=dataset, out_dir=run_dir)
+    s = res.summary
+    metrics = read_metrics(res.run_dir)
+    return dict(
+        status="finished", test_acc=s["test_acc"], test_acc_tta=s["test_acc_tta"],
+        train_seconds=s["train_seconds"], compile_seconds=s.get("compile_seconds"),
+        warmup_seconds=s.get("warmup_seconds"), test_acc_tta_level=s.get("test_acc_tta_level"),
+        compiled=s.get("compiled"), precision=s["precision"], device=s["device"],
+        time_to={f"{t:g}": time_to(metrics, t) for t in thresholds},
+        curve=[{"epoch": int(r["epoch"]), "elapsed_seconds": r["elapsed_seconds"], "eval_acc": r["eval_acc"]}
+               for r in metrics],
+        config=config.to_dict())
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
     from cifarzoo import data as data_mod
-    from cifarzoo.errors import CifarzooError
-    from cifarzoo.train import fit, make_config
+    from cifarzoo.train import make_config
     from cifarzoo.device import resolve_device
 
     if args.threads:
@@ -178,44 +216,28 @@ def main(argv=None) -> int:
     device = resolve_device(args.device or first.device)
     result = {"benchmark": "time_to_accuracy",
               **header(device, ["benchmarks/time_to_accuracy.py", *(argv if argv is not None else sys.argv[1:])]),
-              "preset": args.preset, "data_source": dataset.source, "thresholds": thresholds, "runs": []}
-    out = Path(args.out)
+              "preset": args.preset, "data_source": dataset.source, "thresholds": thresholds,
+              "schedule": "truncated" if args.truncate_schedule and args.epochs else "recipe", "runs": []}
     for model in models:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
-            config = make_config(model, preset=args.preset, data=args.data, seed=seed, **overrides)
-            run_dir = out / f"{config.model}-seed{seed}"
-            rec = {"model": config.model, "seed": seed, "run_dir": str(run_dir), "epochs": config.epochs}
+            run_dir = Path(args.out) / f"{model}-seed{seed}"
+            rec = {"model": model, "seed": seed, "run_dir": str(run_dir)}
             t0 = time.perf_counter()
             try:
-                res = fit(config, dataset=dataset, out_dir=run_dir)
-            except CifarzooError as exc:  # a stalled or diverged run is a result too
-                rec.update(status="failed", reason=str(exc).splitlines()[0])
-            else:
-                s = res.summary
-                metrics = read_metrics(res.run_dir)
-                rec.update(
-                    status="finished", test_acc=s["test_acc"], test_acc_tta=s["test_acc_tta"],
-                    train_seconds=s["train_seconds"], compile_seconds=s.get("compile_seconds"),
-                    warmup_seconds=s.get("warmup_seconds"), test_acc_tta_level=s.get("test_acc_tta_level"),
-                    compiled=s.get("compiled"), precision=s["precision"], device=s["device"],
-                    time_to={f"{t:g}": time_to(metrics, t) for t in thresholds},
-                    curve=[{"epoch": int(r["epoch"]), "elapsed_seconds": r["elapsed_seconds"],
-                            "eval_acc": r["eval_acc"]} for r in metrics],
-                    config=config.to_dict())
+                config = run_config(model, seed, args, overrides)
+                rec.update(model=config.model, epochs=config.epochs)
+                rec.update(train_one(config, dataset, run_dir, thresholds))
+            except Exception as exc:  # noqa: BLE001  a stalled, diverged or crashed run is a result too
+                rec.update(failure(exc))
+                free_device_memory(device)
             rec["wall_seconds"] = time.perf_counter() - t0
             result["runs"].append(rec)
             result["summary"] = summarize(result["runs"], thresholds)
             acc = f"test {100 * rec['test_acc']:.2f}% (TTA {100 * rec['test_acc_tta']:.2f}%) " \
-                  f"in {rec['train_seconds']:.1f}s" if rec["status"] == "finished" else rec["status"]
+                  f"in {rec['train_seconds']:.1f}s" if rec["status"] == "finished" else f"failed: {rec['reason']}"
             print(f"{rec['model']} seed {seed}: {acc}", flush=True)
-            if args.json:
-                write_json(args.json, result)
-            if args.markdown:  # also after every item, so a run stopped by a time cap keeps its table
-                _write_text(args.markdown, markdown(result))
-    table = markdown(result)
-    print(table)
-    if args.markdown:
-        _write_text(args.markdown, table)
+            save(args, result, markdown)
+    print(markdown(result))
     return 0 if all(r["status"] == "finished" for r in result["runs"]) else 1
 
 

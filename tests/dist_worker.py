@@ -13,6 +13,8 @@ the test look inside the ranks, which the CLI never shows:
            Rank 0 writes OUT/result.json with all of it.
 ``fail``   rank 1 raises RuntimeError at its third step; the others carry on into the
            next collective.
+``ctrl-c``  rank 1 alone gets a SIGINT (Ctrl-C) during global step 5 (epoch 2, step 1 of 4);
+           the ranks agree on stopping every 2 steps (STOP_EVERY), into OUT/run.
 """
 from __future__ import annotations
 
@@ -120,6 +122,22 @@ def main(mode: str, data: str, out: str) -> None:
                         raise RuntimeError("deliberate failure on rank 1 at step 3")
 
             fit(config("resnet18", data), dataset=ds, runs_root=out_dir / "runs", reporter=FailOnRank1())
+            return
+        if mode == "ctrl-c":
+            import signal
+
+            D.STOP_EVERY = 2
+
+            class CtrlCOnRank1(Reporter):
+                def on_step(self, epoch, step, steps, global_step):
+                    if info.rank == 1 and global_step == 5:
+                        signal.raise_signal(signal.SIGINT)
+
+            try:
+                fit(config("resnet18", data), dataset=ds, out_dir=out_dir / "run", reporter=CtrlCOnRank1())
+            except KeyboardInterrupt:
+                print(f"rank {info.rank}: KeyboardInterrupt raised by fit", flush=True)
+                raise
             return
 
         result = {"world_size": info.world_size}

@@ -185,6 +185,21 @@ def test_a_failing_rank_ends_the_whole_launch(fake_data, tmp_path):
     assert seconds < 120, seconds  # measured about 20 s, mostly start-up
 
 
+def test_ctrl_c_on_one_rank_stops_every_rank_after_the_same_step(fake_data, tmp_path, monkeypatch):
+    # Rank 1 alone gets Ctrl-C in step 5. Acting alone it would run the interrupted save's collectives
+    # while rank 0 is in step 6's gradient all-reduce; instead both stop after step 6, where they next
+    # agree (every 2 steps here), and rank 0 saves that state. A hang would end at the 60 s timeout.
+    from cifarzoo.train.checkpoint import load_checkpoint
+
+    monkeypatch.setenv("CIFARZOO_DIST_TIMEOUT", "60")
+    rc, text, seconds = torchrun(WORKER, "ctrl-c", fake_data, tmp_path, cwd=tmp_path, timeout=180)
+    assert rc != 0, text[-4000:]
+    assert "rank 0: KeyboardInterrupt raised by fit" in text and "rank 1: KeyboardInterrupt raised by fit" in text
+    ckpt = load_checkpoint(tmp_path / "run")
+    assert ckpt["finished"] is False and ckpt["epoch"] == 1 and ckpt["partial"]["step"] == 2, text[-4000:]
+    assert "timeout" not in text.lower() and seconds < 120, seconds
+
+
 # --------------------------------------------------------------------------- the CLI
 def test_cli_nproc_per_node_trains_one_run_on_two_ranks(fake_data, tmp_path):
     rc, text, _ = cli("train", "resnet18", "--data", fake_data, "--width-mult", "0.125", "--epochs", "1",

@@ -279,3 +279,86 @@ def test_cli_train_then_evaluate_and_predict(tiny, tmp_path, capsys, monkeypatch
     assert (out / "confusion.json").exists() and (out / "confusion.png").exists()
     assert main(["train", "nosuchnet", "--out", str(tmp_path / "x")]) == 2
     assert "unknown model" in capsys.readouterr().err
+
+
+def test_gpu_data_and_optimizer_paths_train_on_cpu_as_the_default_paths_do(tiny, tmp_path, monkeypatch):
+    """fit with what it does on a GPU in bf16 — the training split kept normalized in bf16 on the device
+    (DeviceLoader(prenormalize=True)) and the fused SGD kernel — forced on the CPU, against the
+    same run on the CPU's own paths (uint8 split normalized per batch, foreach SGD)."""
+    import cifarzoo.train.loop as loop
+    import cifarzoo.train.optim as optim
+    from cifarzoo.data.loader import DeviceLoader
+
+    import cifarzoo.train.step as step_mod
+
+    config = tiny_config(epochs=1, precision="bf16", augment="crop,flip", width_mult=0.0625, subset=320)
+    plain = fit(config, dataset=tiny, out_dir=tmp_path / "plain")
+    seen = {}
+    real_init, real_make = DeviceLoader.__init__, step_mod.make_optimizer
+
+    def loader_init(self, *a, **k):
+        real_init(self, *a, **k)
+        if k.get("train"):
+            seen["images"] = self.images.dtype
+
+    def make_optimizer(*a, **k):
+        opt = real_make(*a, **k)
+        seen["fused"] = opt.defaults.get("fused")
+        return opt
+
+    monkeypatch.setattr(loop, "prenormalized_dtype", lambda device, precision: torch.bfloat16)
+    monkeypatch.setattr(optim, "fused_update", lambda device: True)
+    monkeypatch.setattr(DeviceLoader, "__init__", loader_init)
+    monkeypatch.setattr(step_mod, "make_optimizer", make_optimizer)
+    forced = fit(config, dataset=tiny, out_dir=tmp_path / "forced")
+    assert seen == {"images": torch.bfloat16, "fused": True}  # the GPU's lines ran
+    # Same input values (normalized in fp32, rounded once to bf16 either way), same update rule:
+    # equal within bf16 rounding of the optimizer's arithmetic over 5 steps.
+    a, b = plain.metrics[0], forced.metrics[0]
+    assert b["train_loss"] == pytest.approx(a["train_loss"], rel=0.05)
+    assert abs(b["eval_acc"] - a["eval_acc"]) <= 0.1
+    wa = load_checkpoint(plain.run_dir)["state_dict"]
+    wb = load_checkpoint(forced.run_dir)["state_dict"]
+    for k in wa:
+        if wa[k].is_floating_point():
+            assert torch.allclose(wa[k], wb[k], rtol=0.1, atol=2e-2), k
+
+
+def test_ema_matches_torchs_averaged_model_without_reading_its_counter_on_the_host(monkeypatch):
+    """--ema: the same averages as AveragedModel(get_ema_multi_avg_fn(0.999), use_buffers=True), and
+    no per-step host read of the step counter (on CUDA each read is a blocking sync)."""
+    from cifarzoo.models import create
+    from cifarzoo.train.optim import DeviceEMA
+
+    torch.manual_seed(0)
+    model = create("resnet18", num_classes=10, width_mult=0.125)
+    ours = DeviceEMA(model, decay=0.999)
+    ref = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.999),
+                                              use_buffers=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ours.update_parameters(model)  # the first update copies; it may read the counter once
+    ref.update_parameters(model)
+
+    def no_host_read(self, *a):
+        raise AssertionError("host read of a tensor during an EMA update")
+
+    for _ in range(3):
+        model.train()
+        model(torch.randn(8, 3, 32, 32)).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+        with monkeypatch.context() as m:
+            for name in ("__bool__", "item", "__int__"):
+                m.setattr(torch.Tensor, name, no_host_read)
+            ours.update_parameters(model)
+        ref.update_parameters(model)
+    assert ours.state_dict().keys() == ref.state_dict().keys()
+    for k, v in ref.state_dict().items():
+        assert torch.equal(ours.state_dict()[k], v), k
+    # Loaded from a checkpoint, it continues averaging (not copying again).
+    again = DeviceEMA(model, decay=0.999)
+    again.load_state_dict(ours.state_dict())
+    again.update_parameters(model)
+    ref.update_parameters(model)
+    assert torch.equal(again.state_dict()["n_averaged"], ref.state_dict()["n_averaged"])
+    assert all(torch.equal(again.state_dict()[k], v) for k, v in ref.state_dict().items())

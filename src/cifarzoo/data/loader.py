@@ -304,7 +304,8 @@ class DeviceLoader:
         if self._plan_key != key:
             host = self._host_plan(self.epoch)
             if self.device.type == "cuda":
-                # Pinned + non_blocking: the once-per-epoch copy does not stall the host.
+                # Pinned + non_blocking: the once-per-epoch copy does not stall the host. No CPU
+                # stand-in (pin_memory needs a CUDA device): run by every fit stage of the GPU script.
                 host = host.pin_memory()
                 self._plan = host.to(self.device, non_blocking=True)
             else:

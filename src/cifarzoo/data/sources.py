@@ -440,6 +440,12 @@ def _decode(data: bytes | Path, name: str, formats: tuple[str, ...] | None = Non
         raise DataError(f"{name}: cannot read this image ({type(exc).__name__}: {exc})") from None
 
 
+def decode_image(data: bytes, name: str) -> tuple[np.ndarray, bool]:
+    """An image file's bytes -> ((32, 32, 3) uint8 RGB, whether it had to be resized), as an image
+    folder's files are read (e.g. straight from a tar stream). Raises DataError naming ``name``."""
+    return _decode(data, name)
+
+
 def load_image_file(path: str | os.PathLike) -> np.ndarray:
     """Read any image Pillow can open as a (32, 32, 3) uint8 RGB array, CIFAR-style.
 

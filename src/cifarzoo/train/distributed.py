@@ -185,6 +185,30 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+# Steps between two agreements on a pending Ctrl-C (and at every epoch's last step).
+STOP_EVERY = 8
+
+
+def agree_to_stop(pending: bool, step: int, steps: int) -> bool:
+    """Whether this run stops after 0-based ``step`` of an epoch of ``steps``: the same answer on every rank.
+
+    A Ctrl-C reaches the ranks of a torchrun job between different steps. A rank that stopped
+    alone would run the interrupted save's collectives (a finite-loss check, a barrier) while
+    the others are inside the next step's gradient all-reduce: mismatched collectives, a hang
+    until :data:`TIMEOUT`. So every :data:`STOP_EVERY` steps and at the epoch's last step the
+    ranks all-reduce (max) their pending flags, and all stop after the same step, at most
+    STOP_EVERY - 1 steps late. The flag is a CPU tensor (gloo): no device sync. In a single
+    process: whenever one is pending.
+    """
+    if not (_initialized() and dist.get_world_size() > 1):
+        return pending
+    if (step + 1) % STOP_EVERY and step + 1 != steps:
+        return False
+    flag = torch.tensor([1 if pending else 0], dtype=torch.int32)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
 def barrier() -> None:
     if _initialized() and dist.get_world_size() > 1:
         dist.barrier()

@@ -262,7 +262,7 @@ def _set_up_device(config: TrainConfig, dist: dist_mod.DistInfo) -> tuple[torch.
     threads, why_threads = resolve_threads(config.threads)
     torch.set_num_threads(threads)
     precision, why_precision = choose_precision(config.precision, device)
-    if device.type == "cuda":
+    if device.type == "cuda":  # no CPU stand-in: every fit stage of benchmarks/gpu_benchmark.sh runs it
         torch.cuda.reset_peak_memory_stats(device)  # one study process runs many fits
         # drop_last keeps every training batch the same shape: cuDNN's algorithm search
         # runs once per layer (in the untimed warm-up) and pays off on every later step.
@@ -363,7 +363,8 @@ def prenormalized_dtype(device: torch.device, precision: str) -> torch.dtype | N
     """The dtype the training split is kept in, normalized once (None: uint8, normalized per batch).
 
     On a GPU in half precision (airbench): no batch pays for normalization, and the model
-    gets the dtype autocast would cast to. On CPU and in fp32 the per-batch path is kept.
+    gets the dtype autocast would cast to. On CPU and in fp32 the per-batch path is kept
+    (tests force this on CPU, monkeypatched, to train through the GPU's data path).
     """
     if device.type != "cuda":
         return None
@@ -485,7 +486,7 @@ def run_epoch(trainer: Trainer, epoch: int, reporter: Reporter) -> tuple[float, 
         with DeferredInterrupt() as interrupt:
             def after_each(i: int) -> None:
                 after_step(i)
-                interrupt.check()  # a Ctrl-C during the step is raised here, between two steps
+                interrupt.check(i, steps)  # a Ctrl-C during the step is raised here, between two steps
 
             train_epoch(trainer.step, trainer.loader.iter_from(first_step), stats, first_step, after_each)
     except KeyboardInterrupt:
@@ -522,8 +523,10 @@ class DeferredInterrupt:
             raise KeyboardInterrupt
         self.pending = True
 
-    def check(self) -> None:
-        if self.pending:
+    def check(self, step: int = 0, steps: int = 1) -> None:
+        """Raise a pending Ctrl-C after 0-based ``step`` of ``steps``; under torchrun only where every
+        rank agrees to (:func:`distributed.agree_to_stop`), so all ranks stop after the same step."""
+        if dist_mod.agree_to_stop(self.pending, step, steps):
             self.pending = False
             raise KeyboardInterrupt
 

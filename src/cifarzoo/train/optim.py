@@ -23,6 +23,15 @@ def param_groups(model: nn.Module, weight_decay: float):
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def fused_update(device: torch.device) -> bool:
+    """Whether SGD and Adam(W) use their fused kernels (the whole update in a few launches): on CUDA.
+
+    torch has CPU kernels for them too, so tests force this on CPU (monkeypatch) to run the
+    GPU's optimizer path; for training on a CPU the default foreach path is kept.
+    """
+    return device.type == "cuda"
+
+
 def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device,
                    steps_per_epoch: int | None = None) -> torch.optim.Optimizer:
     """The recipe's optimizer; ``steps_per_epoch`` is needed by Muon's whitening-bias freeze."""
@@ -40,8 +49,7 @@ def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device,
         groups[1]["params"] = [p for p in rest if id(p) not in bn]
         groups.append({"params": [p for p in rest if id(p) in bn], "weight_decay": 0.0,
                        "lr": c.lr * c.bias_lr_scale})
-    # Fused kernels do the whole update in a few launches: on CUDA for Adam(W) and SGD.
-    fused = {"fused": True} if device.type == "cuda" else {}
+    fused = {"fused": True} if fused_update(device) else {}
     if c.optimizer == "sgd":
         if "fused" not in inspect.signature(torch.optim.SGD).parameters:  # torch < 2.4
             fused = {}
@@ -119,3 +127,45 @@ class Lookahead:
     @torch.no_grad()
     def load_state_dict(self, state: list[torch.Tensor]) -> None:
         torch._foreach_copy_(self.avg, [t.to(a.device) for t, a in zip(state, self.avg)])
+
+
+class DeviceEMA(torch.optim.swa_utils.AveragedModel):
+    """``--ema``: an exponential moving average of the weights and buffers, ``avg = d·avg + (1-d)·w``
+    after every step (the first update copies), as ``AveragedModel`` with ``get_ema_multi_avg_fn(d)``
+    and ``use_buffers=True`` computes it, with the same state_dict.
+
+    torch's ``update_parameters`` reads its step counter ``n_averaged`` on the host every step
+    and copies it to the device: on CUDA two blocking syncs per step. Here the counter lives on
+    the model's device and is only added to; whether the next update is the first is known
+    on the host (one read after construction or loading, not per step).
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.999):
+        device = next(model.parameters()).device
+        super().__init__(model, device=device, use_buffers=True)
+        self.decay = decay
+        self._first: bool | None = None  # None: read n_averaged once at the next update
+
+    @torch.no_grad()
+    def update_parameters(self, model: nn.Module) -> None:
+        if self._first is None:
+            self._first = int(self.n_averaged) == 0
+        pairs = list(zip([*self.module.parameters(), *self.module.buffers()],
+                         [*model.parameters(), *model.buffers()]))
+        floats = [(a, w.detach()) for a, w in pairs if a.is_floating_point()]
+        if floats:
+            avg, live = [a for a, _ in floats], [w for _, w in floats]
+            if self._first:
+                torch._foreach_copy_(avg, live)
+            else:
+                torch._foreach_lerp_(avg, live, 1.0 - self.decay)
+        for a, w in pairs:  # integer buffers (BN's num_batches_tracked), as AveragedModel treats them
+            if not a.is_floating_point():
+                a.copy_(w if self._first else a * self.decay + w * (1.0 - self.decay))
+        self.n_averaged += 1
+        self._first = False
+
+    def load_state_dict(self, *args, **kwargs):
+        result = super().load_state_dict(*args, **kwargs)
+        self._first = None
+        return result

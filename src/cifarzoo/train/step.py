@@ -16,7 +16,7 @@ from torch import nn
 
 from cifarzoo.device import autocast_context
 from cifarzoo.train.config import TrainConfig
-from cifarzoo.train.optim import Lookahead, make_optimizer, make_scheduler
+from cifarzoo.train.optim import DeviceEMA, Lookahead, make_optimizer, make_scheduler
 
 
 def model_loss(out, y: torch.Tensor, config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,9 +74,8 @@ class TrainStep:
         self.scaler = torch.amp.GradScaler("cuda", enabled=(precision == "fp16"))
         self.ema = None
         if config.ema:
-            # Average of weights (and BN statistics) for evaluation; decay per step.
-            self.ema = torch.optim.swa_utils.AveragedModel(
-                model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.999), use_buffers=True)
+            # Average of weights (and BN statistics) for evaluation; decay per step; no host sync.
+            self.ema = DeviceEMA(model, decay=0.999)
         self.lookahead = Lookahead(model) if config.lookahead else None
         self.torn = False  # True while (or if interrupted while) the weights are being updated
         self._buffers: list[torch.Tensor] | None = None  # the model's buffers and their copies (_snapshot)
@@ -116,6 +115,7 @@ class TrainStep:
             self._saved = [b.clone() for b in self._buffers]
         if self._buffers:
             torch._foreach_copy_(self._saved, self._buffers)
+        # CUDA's RNG (dropout on the GPU): no CPU stand-in; a Ctrl-C on a GPU run exercises it.
         cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
         return torch.get_rng_state(), cuda_rng
 
