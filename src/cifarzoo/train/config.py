@@ -21,6 +21,10 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 COMPILE_MODES = ("auto", "on", "off")
 DEVICES = ("auto", "cpu", "cuda")
 WARMUP_MODES = ("auto", "on", "off")
+# How images become network inputs. mean-std: every split minus the training images' per-channel
+# mean, over their std (the one right way); unit: every split /255; study: the original study's
+# mismatch, training images /225 and test images /255 (kept to replay it, never a default).
+NORMALIZATIONS = ("mean-std", "unit", "study")
 WARMUP_STEPS = 3  # untimed warm-up steps: compile's forward and backward graphs, cuDNN's search, lazy kernels
 
 
@@ -43,6 +47,7 @@ class TrainConfig:
     schedule: str = "onecycle"  # onecycle | cosine | step | constant (each after linear warm-up)
     warmup_epochs: float = 1.0  # linear warm-up from lr/10 (onecycle: 25% of the run, see loop)
     label_smoothing: float = 0.1  # cross-entropy label smoothing, 0..1
+    normalize: str = "mean-std"  # mean-std | unit (/255) | study (train /225, test /255: the study's bug, to replay it)
     augment: str = "crop,flip"  # comma list of crop, flip (random) or altflip (alternating), cutout; or "none"
     cutout_size: int = 12  # side in pixels of the cutout square
     crop_pad: int = 4  # pixels of reflect padding for the random crop: shifts of at most this many pixels (airbench: 2)
@@ -125,6 +130,8 @@ def validate(c: TrainConfig) -> None:
         bad("--augment", c.augment, "flip or altflip, not both")
     if c.optimizer != "muon" and (c.bn_bias_decay or c.whiten_bias_epochs is not None):
         bad("--optimizer", c.optimizer, "muon for bn_bias_decay and whiten_bias_epochs (its optimizer applies them)")
+    if c.normalize not in NORMALIZATIONS:
+        bad("--normalize", c.normalize, " | ".join(NORMALIZATIONS))
     if c.warmup not in WARMUP_MODES:
         bad("--warmup", c.warmup, " | ".join(WARMUP_MODES))
     for name in ("eval_every", "checkpoint_every"):

@@ -22,6 +22,7 @@ checkpoint to the same result as an uninterrupted one (bit-for-bit on CPU).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import math
 import os
@@ -306,6 +307,7 @@ def set_up(config: TrainConfig, *, dataset: Dataset | None = None, out_dir: str 
     dist = dist_mod.current()
     device, precision, why = _set_up_device(config, dist)
     ds = dataset if dataset is not None else load_run_data(config.data, labels=config.labels, run=out_dir)
+    ds, train_mean, train_std = input_normalization(ds, config.normalize)
     split = split_dataset(ds, config)
     if config.batch_size is None:
         # Saved resolved, so config.json and a resumed run state the batch actually used.
@@ -325,7 +327,7 @@ def set_up(config: TrainConfig, *, dataset: Dataset | None = None, out_dir: str 
 
     half = prenormalized_dtype(device, precision)
     loader = DeviceLoader(
-        split.train_x, split.train_y, batch_size=config.batch_size, mean=ds.mean, std=ds.std, device=device,
+        split.train_x, split.train_y, batch_size=config.batch_size, mean=train_mean, std=train_std, device=device,
         train=True, augment=config.augment, cutout_size=config.cutout_size, crop_pad=config.crop_pad,
         seed=config.seed, channels_last=config.channels_last, rank=dist.rank, world_size=dist.world_size,
         prenormalize=half is not None, dtype=half or torch.float32,
@@ -356,6 +358,20 @@ def set_up(config: TrainConfig, *, dataset: Dataset | None = None, out_dir: str 
     if wants_warm_up(config, device, compiled):
         warm_up(trainer)
     return trainer
+
+
+def input_normalization(ds: Dataset, mode: str) -> tuple[Dataset, tuple, tuple]:
+    """(the dataset with the mean/std that evaluation, checkpoints and predict use, then the training
+    loader's mean and std), in [0, 255] units, for TrainConfig.normalize ``mode``.
+
+    "study" is the original study's mismatch, kept to replay it: training images /225, while
+    evaluation (and everything reading the run later) divides by 255, as its test set did.
+    """
+    if mode == "mean-std":
+        return ds, ds.mean, ds.std
+    zero, unit = (0.0, 0.0, 0.0), (255.0, 255.0, 255.0)
+    ds = dataclasses.replace(ds, mean=zero, std=unit)
+    return ds, zero, (225.0, 225.0, 225.0) if mode == "study" else unit
 
 
 def prenormalized_dtype(device: torch.device, precision: str) -> torch.dtype | None:
@@ -564,9 +580,11 @@ def end_epoch(trainer: Trainer, epoch: int, seconds: float, stats: EpochStats) -
     if last and trainer.split.eval_name == "test":
         # The final weights on the test set: one pass gives the plain and the TTA results.
         trainer.final_logits = _final_pass(trainer)
-        eval_loss, eval_acc = loss_and_accuracy(trainer.final_logits[0], trainer.split.eval_y)
+        eval_loss, eval_acc = loss_and_accuracy(trainer.final_logits[0], trainer.split.eval_y,
+                                                trainer.step.outputs)
     elif last or _every(config.eval_every, epoch + 1):
-        eval_loss, eval_acc = loss_and_accuracy(_predict(trainer, trainer.split.eval_x), trainer.split.eval_y)
+        eval_loss, eval_acc = loss_and_accuracy(_predict(trainer, trainer.split.eval_x), trainer.split.eval_y,
+                                                trainer.step.outputs)
     row = {
         "epoch": epoch + 1, "lr": trainer.step.optimizer.param_groups[0]["lr"],
         # Per-step losses are batch means: average them over steps (and ranks).
@@ -612,8 +630,8 @@ def finish(trainer: Trainer) -> dict:
     if trainer.final_logits is None:  # evaluated on --val-split, or no epoch ran in this process
         trainer.final_logits = _final_pass(trainer)
     final = trainer.final_logits
-    test_loss, test_acc = loss_and_accuracy(final[0], labels)
-    test_loss_tta, test_acc_tta = loss_and_accuracy(final[1], labels)
+    test_loss, test_acc = loss_and_accuracy(final[0], labels, trainer.step.outputs)
+    test_loss_tta, test_acc_tta = loss_and_accuracy(final[1], labels, trainer.step.outputs)
     peak, peak_kind = peak_memory_bytes(trainer.device)
     macs = count_macs(models.create(config.model, num_classes=dataset.num_classes, width_mult=config.width_mult,
                                     **config.model_kwargs))
@@ -635,7 +653,7 @@ def finish(trainer: Trainer) -> dict:
     }
     if config.tta_level == 2:  # multi-crop TTA, from the same pass
         summary["tta_level"] = 2
-        summary["test_loss_tta_level"], summary["test_acc_tta_level"] = loss_and_accuracy(final[2], labels)
+        summary["test_loss_tta_level"], summary["test_acc_tta_level"] = loss_and_accuracy(final[2], labels, trainer.step.outputs)
     trainer.save(config.epochs, finished=True)
     if trainer.dist.is_main:
         trainer.run.write_summary(summary)
