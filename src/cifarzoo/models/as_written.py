@@ -68,9 +68,10 @@ def keras_init(model: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
-def keras_bn(channels: int) -> nn.BatchNorm2d:
-    """``keras.layers.BatchNormalization()``: running averages with momentum 0.99, epsilon 1e-3."""
-    return nn.BatchNorm2d(channels, eps=1e-3, momentum=0.01)
+def keras_bn(channels: int, momentum: float = 0.01) -> nn.BatchNorm2d:
+    """``keras.layers.BatchNormalization()``: running averages with Keras' momentum 0.99 (PyTorch's
+    ``momentum=0.01``: the weight of each new batch), epsilon 1e-3."""
+    return nn.BatchNorm2d(channels, eps=1e-3, momentum=momentum)
 
 
 class _Head(nn.Module):
@@ -99,7 +100,7 @@ class AsWrittenVGG(nn.Module):
     """
 
     def __init__(self, config: list[int | str], *, num_classes: int = 10, width_mult: float = 1.0,
-                 batch_norm: bool = False, relu_head: bool = True, softmax: bool = True):
+                 batch_norm: bool = False, relu_head: bool = True, softmax: bool = True, bn_momentum: float = 0.01):
         super().__init__()
         layers: list[nn.Module] = []
         c_in = 3
@@ -109,7 +110,7 @@ class AsWrittenVGG(nn.Module):
                 continue
             c_out = scale_width(int(item), width_mult)
             layers.append(nn.Conv2d(c_in, c_out, 3, padding=1))
-            layers += [keras_bn(c_out)] if batch_norm else []
+            layers += [keras_bn(c_out, bn_momentum)] if batch_norm else []
             layers.append(nn.ReLU(inplace=True))
             c_in = c_out
         self.features = nn.Sequential(*layers)  # (B, 512w, 1, 1)
@@ -139,12 +140,13 @@ class AsWrittenBlock(nn.Module):
     changes); ``shared_bn=False`` gives each convolution its own BN.
     """
 
-    def __init__(self, c_in: int, c_out: int, *, stride: int, shared_bn: bool = True, add_shortcut: bool = False):
+    def __init__(self, c_in: int, c_out: int, *, stride: int, shared_bn: bool = True, add_shortcut: bool = False,
+                 bn_momentum: float = 0.01):
         super().__init__()
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
-        self.bn = keras_bn(c_out)
+        self.bn = keras_bn(c_out, bn_momentum)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
-        self.bn2 = None if shared_bn else keras_bn(c_out)
+        self.bn2 = None if shared_bn else keras_bn(c_out, bn_momentum)
         self.conv3 = nn.Conv2d(c_out, c_out, 1, stride=stride)
         self.add_shortcut = add_shortcut
         self.shortcut = (nn.Identity() if stride == 1 and c_in == c_out or not add_shortcut
@@ -177,20 +179,24 @@ class AsWrittenResNet(nn.Module):
     Fixes: ``imagenet_strides=False`` (3×3 stride-1 stem, no pool, stride 2 only where the
     channels grow: 32 → 16 → 8 → 4); ``softmax=None`` makes the outputs logits for plain
     cross-entropy; ``softmax=True`` adds a softmax (probabilities under Keras' loss).
+    ``bn_momentum`` (both networks): PyTorch's weight of a new batch in BN's running
+    averages, Keras' 0.01 by default.
     """
 
     def __init__(self, *, num_classes: int = 10, width_mult: float = 1.0, imagenet_strides: bool = True,
-                 shared_bn: bool = True, add_shortcut: bool = False, softmax: bool | None = False):
+                 shared_bn: bool = True, add_shortcut: bool = False, softmax: bool | None = False,
+                 bn_momentum: float = 0.01):
         super().__init__()
         w = lambda c: scale_width(c, width_mult)  # noqa: E731
         if imagenet_strides:
-            self.stem = nn.Sequential(nn.Conv2d(3, w(64), 7, stride=2, padding=3), keras_bn(w(64)),
+            self.stem = nn.Sequential(nn.Conv2d(3, w(64), 7, stride=2, padding=3), keras_bn(w(64), bn_momentum),
                                       nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2))
         else:
-            self.stem = nn.Sequential(nn.Conv2d(3, w(64), 3, padding=1), keras_bn(w(64)), nn.ReLU(inplace=True))
+            self.stem = nn.Sequential(nn.Conv2d(3, w(64), 3, padding=1), keras_bn(w(64), bn_momentum),
+                                      nn.ReLU(inplace=True))
         self.blocks = nn.Sequential(*(
             AsWrittenBlock(w(a), w(b), stride=2 if imagenet_strides or a != b else 1, shared_bn=shared_bn,
-                           add_shortcut=add_shortcut)
+                           add_shortcut=add_shortcut, bn_momentum=bn_momentum)
             for a, b in RESNET_BLOCKS))
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(w(512), num_classes)
