@@ -22,7 +22,6 @@ checkpoint to the same result as an uninterrupted one (bit-for-bit on CPU).
 from __future__ import annotations
 
 import copy
-import dataclasses
 import itertools
 import math
 import os
@@ -302,7 +301,7 @@ def set_up(config: TrainConfig, *, dataset: Dataset | None = None, out_dir: str 
     """Everything before the first step: device, data split, model (whitened stem), the TrainStep
     (optimizer, schedule, EMA, lookahead, scaler, DDP, compile), resumed state and the run folder."""
     from cifarzoo.data.arrays import load_run_data
-    from cifarzoo.data.loader import DeviceLoader, normalize
+    from cifarzoo.data.loader import DeviceLoader, input_normalization, normalize
 
     dist = dist_mod.current()
     device, precision, why = _set_up_device(config, dist)
@@ -358,20 +357,6 @@ def set_up(config: TrainConfig, *, dataset: Dataset | None = None, out_dir: str 
     if wants_warm_up(config, device, compiled):
         warm_up(trainer)
     return trainer
-
-
-def input_normalization(ds: Dataset, mode: str) -> tuple[Dataset, tuple, tuple]:
-    """(the dataset with the mean/std that evaluation, checkpoints and predict use, then the training
-    loader's mean and std), in [0, 255] units, for TrainConfig.normalize ``mode``.
-
-    "study" is the original study's mismatch, kept to replay it: training images /225, while
-    evaluation (and everything reading the run later) divides by 255, as its test set did.
-    """
-    if mode == "mean-std":
-        return ds, ds.mean, ds.std
-    zero, unit = (0.0, 0.0, 0.0), (255.0, 255.0, 255.0)
-    ds = dataclasses.replace(ds, mean=zero, std=unit)
-    return ds, zero, (225.0, 225.0, 225.0) if mode == "study" else unit
 
 
 def prenormalized_dtype(device: torch.device, precision: str) -> torch.dtype | None:
@@ -464,7 +449,7 @@ class _Guards:
             (config.stall_steps is not None and global_step >= config.stall_steps)
             or (config.stall_steps is None and i + 1 == steps and global_step >= guards.MIN_STALL_STEPS)
         ):
-            _check_stall(self.stats, i + 1, global_step, trainer.dataset.num_classes)
+            _check_stall(self.stats, i + 1, global_step, trainer.dataset.num_classes, trainer.step.model)
             trainer.stall_checked = True
 
 
@@ -758,8 +743,9 @@ def _check_loss(step_loss: torch.Tensor, lo: int, hi: int, epoch: int, steps_per
                                       num_classes, checkpoint.exists())
 
 
-def _check_stall(stats: EpochStats, upto: int, global_step: int, num_classes: int) -> None:
-    """Judge the second half of the steps so far: the first half is warm-up noise."""
+def _check_stall(stats: EpochStats, upto: int, global_step: int, num_classes: int, model: nn.Module) -> None:
+    """Judge the second half of the steps so far: the first half is warm-up noise. A stalled run's
+    error names what ``model``'s structure shows (models.checks), checked only then."""
     lo = upto // 2
     s = dist_mod.all_reduce_sum(torch.stack([
         stats.loss[lo:upto].sum(), stats.correct[lo:upto].sum(), stats.count[lo:upto].sum(),
@@ -767,4 +753,6 @@ def _check_stall(stats: EpochStats, upto: int, global_step: int, num_classes: in
     loss = s[0].item() / max(1.0, s[3].item())
     acc = s[1].item() / max(1.0, s[2].item())
     if guards.is_stalled(loss, acc, num_classes):
-        raise guards.stall_error(global_step, loss, acc, num_classes)
+        from cifarzoo.models.checks import structure_problems
+
+        raise guards.stall_error(global_step, loss, acc, num_classes, structure_problems(model, num_classes))
