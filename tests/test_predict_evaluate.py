@@ -127,8 +127,8 @@ def test_doctor_passes_a_sound_model_and_catches_a_broken_one(sample, monkeypatc
 
     report = doctor.run_doctor("resnet18", sample, width_mult=0.125, overfit_steps=150, lr_steps=30)
     names = [c.name for c in report.checks]
-    assert names == ["normalization", "label balance", "initial outputs", "overfit one batch",
-                     "learning-rate range test"]
+    assert names == ["normalization", "label balance", "initial outputs", "output layer's input",
+                     "feature map size", "residual shortcuts", "overfit one batch", "learning-rate range test"]
     assert report.ok, [c.finding for c in report.checks if not c.ok]
     assert report.suggested_lr and report.suggested_lr > 0
 

@@ -229,6 +229,25 @@ def test_seed_preset_shows_the_original_study(tmp_path):
     assert "stuck at ln 10" in md and "41.00%" in md
 
 
+def test_as_written_replay_shows_printed_replayed_and_correct_side_by_side(tmp_path):
+    from cifarzoo.errors import CifarzooError
+
+    plan = plan_study("vgg16,resnet50", preset="seed", as_written=True, out_dir=tmp_path / "p")
+    assert plan.models == ("vgg16", "as_written_vgg16", "resnet50", "as_written_resnet")
+    assert {s.model: s.config.normalize for s in plan.runs}["as_written_vgg16"] == "study"
+    with pytest.raises(CifarzooError, match="needs --preset seed"):
+        plan_study(None, preset="quick", as_written=True, out_dir=tmp_path / "q")
+
+    out = make_study(tmp_path / "s", ["vgg16", "resnet50"], seeds=1, preset="seed", as_written=True,
+                     failed=("as_written_vgg16-s0", "as_written_resnet-s0"))
+    write_report(out, dataset=fake_dataset())
+    md = (out / "report.md").read_text()
+    replay = md[md.index("The original study replayed"):]
+    assert "| vgg16 | loss 2.3028, val_loss 2.3026 (ln 10), accuracy 0.097-0.100 in every epoch | stopped in epoch 1 " \
+           "(stall): not learning after 39 steps | 41.00% |" in replay
+    assert "| resnet50 | loss 3.8090, accuracy 0.1000 in every epoch |" in replay
+
+
 def test_seed_preset_with_overrides_does_not_claim_the_original_settings(tmp_path):
     out = make_study(tmp_path / "s", ["vgg16"], seeds=1, preset="seed", data="sample", epochs=1)
     write_report(out, dataset=fake_dataset())

@@ -7,6 +7,9 @@ would have caught a failure of the original study before its 50 epochs:
 - the labels are balanced and aligned (a model can fit them at all);
 - at initialization the loss is close to ln(C) and the outputs are logits, not
   probabilities or ReLU'd values;
+- the network's structure (models/checks.py): no ReLU'd layer as narrow as the classes
+  before the output, no 3x3 convolution on a 1x1 feature map (ImageNet strides), and no
+  residual block that ignores its shortcut;
 - the model can overfit one batch (a missing shortcut, a ReLU on the logits or a
   crushed 32x32 input shows up here);
 - a short learning-rate range test (Smith 2017) shows where the loss diverges.
@@ -18,7 +21,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from cifarzoo.data import Dataset
 
@@ -42,21 +44,33 @@ class DoctorReport:
         return all(c.ok for c in self.checks)
 
 
-def check_normalization(ds: Dataset) -> Check:
-    """Normalize train and test with the *training* statistics; both should come out near mean 0, std 1."""
-    from cifarzoo.data.loader import normalize
+def check_normalization(ds: Dataset, mode: str = "mean-std") -> Check:
+    """Normalize train and test as a run with ``normalize=mode`` does (TrainConfig.normalize): one
+    transform for both, and with the training mean/std both should come out near mean 0, std 1."""
+    from cifarzoo.data.loader import input_normalization, normalize
 
+    eval_ds, train_mean, train_std = input_normalization(ds, mode)
+    transforms = {"train": (tuple(train_mean), tuple(train_std)), "test": (tuple(eval_ds.mean), tuple(eval_ds.std))}
     stats = {}
     for split, images in (("train", ds.train_images), ("test", ds.test_images)):
-        x = normalize(torch.from_numpy(images[:10000]), ds.mean, ds.std)
+        x = normalize(torch.from_numpy(images[:10000]), *transforms[split])
         stats[split] = {"mean": x.mean(dim=(0, 2, 3)).tolist(), "std": x.std(dim=(0, 2, 3)).tolist()}
+    fmt = lambda v: "/".join(f"{x:+.2f}" for x in v)  # noqa: E731
+    finding = (f"train has per-channel mean {fmt(stats['train']['mean'])}, std {fmt(stats['train']['std'])}; "
+               f"test has mean {fmt(stats['test']['mean'])}, std {fmt(stats['test']['std'])}.")
+    if transforms["train"] != transforms["test"]:
+        (m_tr, s_tr), (m_te, s_te) = transforms["train"], transforms["test"]
+        scale = s_te[0] / s_tr[0]
+        return Check("normalization", False,
+                     f"train and test are normalized differently: training images (x - {m_tr[0]:g}) / {s_tr[0]:g}, "
+                     f"test images (x - {m_te[0]:g}) / {s_te[0]:g}, so every test input is {scale:.3f}x what the "
+                     "same image gave in training. " + finding, {**stats, "transforms": transforms})
+    if mode != "mean-std":  # one transform for both, but not centred: nothing more to compare
+        return Check("normalization", True, "both splits go through the same transform. " + finding, stats)
     worst_mean = max(abs(m) for s in stats.values() for m in s["mean"])
     worst_std = max(abs(math.log(v)) for s in stats.values() for v in s["std"])
     ok = worst_mean < 0.25 and worst_std < math.log(1.3)
-    fmt = lambda v: "/".join(f"{x:+.2f}" for x in v)  # noqa: E731
-    finding = (f"after normalizing with the training mean/std, train has per-channel mean {fmt(stats['train']['mean'])}, "
-               f"std {fmt(stats['train']['std'])}; test has mean {fmt(stats['test']['mean'])}, "
-               f"std {fmt(stats['test']['std'])}.")
+    finding = "after normalizing with the training mean/std, " + finding
     finding += (" Both splits go through the same transform." if ok else
                 " The splits do not look alike after one normalization: check the data source.")
     return Check("normalization", ok, finding, stats)
@@ -78,18 +92,18 @@ def check_balance(ds: Dataset) -> Check:
 
 
 def check_initial_outputs(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> Check:
+    """The initial loss (the network's own: cross-entropy on logits, Keras' on an as-written network's
+    outputs) near ln(C), and outputs that are logits (models.checks.outputs_problem)."""
+    from cifarzoo.models.as_written import output_kind, output_loss
+    from cifarzoo.models.checks import outputs_problem
+
     model.eval()
     with torch.no_grad():
         out = model(x)
-    loss = F.cross_entropy(out, y).item()
+    loss = output_loss(out, y, output_kind(model)).item()
     ln_c = math.log(num_classes)
-    sums_to_one = torch.allclose(out.sum(1), torch.ones(len(out)), atol=1e-3) and bool((out >= 0).all())
-    nonneg = bool((out >= 0).all())
-    problems = []
-    if sums_to_one:
-        problems.append("the outputs already sum to 1: the model ends in a softmax, but the loss applies its own")
-    elif nonneg:
-        problems.append("every output is >= 0: an activation (ReLU?) sits on the logits")
+    problem = outputs_problem(model, x)
+    problems = [problem] if problem else []
     if not (0.5 * ln_c < loss < 2.5 * ln_c):
         problems.append(f"the initial loss {loss:.3f} is far from ln({num_classes}) = {ln_c:.3f}: "
                         "the initial logits are too large")
@@ -99,15 +113,34 @@ def check_initial_outputs(model: torch.nn.Module, x: torch.Tensor, y: torch.Tens
     return Check("initial outputs", ok, finding, {"initial_loss": loss})
 
 
+def check_structure(model: torch.nn.Module, x: torch.Tensor, num_classes: int) -> list[Check]:
+    """The output layer's input, the feature map size and the residual shortcuts (models.checks)."""
+    from cifarzoo.models.checks import crushed_map_problem, relu_bottleneck_problem, shortcut_problem
+
+    found = [
+        ("output layer's input", relu_bottleneck_problem(model, x, num_classes),
+         "the output layer does not read a ReLU'd layer narrower than the classes."),
+        ("feature map size", crushed_map_problem(model, x),
+         "no 3x3 (or larger) convolution runs on a 1x1 feature map."),
+        ("residual shortcuts", shortcut_problem(model, x),
+         "every residual block's output depends on its shortcut (or the network has none)."),
+    ]
+    return [Check(name, problem is None, problem + "." if problem else fine) for name, problem, fine in found]
+
+
 def check_overfit_batch(model, x, y, *, steps: int = 300, lr: float = 1e-3, target: float = 0.1) -> Check:
-    """Adam at lr 1e-3 (the seed study's setting) should drive one batch's loss below ``target``."""
+    """Adam at lr 1e-3 (the seed study's setting) should drive one batch's loss (the network's own)
+    below ``target``."""
+    from cifarzoo.models.as_written import output_kind, output_loss
+
+    kind = output_kind(model)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     losses = []
     for step in range(1, steps + 1):
         out = model(x)
         logits = getattr(out, "logits", out)  # Inception in training mode: InceptionOutputs
-        loss = F.cross_entropy(logits, y)
+        loss = output_loss(logits, y, kind)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -132,10 +165,11 @@ def lr_range_test(model, ds: Dataset, config, *, steps: int = 60, lo: float = 1e
     Each batch goes through the trainer's own step (its optimizer and parameter groups,
     its loss), with the lr ramp as its schedule; no EMA or lookahead, fp32 on the CPU.
     """
-    from cifarzoo.data.loader import DeviceLoader
+    from cifarzoo.data.loader import DeviceLoader, input_normalization
     from cifarzoo.train import make_step
 
-    loader = DeviceLoader(ds.train_images, ds.train_labels, batch_size=batch_size, mean=ds.mean, std=ds.std,
+    _, mean, std = input_normalization(ds, config.normalize)  # the training images' transform
+    loader = DeviceLoader(ds.train_images, ds.train_labels, batch_size=batch_size, mean=mean, std=std,
                           train=True, augment="none", seed=seed)
     loader.set_epoch(0)
 
@@ -173,21 +207,26 @@ def lr_range_test(model, ds: Dataset, config, *, steps: int = 60, lo: float = 1e
 
 
 def run_doctor(model_name: str, ds: Dataset, *, width_mult: float = 1.0, seed: int = 0,
-               overfit_steps: int = 300, lr_steps: int = 60) -> DoctorReport:
+               overfit_steps: int = 300, lr_steps: int = 60, normalize: str | None = None) -> DoctorReport:
+    """Every check for ``model_name`` under its recipe; ``normalize`` (TrainConfig.normalize) replaces the
+    recipe's (the original study's networks as written keep its "study" mismatch)."""
     from cifarzoo import models
-    from cifarzoo.data.loader import normalize
+    from cifarzoo.data.loader import input_normalization
+    from cifarzoo.data.loader import normalize as normalize_images
     from cifarzoo.train.config import make_config
 
     name = models.resolve(model_name)
-    config = make_config(name, width_mult=width_mult, seed=seed)
-    checks = [check_normalization(ds), check_balance(ds)]
+    config = make_config(name, width_mult=width_mult, seed=seed, normalize=normalize)
+    checks = [check_normalization(ds, config.normalize), check_balance(ds)]
 
     torch.manual_seed(seed)
     model = models.create(name, num_classes=ds.num_classes, width_mult=width_mult, **config.model_kwargs)
     idx = np.arange(min(64, len(ds.train_labels)))
-    x = normalize(torch.from_numpy(ds.train_images[idx]), ds.mean, ds.std)
+    _, train_mean, train_std = input_normalization(ds, config.normalize)
+    x = normalize_images(torch.from_numpy(ds.train_images[idx]), train_mean, train_std)
     y = torch.from_numpy(ds.train_labels[idx]).long()
     checks.append(check_initial_outputs(model, x, y, ds.num_classes))
+    checks += check_structure(model, x, ds.num_classes)
     checks.append(check_overfit_batch(model, x, y, steps=overfit_steps))
 
     torch.manual_seed(seed)

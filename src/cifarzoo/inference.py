@@ -132,12 +132,16 @@ def predict_tta_logits(
     return {v: torch.cat(chunks).cpu() if chunks else torch.empty(0, 0) for v, chunks in out.items()}
 
 
-def loss_and_accuracy(logits: torch.Tensor, labels: np.ndarray | torch.Tensor) -> tuple[float, float]:
-    """Mean cross-entropy (no smoothing) and top-1 accuracy in [0, 1]."""
+def loss_and_accuracy(logits: torch.Tensor, labels: np.ndarray | torch.Tensor,
+                      outputs: str = "logits") -> tuple[float, float]:
+    """Mean loss (cross-entropy, no smoothing; an as-written network's own, see ``outputs`` of
+    ``models.as_written``) and top-1 accuracy in [0, 1]."""
+    from cifarzoo.models.as_written import output_loss
+
     y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     if len(y) == 0:
         return math.nan, math.nan
-    loss = F.cross_entropy(logits.float(), y).item()
+    loss = output_loss(logits, y, outputs).item()
     acc = (logits.argmax(1) == y).float().mean().item()
     return loss, acc
 

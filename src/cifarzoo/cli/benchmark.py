@@ -28,6 +28,15 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_labels_argument(p)
     p.add_argument("--out", metavar="DIR", default=None, help="study folder (default study/<preset>)")
     p.add_argument("--epochs", type=int, help="override every model's epochs (the same budget for all)")
+    p.add_argument("--width-mult", type=float, metavar="W", help="override every model's channel multiplier")
+    p.add_argument("--as-written", action="store_true",
+                   help="with --preset seed: replay the original study, training its own networks as written "
+                        "(as-written-vgg16, -vgg19, -resnet, -xception: bugs, Keras' loss and its /225 vs /255 "
+                        "normalization included) beside the correct ones; the report puts the study's printed "
+                        "figures, the replay and the correct networks side by side")
+    p.add_argument("--allow-stall", action="store_true",
+                   help="do not stop a run whose loss stays at ln(C) with chance accuracy (the stall guard); "
+                        "with --as-written, the failing networks train on and show their frozen loss")
     p.add_argument("--device", choices=DEVICES, help="default auto")
     p.add_argument("--threads", type=int, metavar="N",
                    help="torch's CPU threads per run (default: $OMP_NUM_THREADS if set, which Ray sets to "
@@ -57,7 +66,7 @@ def _print_table(results_path) -> None:
     import json
 
     rows = json.loads(open(results_path).read())["models"]
-    print(f"{'model':<12} {'status':<11} {'test acc':>16} {'flip TTA':>16} {'train time':>11}")
+    print(f"{'model':<20} {'status':<11} {'test acc':>16} {'flip TTA':>16} {'train time':>11}")
     for r in rows:
         def pct(m, s):
             if m is None:
@@ -65,7 +74,7 @@ def _print_table(results_path) -> None:
             return f"{100 * m:.2f}" + (f" ± {100 * s:.2f}" if s is not None else "") + "%"
 
         t = r["train_seconds_mean"]
-        print(f"{r['model']:<12} {r['status']:<11} {pct(r['test_acc_mean'], r['test_acc_std']):>16} "
+        print(f"{r['model']:<20} {r['status']:<11} {pct(r['test_acc_mean'], r['test_acc_std']):>16} "
               f"{pct(r['test_acc_tta_mean'], r['test_acc_tta_std']):>16} {'-' if t is None else f'{t:.0f}s':>11}")
 
 
@@ -106,7 +115,8 @@ def run(args) -> int:
     executor = _executor(args)
     plan = plan_study(args.models, preset=args.preset, seeds=args.seeds, data=args.data, out_dir=out,
                       epochs=args.epochs, device=args.device, labels=args.labels,
-                      threads=args.threads)
+                      threads=args.threads, width_mult=args.width_mult, as_written=args.as_written,
+                      allow_stall=True if args.allow_stall else None)
     dataset = load_dataset(plan.data, "benchmark", plan.labels)
     reporter = ConsoleStudyReporter(quiet=args.quiet)
     try:

@@ -69,6 +69,8 @@ OPTION_HELP = {
     "optimizer": "default sgd (Nesterov momentum)",
     "lr": "peak learning rate",
     "weight_decay": "on conv/linear weights; never on BN or biases",
+    "normalize": "mean-std (default): the training mean/std for every split; unit: /255; study: train /225 "
+                 "and test /255, the original study's mismatch (to replay it)",
     "augment": "comma list of crop, flip, cutout; or none (default crop,flip)",
     "width_mult": "channel multiplier (1.0 = paper width)",
     "subset": "first N training images, class-balanced",
@@ -108,7 +110,8 @@ def add_config_options(parser: argparse.ArgumentParser, fields: tuple[str, ...] 
 
     choices = {"optimizer": config_mod.OPTIMIZERS, "schedule": config_mod.SCHEDULES,
                "precision": config_mod.PRECISIONS, "compile": config_mod.COMPILE_MODES,
-               "device": config_mod.DEVICES, "warmup": config_mod.WARMUP_MODES}
+               "device": config_mod.DEVICES, "warmup": config_mod.WARMUP_MODES,
+               "normalize": config_mod.NORMALIZATIONS}
     hints = typing.get_type_hints(config_mod.TrainConfig)
     for name in fields or config_option_fields():
         flag, kind = "--" + name.replace("_", "-"), hints[name]

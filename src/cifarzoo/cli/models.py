@@ -17,6 +17,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--width-mult", type=float, default=1.0, metavar="W",
                         help="channel multiplier, every width rounded to a multiple of 8 (default 1.0 = paper width)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--all", action="store_true",
+                        help="also list the original study's networks as written, bugs included (as-written-*)")
     parser.add_argument("--depth", type=int, default=3, metavar="N",
                         help="with NAME: nesting depth of the layer table (default 3 shows the blocks)")
     return parser
@@ -45,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.width_mult <= 8:
         raise CifarzooError(f"--width-mult must be in (0, 8], got {args.width_mult}")
     if args.name is None:
-        rows = model_table(width_mult=args.width_mult)
+        rows = model_table(width_mult=args.width_mult, as_written=args.all)
         if args.json:
             print(json.dumps({"width_mult": args.width_mult, "num_classes": 10,
                               "input_size": [1, 3, 32, 32], "models": rows}, indent=2))

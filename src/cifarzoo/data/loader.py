@@ -37,6 +37,7 @@ and rank r takes chunk r. Across ranks each image is seen exactly once per epoch
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Iterator, Sequence
@@ -44,6 +45,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
+from cifarzoo.data.dataset import Dataset
 from cifarzoo.errors import DataError
 
 AUGMENTATIONS = ("crop", "flip", "altflip", "cutout")
@@ -408,3 +410,17 @@ def _rank_positions(n: int, num_batches: int, batch_size: int, rank: int,
         positions.append(chunk)
         bounds.append(bounds[-1] + len(chunk))
     return torch.from_numpy(np.concatenate(positions) if positions else np.zeros(0, np.int64)), bounds
+
+
+def input_normalization(ds: Dataset, mode: str) -> tuple[Dataset, tuple, tuple]:
+    """(the dataset with the mean/std that evaluation, checkpoints and predict use, then the training
+    loader's mean and std), in [0, 255] units, for TrainConfig.normalize ``mode``.
+
+    "study" is the original study's mismatch, kept to replay it: training images /225, while
+    evaluation (and everything reading the run later) divides by 255, as its test set did.
+    """
+    if mode == "mean-std":
+        return ds, ds.mean, ds.std
+    zero, unit = (0.0, 0.0, 0.0), (255.0, 255.0, 255.0)
+    ds = dataclasses.replace(ds, mean=zero, std=unit)
+    return ds, zero, (225.0, 225.0, 225.0) if mode == "study" else unit

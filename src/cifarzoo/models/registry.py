@@ -26,14 +26,17 @@ class ModelEntry:
     paper: str  # short citation, e.g. "He et al. 2016, Deep Residual Learning (CVPR)"
     family: str  # module the builder lives in: "vgg", "resnet", ...
     aliases: tuple[str, ...] = ()  # other names ``create``/``resolve`` accept, e.g. ("googlenet",)
+    # A network kept with its bugs to replay the original study (models/as_written.py): its
+    # outputs may not be logits (``model.outputs``), and it is left out of ``list_models()``.
+    as_written: bool = False
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 _ALIASES: dict[str, str] = {}
 
 
-def register_model(paper: str, aliases: tuple[str, ...] = ()):
-    """Decorator: register ``fn`` under ``fn.__name__`` (and any aliases)."""
+def register_model(paper: str, aliases: tuple[str, ...] = (), as_written: bool = False):
+    """Decorator: register ``fn`` under ``fn.__name__`` (and any aliases); ``as_written``: see ModelEntry."""
 
     aliases = tuple(a.strip().lower() for a in aliases)
 
@@ -48,7 +51,8 @@ def register_model(paper: str, aliases: tuple[str, ...] = ()):
                 raise CifarzooError(
                     f"model name {key!r} is registered twice; known models: {', '.join(list_models())}"
                 )
-        _REGISTRY[name] = ModelEntry(name, fn, paper, fn.__module__.rsplit(".", 1)[-1], aliases)
+        _REGISTRY[name] = ModelEntry(name, fn, paper, fn.__module__.rsplit(".", 1)[-1], aliases,
+                                     as_written)
         for alias in aliases:
             _ALIASES[alias] = name
         return fn
@@ -56,9 +60,9 @@ def register_model(paper: str, aliases: tuple[str, ...] = ()):
     return deco
 
 
-def list_models() -> list[str]:
-    """Registered model names (aliases not included), sorted."""
-    return sorted(_REGISTRY)
+def list_models(*, as_written: bool = False) -> list[str]:
+    """Registered model names (aliases not included), sorted; the study's as-written networks only if asked."""
+    return sorted(n for n, e in _REGISTRY.items() if as_written or not e.as_written)
 
 
 def resolve(name: str) -> str:
@@ -66,7 +70,7 @@ def resolve(name: str) -> str:
     key = name.strip().lower()
     key = _ALIASES.get(key, key)
     if key not in _REGISTRY:
-        known = ", ".join(list_models())
+        known = ", ".join(list_models(as_written=True))
         aliases = ", ".join(f"{a}={t}" for a, t in sorted(_ALIASES.items()))
         raise CifarzooError(
             f"unknown model {name!r}; known models: {known}" + (f" (aliases: {aliases})" if aliases else "")

@@ -39,10 +39,11 @@ def count_macs(model: nn.Module, input_size: tuple[int, ...] = INPUT_SIZE) -> in
     return counter.get_total_flops() // 2
 
 
-def model_table(width_mult: float = 1.0, num_classes: int = 10) -> list[dict]:
-    """One row per registered model: ``{name, params, macs, paper, aliases}``."""
+def model_table(width_mult: float = 1.0, num_classes: int = 10, *, as_written: bool = False) -> list[dict]:
+    """One row per registered model: ``{name, params, macs, paper, aliases}``; the original study's
+    networks as written too if ``as_written``."""
     rows = []
-    for name in list_models():
+    for name in list_models(as_written=as_written):
         entry = get_entry(name)
         model = create(name, num_classes=num_classes, width_mult=width_mult)
         rows.append({

@@ -36,10 +36,21 @@ STUDY_MODELS = ("vgg16", "vgg19", "resnet50", "inception", "xception")
 ORIGINAL_STUDY = {
     "vgg16": "10.0% (loss stuck at ln 10)",
     "vgg19": "10.0% (loss stuck at ln 10)",
-    "resnet50": "10.0% (loss stuck at ln 10)",
+    "resnet50": "10.0% (loss stuck at 3.8090, not ln 10)",
     "inception": "not finished",
     "xception": "75.3%",
 }
+# What its training logs printed, for the replay of its networks as written (``as_written=True``).
+ORIGINAL_PRINTED = {
+    "vgg16": "loss 2.3028, val_loss 2.3026 (ln 10), accuracy 0.097-0.100 in every epoch",
+    "vgg19": "loss 2.3028, val_loss 2.3026 (ln 10), accuracy 0.097-0.100 in every epoch",
+    "resnet50": "loss 3.8090, accuracy 0.1000 in every epoch",
+    "inception": "not finished",
+    "xception": "75.34% test accuracy",
+}
+# The study's own networks, as written (models/as_written.py), beside the zoo's correct ones.
+AS_WRITTEN_OF = {"vgg16": "as_written_vgg16", "vgg19": "as_written_vgg19", "resnet50": "as_written_resnet",
+                 "xception": "as_written_xception"}
 
 
 @dataclass(frozen=True)
@@ -144,18 +155,26 @@ def plan_study(
     seeds: int = 1,
     data: str | None = None,
     out_dir: str | os.PathLike = "study",
+    as_written: bool = False,
     **overrides: Any,
 ) -> StudyPlan:
     """Every (model, seed) run of a study and its config: ``make_config(model, preset, data=, seed=, **overrides)``.
 
     ``seeds`` runs seeds 0..seeds-1 of each model. ``data`` replaces the preset's data
-    source; ``overrides`` (None values ignored) apply to every model alike.
+    source; ``overrides`` (None values ignored) apply to every model alike. ``as_written``
+    (preset "seed" only) adds, after each model, the original study's network as written
+    (AS_WRITTEN_OF): the replay of its failure beside the correct networks.
     """
     if preset not in PRESETS:
         raise CifarzooError(f"unknown preset {preset!r}; known presets: {', '.join(PRESETS)}")
     if not (isinstance(seeds, int) and seeds >= 1):
         raise CifarzooError(f"--seeds must be a positive integer, got {seeds!r}")
     names = resolve_models(models)
+    if as_written:
+        if preset != "seed":
+            raise CifarzooError(f"--as-written replays the original study under its own settings: it needs "
+                                f"--preset seed, not {preset!r}")
+        names = tuple(dict.fromkeys(n for m in names for n in (m, AS_WRITTEN_OF.get(m)) if n))
     overrides = {k: v for k, v in overrides.items() if v is not None}
     for k in ("seed", "model"):
         if k in overrides:

@@ -465,6 +465,7 @@ def build_blocks(out_dir: Path, results: dict, records: list[RunRecord], figs: d
     blocks += _status_blocks(records)
     if seed_preset:
         blocks += _original_study_blocks(rows, st.get("overrides") or [], data.get("source"))
+        blocks += _replay_blocks(rows, records)
     blocks += _figure_blocks(figs)
     blocks += _data_blocks(data, figs, st["models"], records)
     blocks += _model_figure_blocks(figs, st["models"], figs_meta, records)
@@ -510,6 +511,44 @@ def _original_study_blocks(rows: list[dict], overrides: list[str], source: str |
         _table("original", ["Model", "Original study", "This study (test accuracy)", "Status"],
                [[r["model"], r.get("original_study") or "–", fmt_pct(r["test_acc_mean"], r["test_acc_std"]),
                  r["status"]] for r in rows], [r["status"] for r in rows]),
+    ]
+
+
+def _replay_cell(row: dict, records: list[RunRecord]) -> str:
+    """An as-written network's result: test accuracy and last-epoch training loss, or how the guard stopped it."""
+    runs = [r for r in records if r.row["model"] == row["model"]]
+    losses = [r.metrics[-1]["train_loss"] for r in runs if r.row["status"] == "finished" and r.metrics]
+    if row["test_acc_mean"] is not None:
+        loss = _mean_std(losses)[0]
+        return (f"{fmt_pct(row['test_acc_mean'], row['test_acc_std'])}"
+                + (f", training loss {loss:.4f} in its last epoch" if loss is not None else ""))
+    stopped = [r.row for r in runs if r.row["status"] == "failed"]
+    if stopped:
+        f = stopped[0]
+        return f"stopped in epoch {f['epochs_completed'] + 1} ({f['kind']}): {f['reason'] or ''}"
+    return row["status"]
+
+
+def _replay_blocks(rows: list[dict], records: list[RunRecord]) -> list[Block]:
+    """The study's printed figures, its networks as written replayed, and the correct networks, side by side."""
+    from cifarzoo.study.plan import AS_WRITTEN_OF, ORIGINAL_PRINTED
+
+    by_model = {r["model"]: r for r in rows}
+    pairs = [(m, w) for m, w in AS_WRITTEN_OF.items() if w in by_model]
+    if not pairs:
+        return []
+    body = [[m, ORIGINAL_PRINTED.get(m, "–"), _replay_cell(by_model[w], records),
+             fmt_pct(by_model[m]["test_acc_mean"], by_model[m]["test_acc_std"]) if m in by_model else "–"]
+            for m, w in pairs]
+    return [
+        Block("h2", "The original study replayed"),
+        Block("p", "Its networks as written (models/as_written.py: every bug kept, Keras' initializers and its "
+                   "probability loss, training images /225 and test images /255) under its settings, beside the "
+                   "zoo's correctly built networks under the same settings. The stall guard stops a network "
+                   "that is not learning in its first epoch and names the causes it sees in the network "
+                   "(`--allow-stall` lets it train on and shows the frozen loss)."),
+        _table("replay", ["Network", "The study printed", "Replay: as written (test accuracy)",
+                          "Built correctly (test accuracy)"], body, [by_model[w]["status"] for _, w in pairs]),
     ]
 
 

@@ -78,11 +78,16 @@ def is_stalled(loss: float, acc: float, num_classes: int) -> bool:
     return (not math.isfinite(loss) or loss >= 0.98 * math.log(num_classes)) and acc <= 1.25 * chance
 
 
-def stall_error(step: int, loss: float, acc: float, num_classes: int) -> TrainingError:
+def stall_error(step: int, loss: float, acc: float, num_classes: int, causes: list[str] = ()) -> TrainingError:
+    """``causes``: what this network's structure shows (``models.checks.structure_problems``), listed first."""
+    diagnosis = STALL_DIAGNOSIS
+    if causes:
+        diagnosis = ("This network shows these causes:\n" + "".join(f"  - {c};\n" for c in causes)
+                     + STALL_DIAGNOSIS)
     return TrainingError(
         f"not learning after {step} steps: training loss {loss:.4f} (ln {num_classes} = "
         f"{math.log(num_classes):.4f}) and accuracy {100 * acc:.1f}% (chance {100 / num_classes:.1f}%).\n"
-        + STALL_DIAGNOSIS,
+        + diagnosis,
         kind="stall",
-        diagnosis=STALL_DIAGNOSIS,
+        diagnosis=diagnosis,
     )

@@ -302,11 +302,12 @@ def set_up(config: TrainConfig, *, dataset: Dataset | None = None, out_dir: str 
     """Everything before the first step: device, data split, model (whitened stem), the TrainStep
     (optimizer, schedule, EMA, lookahead, scaler, DDP, compile), resumed state and the run folder."""
     from cifarzoo.data.arrays import load_run_data
-    from cifarzoo.data.loader import DeviceLoader, normalize
+    from cifarzoo.data.loader import DeviceLoader, input_normalization, normalize
 
     dist = dist_mod.current()
     device, precision, why = _set_up_device(config, dist)
     ds = dataset if dataset is not None else load_run_data(config.data, labels=config.labels, run=out_dir)
+    ds, train_mean, train_std = input_normalization(ds, config.normalize)
     split = split_dataset(ds, config)
     if config.batch_size is None:
         # Saved resolved, so config.json and a resumed run state the batch actually used.
@@ -326,7 +327,7 @@ def set_up(config: TrainConfig, *, dataset: Dataset | None = None, out_dir: str 
 
     half = prenormalized_dtype(device, precision)
     loader = DeviceLoader(
-        split.train_x, split.train_y, batch_size=config.batch_size, mean=ds.mean, std=ds.std, device=device,
+        split.train_x, split.train_y, batch_size=config.batch_size, mean=train_mean, std=train_std, device=device,
         train=True, augment=config.augment, cutout_size=config.cutout_size, crop_pad=config.crop_pad,
         seed=config.seed, channels_last=config.channels_last, rank=dist.rank, world_size=dist.world_size,
         prenormalize=half is not None, dtype=half or torch.float32,
@@ -450,7 +451,7 @@ class _Guards:
             (config.stall_steps is not None and global_step >= config.stall_steps)
             or (config.stall_steps is None and i + 1 == steps and global_step >= guards.MIN_STALL_STEPS)
         ):
-            _check_stall(self.stats, i + 1, global_step, trainer.dataset.num_classes)
+            _check_stall(self.stats, i + 1, global_step, trainer.dataset.num_classes, trainer.step.model)
             trainer.stall_checked = True
 
 
@@ -568,9 +569,11 @@ def end_epoch(trainer: Trainer, epoch: int, seconds: float, stats: EpochStats) -
     if last and trainer.split.eval_name == "test":
         # The final weights on the test set: one pass gives the plain and the TTA results.
         trainer.final_logits = _final_pass(trainer)
-        eval_loss, eval_acc = loss_and_accuracy(trainer.final_logits[0], trainer.split.eval_y)
+        eval_loss, eval_acc = loss_and_accuracy(trainer.final_logits[0], trainer.split.eval_y,
+                                                trainer.step.outputs)
     elif last or _every(config.eval_every, epoch + 1):
-        eval_loss, eval_acc = loss_and_accuracy(_predict(trainer, trainer.split.eval_x), trainer.split.eval_y)
+        eval_loss, eval_acc = loss_and_accuracy(_predict(trainer, trainer.split.eval_x), trainer.split.eval_y,
+                                                trainer.step.outputs)
     row = {
         "epoch": epoch + 1, "lr": trainer.step.optimizer.param_groups[0]["lr"],
         # Per-step losses are batch means: average them over steps (and ranks).
@@ -616,8 +619,8 @@ def finish(trainer: Trainer) -> dict:
     if trainer.final_logits is None:  # evaluated on --val-split, or no epoch ran in this process
         trainer.final_logits = _final_pass(trainer)
     final = trainer.final_logits
-    test_loss, test_acc = loss_and_accuracy(final[0], labels)
-    test_loss_tta, test_acc_tta = loss_and_accuracy(final[1], labels)
+    test_loss, test_acc = loss_and_accuracy(final[0], labels, trainer.step.outputs)
+    test_loss_tta, test_acc_tta = loss_and_accuracy(final[1], labels, trainer.step.outputs)
     peak, peak_kind = peak_memory_bytes(trainer.device)
     macs = count_macs(models.create(config.model, num_classes=dataset.num_classes, width_mult=config.width_mult,
                                     **config.model_kwargs))
@@ -639,7 +642,7 @@ def finish(trainer: Trainer) -> dict:
     }
     if config.tta_level == 2:  # multi-crop TTA, from the same pass
         summary["tta_level"] = 2
-        summary["test_loss_tta_level"], summary["test_acc_tta_level"] = loss_and_accuracy(final[2], labels)
+        summary["test_loss_tta_level"], summary["test_acc_tta_level"] = loss_and_accuracy(final[2], labels, trainer.step.outputs)
     trainer.save(config.epochs, finished=True)
     if trainer.dist.is_main:
         trainer.run.write_summary(summary)
@@ -744,8 +747,9 @@ def _check_loss(step_loss: torch.Tensor, lo: int, hi: int, epoch: int, steps_per
                                       num_classes, checkpoint.exists())
 
 
-def _check_stall(stats: EpochStats, upto: int, global_step: int, num_classes: int) -> None:
-    """Judge the second half of the steps so far: the first half is warm-up noise."""
+def _check_stall(stats: EpochStats, upto: int, global_step: int, num_classes: int, model: nn.Module) -> None:
+    """Judge the second half of the steps so far: the first half is warm-up noise. A stalled run's
+    error names what ``model``'s structure shows (models.checks), checked only then."""
     lo = upto // 2
     s = dist_mod.all_reduce_sum(torch.stack([
         stats.loss[lo:upto].sum(), stats.correct[lo:upto].sum(), stats.count[lo:upto].sum(),
@@ -753,4 +757,6 @@ def _check_stall(stats: EpochStats, upto: int, global_step: int, num_classes: in
     loss = s[0].item() / max(1.0, s[3].item())
     acc = s[1].item() / max(1.0, s[2].item())
     if guards.is_stalled(loss, acc, num_classes):
-        raise guards.stall_error(global_step, loss, acc, num_classes)
+        from cifarzoo.models.checks import structure_problems
+
+        raise guards.stall_error(global_step, loss, acc, num_classes, structure_problems(model, num_classes))

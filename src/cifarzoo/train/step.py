@@ -15,15 +15,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from cifarzoo.device import autocast_context
+from cifarzoo.models.as_written import output_kind, output_loss
 from cifarzoo.train.config import TrainConfig
 from cifarzoo.train.optim import DeviceEMA, Lookahead, make_optimizer, make_scheduler
 
 
-def model_loss(out, y: torch.Tensor, config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss to optimize, main logits). Auxiliary heads (Inception, training only) add aux_weight x their loss."""
+def model_loss(out, y: torch.Tensor, config: TrainConfig, outputs: str = "logits") -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss to optimize, main logits). Auxiliary heads (Inception, training only) add aux_weight x their loss.
+
+    ``outputs`` is what the network returns (``models.as_written.output_kind``): the zoo's
+    networks give logits; the original study's as-written ones are trained under Keras'
+    probability loss, as they were.
+    """
     logits = getattr(out, "logits", out)
     aux = tuple(getattr(out, "aux_logits", ()) or ())
-    loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+    loss = output_loss(logits, y, outputs, config.label_smoothing)
     for a in aux:
         loss = loss + config.aux_weight * F.cross_entropy(a.float(), y, label_smoothing=config.label_smoothing)
     return loss, logits
@@ -66,6 +72,7 @@ class TrainStep:
                  total_steps: int, steps_per_epoch: int, forward: nn.Module | None = None, lr_lambda=None):
         self.model, self.config, self.device, self.precision = model, config, device, precision
         self.forward = forward if forward is not None else model
+        self.outputs = output_kind(model)  # "logits", or an as-written network's probabilities
         self.total_steps = total_steps
         self.global_step = 0  # optimizer steps taken so far (lookahead's clock)
         self.optimizer = make_optimizer(model, config, device, steps_per_epoch)
@@ -89,7 +96,7 @@ class TrainStep:
             self.optimizer.zero_grad(set_to_none=True)
             with autocast_context(self.device, self.precision):
                 out = self.forward(x)
-            loss, logits = model_loss(out, y, self.config)
+            loss, logits = model_loss(out, y, self.config, self.outputs)
             self.scaler.scale(loss).backward()
         except BaseException:
             self._restore(snapshot)
