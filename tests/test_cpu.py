@@ -102,6 +102,39 @@ def test_cpu_preset_is_full_cifar10_with_fastnet_on_airbench_muon():
         assert 0 < c.warmup_epochs < c.epochs / 2, model  # one-cycle's peak early, whatever the epochs
 
 
+def test_cpu_preset_gives_every_study_model_the_same_core_minutes(tmp_path):
+    """Equal budget: each study model's epochs are the whole epochs of the full training set that
+    CPU_CORE_MINUTES of one reference core fill at its measured training throughput, and the
+    study's report says so in one sentence."""
+    from cifarzoo.study import plan_study
+    from cifarzoo.train.config import CPU_BUDGET, CPU_CORE_MINUTES, CPU_TRAIN_IMAGES, budget_epochs
+
+    assert set(CPU_BUDGET) == {"vgg16", "vgg19", "resnet50", "inception", "xception"}
+    for model, (width, batch, lr, img_s) in CPU_BUDGET.items():
+        c = make_config(model, preset="cpu")
+        assert (c.width_mult, c.batch_size, c.lr) == (width, batch, lr)
+        seconds = CPU_CORE_MINUTES * 60
+        assert c.epochs * CPU_TRAIN_IMAGES / img_s <= seconds < (c.epochs + 1) * CPU_TRAIN_IMAGES / img_s, model
+        assert c.eval_every == -(-c.epochs // 4) and c.checkpoint_every == 1  # ~4 evaluations per run
+    assert budget_epochs(100.0, minutes=10, images=1000) == 60 and budget_epochs(1.0, minutes=1) == 1
+
+    # the study prices its runs (start order, time left) at those measured seconds: all alike
+    from cifarzoo.study.runner import _costs
+
+    plan = plan_study(None, preset="cpu", out_dir=tmp_path)
+    costs = _costs(plan.runs, 10)
+    for run in plan.runs:  # the budget less under one epoch (whole epochs)
+        img_s = CPU_BUDGET[run.model][3]
+        assert seconds - CPU_TRAIN_IMAGES / img_s < costs[run.name] <= seconds, run.name
+    rule = plan.rule
+    assert rule.startswith(f"each network trained for {CPU_CORE_MINUTES} core-minutes of one core of ")
+    c = make_config("inception", preset="cpu")
+    assert f"inception w0.125 {c.epochs} epochs" in rule and "no test-set selection" in rule
+    # changed settings or a model outside the budget: the rule says what was run instead
+    assert "core-minutes" not in plan_study(None, preset="cpu", out_dir=tmp_path, epochs=1).rule
+    assert "core-minutes" not in plan_study(["vgg16", "fastnet"], preset="cpu", out_dir=tmp_path).rule
+
+
 def test_threads_option_reaches_every_run_of_a_study(tmp_path):
     import argparse
 

@@ -75,6 +75,8 @@ def test_runs_train_side_by_side_in_workers_as_they_would_here(tmp_path, small, 
     events = Events()
     with monkeypatch.context() as mp:  # a fit patched here cannot reach the workers' fresh interpreters
         mp.setattr(cifarzoo.train, "fit", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("in-process")))
+        # the same bits as one thread here: the last run keeps its thread when the other ends
+        mp.setattr(executors, "alone_threads", lambda *a: None)
         side = run_study(["vgg16", "resnet18"], preset="quick", out_dir=tmp_path / "side", dataset=small,
                          reporter=events, executor=LocalExecutor(2), report=False, **TINY)
     assert sorted((o.spec.name, o.status) for o in side.outcomes) == [("resnet18-s0", "finished"),
@@ -185,3 +187,40 @@ def test_cli_jobs_errors_are_one_line(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and message in err[0], err
     assert not (tmp_path / "s").exists()
+
+
+def test_a_run_left_alone_is_told_to_take_every_core(monkeypatch):
+    """Once no run waits, the study tells each running worker (without threads of its own) its
+    share of all the cores; the worker takes it up at its next step, in its training thread."""
+    from multiprocessing import Pipe
+
+    from cifarzoo.study.worker import _EpochEvents
+
+    monkeypatch.setattr(executors, "physical_cores", lambda: 2)
+    plan = plan_study(["vgg16", "resnet18"], preset="quick", out_dir="x", **TINY)
+    study_end, worker_end = Pipe()
+    pool = executors._Workers([], 2, 2, None, StudyReporter(), {})
+    mine = executors._Running(1, plan.runs[0], "trained", None, study_end, 0.0, threads=1)
+    pool.running = {study_end: mine}
+    pool._share_cores()
+    assert mine.threads == 2 and worker_end.poll(1) and worker_end.recv() == ("threads", 2)
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        a, b = Pipe()
+        a.send(("threads", 2))
+        _EpochEvents(b).on_step(1, 1, 10, 1)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+    # a run with threads of its own keeps them; while a run waits, nothing changes
+    own = executors._Running(2, plan_study(["vgg16"], preset="quick", out_dir="x", threads=1, **TINY).runs[0],
+                             "trained", None, study_end, 0.0, threads=1)
+    pool.running = {study_end: own}
+    pool._share_cores()
+    pool.running, pool.waiting = {study_end: mine}, [(2, plan.runs[1], "trained")]
+    mine.threads = 1
+    pool._share_cores()
+    assert own.threads == 1 and mine.threads == 1 and not worker_end.poll(0.2)

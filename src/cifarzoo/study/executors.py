@@ -45,6 +45,7 @@ from cifarzoo.device import physical_cores
 from cifarzoo.errors import CifarzooError
 from cifarzoo.io import atomic_write_bytes
 from cifarzoo.study.plan import STUDY_FILE, RunSpec
+from cifarzoo.study.schedule import alone_threads, seconds_left, start_order
 from cifarzoo.study.training import RunOutcome, RunProgress, StudyReporter, estimate_seconds_left, train_one
 from cifarzoo.train.rundir import CONFIG_FILE, SUMMARY_FILE, RunDir
 
@@ -62,9 +63,11 @@ class LocalExecutor:
 
     On a CPU, narrow models use two threads poorly (batch 32 at the quick preset's widths:
     one thread trains resnet50 as fast as two), so two one-thread runs side by side train
-    nearly twice as many images per second as one run on two cores. Runs are started
-    dearest first (by :func:`~cifarzoo.study.training.run_cost`), so that the last to
-    finish is a short one.
+    nearly twice as many images per second as one run on two cores. Runs start in the order
+    whose schedule ends soonest by their :func:`~cifarzoo.study.training.run_cost`
+    (:func:`~cifarzoo.study.schedule.start_order`: the workers finish together as nearly as the
+    costs allow), and once no run waits the runs still training share all the cores
+    (:func:`~cifarzoo.study.schedule.alone_threads`: the last run trains on both of two cores).
     """
 
     name = "local"
@@ -121,18 +124,17 @@ class _Running:
     proc: subprocess.Popen
     conn: Connection
     t0: float
+    threads: int
     epochs_done: int = 0
+    last_epoch_at: float = 0.0  # perf_counter() when its latest epoch ended
+    last_epoch_seconds: float = 0.0  # wall seconds of that epoch (its evaluation included)
 
 
 class _Workers:
     """LocalExecutor's runs ``slots`` at a time in worker processes (see cifarzoo.study.worker)."""
 
     def __init__(self, jobs, slots, total, dataset, reporter, costs):
-        def dearest_first(job):
-            c = costs[job[1].name]
-            return -(0.0 if c != c else c)  # NaN (unsized): last
-
-        self.waiting = sorted(jobs, key=dearest_first)
+        self.waiting = [jobs[i] for i in start_order([costs[spec.name] for _, spec, _ in jobs], slots)]
         self.slots, self.total, self.dataset, self.reporter, self.costs = slots, total, dataset, reporter, costs
         self.threads = max(1, physical_cores() // slots)
         self.running: dict[Connection, _Running] = {}
@@ -158,7 +160,7 @@ class _Workers:
         proc = subprocess.Popen([sys.executable, "-m", "cifarzoo.study.worker", str(theirs.fileno())],
                                 pass_fds=[theirs.fileno()], env=env, start_new_session=True)
         theirs.close()
-        self.running[mine] = _Running(index, spec, action, proc, mine, time.perf_counter())
+        self.running[mine] = _Running(index, spec, action, proc, mine, time.perf_counter(), threads)
         self.reporter.on_run_start(index, self.total, spec, action, self._eta())
         try:
             mine.send((spec, action, self.dataset))
@@ -171,7 +173,9 @@ class _Workers:
         except (EOFError, OSError):  # the worker died without a word (killed, out of memory, crashed)
             kind, payload = "died", None
         if kind == "epoch":
+            now = time.perf_counter()
             r.epochs_done += 1
+            r.last_epoch_seconds, r.last_epoch_at = now - (r.last_epoch_at or r.t0), now
             self.reporter.on_epoch_end(r.index, self.total, r.spec, payload, self._eta())
             return
         self._end(r, kind, payload)
@@ -194,24 +198,30 @@ class _Workers:
             self.finished.append((wall, self.costs[r.spec.name]))
         outcome = RunOutcome(r.spec, status, r.action, summary, wall)
         self.outcomes.append(outcome)
+        self._share_cores()
         self.reporter.on_run_end(r.index, self.total, outcome, self._eta())
 
-    def _eta(self) -> float | None:
-        """Seconds left: each running run's rest at its own pace once it has an epoch behind it;
-        the other runs priced by the pace (seconds per unit of cost) of the runs so far; all shared
-        out over the slots. None while nothing has been measured."""
-        paces, rests = list(self.finished), []
-        priced = [self.costs[s.name] for _, s, _ in self.waiting]
-        now = time.perf_counter()
+    def _share_cores(self) -> None:
+        """No idle core: once no run waits, the runs still training (without threads of their own)
+        get an equal share of all the cores; the worker takes it up at its next step."""
+        threads = alone_threads(physical_cores(), len(self.running), len(self.waiting))
         for r in self.running.values():
-            cost, epochs = self.costs[r.spec.name], r.spec.config.epochs
-            if r.epochs_done:
-                paces.append((now - r.t0, cost * r.epochs_done / epochs))
-                rests.append((now - r.t0) / r.epochs_done * max(0, epochs - r.epochs_done))
-            else:
-                priced.append(cost)
-        rest = estimate_seconds_left(paces, priced) if paces else (None if priced else 0.0)
-        return None if rest is None else (sum(rests) + rest) / self.slots
+            if threads and r.spec.config.threads is None and threads > r.threads:
+                try:
+                    r.conn.send(("threads", threads))
+                    r.threads = threads
+                except OSError:  # the worker has just died: _receive records it
+                    pass
+
+    def _eta(self) -> float | None:
+        """Seconds left (:func:`~cifarzoo.study.schedule.seconds_left`): each running run's rest at
+        its latest epoch's pace, the waiting runs priced by the pace measured so far, laid out on the
+        workers in start order. None while nothing has been measured."""
+        now = time.perf_counter()
+        running = [(r.epochs_done, r.spec.config.epochs, r.last_epoch_seconds,
+                    now - r.last_epoch_at if r.epochs_done else 0.0, now - r.t0, self.costs[r.spec.name])
+                   for r in self.running.values()]
+        return seconds_left(self.finished, running, [self.costs[s.name] for _, s, _ in self.waiting], self.slots)
 
     def _stop_all(self) -> None:
         """One Ctrl-C to every worker; wait while they save their checkpoints (a minute at most)."""

@@ -126,11 +126,30 @@ def resolve_models(models: Sequence[str] | str | None) -> tuple[str, ...]:
     return tuple(out)
 
 
-def budget_rule(configs: dict[str, TrainConfig]) -> str:
+def _equal_budget(configs: dict[str, TrainConfig], preset: str | None) -> str | None:
+    """The preset's equal-compute rule in words ("each network trained for 20 core-minutes of ... at
+    its width: vgg16 w0.25 30 epochs, ..."), where the preset has one (cpu) and every model of the
+    study trains at its settings; else None."""
+    budget = PRESETS.get(preset or "", {}).get("budget")
+    if not budget or not set(configs) <= set(budget["models"]):
+        return None
+    for m, c in configs.items():
+        want = PRESETS[preset][m]
+        if (c.width_mult, c.batch_size, c.epochs) != (want["width_mult"], want["batch_size"], want["epochs"]):
+            return None
+    per_model = ", ".join(f"{m} w{c.width_mult:g} {c.epochs} epochs" for m, c in configs.items())
+    return (f"each network trained for {budget['core_minutes']:g} core-minutes of {budget['reference']} at its "
+            f"width ({per_model}: the epochs its measured training throughput there fills)")
+
+
+def budget_rule(configs: dict[str, TrainConfig], preset: str | None = None) -> str:
     """The rule every model of the study is trained under, in one sentence or three."""
     cs = list(configs.values())
     epochs = {m: c.epochs for m, c in configs.items()}
-    if len(set(epochs.values())) == 1:
+    equal = _equal_budget(configs, preset)
+    if equal:
+        ep = equal
+    elif len(set(epochs.values())) == 1:
         ep = f"{cs[0].epochs} epoch{'s' if cs[0].epochs != 1 else ''} for every model"
     else:
         ep = "each model's preset epochs (" + ", ".join(f"{m} {e}" for m, e in epochs.items()) + ")"
@@ -188,7 +207,7 @@ def plan_study(
             runs.append(RunSpec(m, s, cfg, out / RUNS_DIR / run_name(m, s)))
     configs = {m: next(r.config for r in runs if r.model == m) for m in names}
     return StudyPlan(out, preset, names, tuple(range(seeds)), data_spec, overrides, tuple(runs),
-                     budget_rule(configs))
+                     budget_rule(configs, preset))
 
 
 

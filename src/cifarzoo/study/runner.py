@@ -34,12 +34,9 @@ from typing import Any, Sequence
 from cifarzoo.errors import CifarzooError
 from cifarzoo.study.executors import LocalExecutor, default_jobs
 from cifarzoo.study.plan import EVAL_FILE, RUNS_DIR, RunSpec, StudyPlan, with_recorded_models, write_plan
-from cifarzoo.study.training import RunOutcome, StudyReporter, evaluate_for_report, run_cost
+from cifarzoo.study.training import RunOutcome, StudyReporter, evaluate_for_report, reference_seconds, run_cost
 from cifarzoo.train.rundir import (EMPTY, FAILED, FINISHED, FOREIGN, LOCK_FILE, RESUMABLE, RunDir, RunLock,
                                    settings_changed)
-
-# Settings that do not change what a run computes (threads: at most its last bits, as on
-# another CPU): a run folder that differs only in these still belongs to the study.
 
 
 # --------------------------------------------------------------------------- result
@@ -158,7 +155,13 @@ def _execute(plan: StudyPlan, *, force: bool, reporter: StudyReporter, dataset, 
 
 
 def _costs(specs: Sequence[RunSpec], num_classes: int) -> dict[str, float]:
-    """run_cost of each run (sized once per model); unsizable ones get the mean of the rest (or 1.0)."""
+    """Each run's cost for its start order and the time left: its seconds at a measured throughput
+    where every run has one (reference_seconds: the cpu preset's study models, whose arithmetic
+    alone prices inception at a fifth of its time); else run_cost (sized once per model), the
+    unsizable ones at the mean of the rest (or 1.0)."""
+    measured = {s.name: reference_seconds(s.config) for s in specs}
+    if all(v is not None for v in measured.values()):
+        return measured
     per_model: dict[str, float] = {}
     for s in specs:
         if s.model not in per_model:

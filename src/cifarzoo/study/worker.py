@@ -13,6 +13,9 @@ workers). ``FD`` is the worker's end of a connection to the study's process: it 
 - ``("interrupted", None)`` after a Ctrl-C (a resumable checkpoint was saved);
 - ``("error", message)`` when the run could not be trained at all (e.g. its folder is busy).
 
+While it trains it may receive ``("threads", n)``: train on ``n`` torch threads from the next
+step on (the study's last runs take up the cores that the finished ones left idle).
+
 A worker whose study process has gone away stops at the end of the epoch, as after a Ctrl-C.
 A fresh interpreter rather than a ``multiprocessing`` child: nothing of the caller's
 ``__main__`` is imported again, so a script without ``if __name__ == "__main__":`` works.
@@ -31,6 +34,18 @@ class _EpochEvents(Reporter):
 
     def __init__(self, conn: Connection):
         self.conn = conn
+
+    def on_step(self, epoch: int, step: int, steps: int, global_step: int) -> None:
+        # Here, in the training thread: OpenMP's thread count is a setting of the thread that calls it.
+        try:
+            while self.conn.poll():
+                kind, value = self.conn.recv()
+                if kind == "threads":
+                    import torch
+
+                    torch.set_num_threads(int(value))
+        except (EOFError, OSError):  # the study's process has gone: on_epoch_end stops the run
+            pass
 
     def on_epoch_end(self, row: dict) -> None:
         try:

@@ -327,8 +327,54 @@ FASTNET_MUON: dict[str, Any] = dict(
 # would cost a study more wall time than a good part of its training: the GPU presets
 # evaluate every 10th epoch and the last (2-6 evaluations per run, the learning curves'
 # points), and checkpoint only at the end and on Ctrl-C (a crash reruns the run). The CPU
-# presets keep the defaults: every epoch, where an epoch takes minutes.
+# presets checkpoint every epoch, where an epoch takes minutes; quick evaluates every epoch, cpu's
+# study models about four times per run (_cpu_budget).
 GPU_CADENCE: dict[str, Any] = dict(eval_every=10, checkpoint_every=0)
+
+# The cpu preset's equal budget: every study model trains for CPU_CORE_MINUTES of one core at its
+# own width and batch, i.e. for the epochs that its training throughput (fit's img/s, data loading
+# and augmentation included; one thread, bf16 + channels_last) measured on one core of the
+# reference CPU (CPU_REFERENCE) fills: epochs = floor(minutes x 60 x img/s / 50,000 images).
+# 20 minutes, not 24 (a fifth of two cores' hour): five equal runs on two cores are two rounds of
+# two, then one run alone, which trains on both cores (study/schedule.py) but narrow models gain
+# little from a second thread (the study lasts 2 x 20 + 20 / speed-up + evaluation <= 60 min).
+CPU_CORE_MINUTES = 20
+CPU_REFERENCE = "one core of an AMD EPYC (Zen 4, AVX512-BF16)"
+# model: (width, batch, peak lr, training img/s on one reference core: fit's own "trained at" figure
+# of a 2-epoch run on 45,000 images with the other core busy, so a quiet core fills a little more).
+# Batch 128, not the recipes' 512: 4x the steps per epoch at a higher img/s (resnet50: 62.0% vs
+# 43.6% on the validation split after 2 epochs, 484 vs 396 img/s); batch 64 no better per second
+# (63.3% at 438 img/s). The VGGs at lr 0.05 (the quick preset's for batch 128), the others at
+# their recipes' lr. See benchmarks/RESULTS.md, "Tuning the cpu preset".
+# -> epochs: vgg16 28, vgg19 23, resnet50 11, inception 5, xception 10.
+CPU_BUDGET: dict[str, tuple[float, int, float, float]] = {
+    "vgg16": (0.25, 128, 0.05, 1185.0),
+    "vgg19": (0.25, 128, 0.05, 973.0),
+    "resnet50": (0.125, 128, 0.2, 484.0),
+    "inception": (0.125, 128, 0.1, 228.0),
+    "xception": (0.125, 128, 0.1, 438.0),
+}
+CPU_TRAIN_IMAGES = 50_000
+
+
+def budget_epochs(img_s: float, minutes: float = CPU_CORE_MINUTES, images: int = CPU_TRAIN_IMAGES) -> int:
+    """Whole epochs of ``images`` that ``minutes`` of training at ``img_s`` images per second fill (at least 1)."""
+    return max(1, int(minutes * 60 * img_s // images))
+
+
+def _cpu_budget(model: str) -> dict[str, Any]:
+    """The cpu preset's settings of a study model under the equal budget; warm-up 20% of the run.
+
+    Evaluated about four times per run (every ceil(epochs / 4)-th epoch and the last), not every
+    epoch: one pass over the 10,000 test images took inception ~12 s and vgg16 ~3 s of one core
+    (the run's wall time less its training time, 2-epoch runs), i.e. a minute or more per run at
+    every epoch, time the budget does not count.
+    """
+    width, batch, lr, img_s = CPU_BUDGET[model]
+    epochs = budget_epochs(img_s)
+    return dict(width_mult=width, batch_size=batch, lr=lr, epochs=epochs, warmup_epochs=round(0.2 * epochs, 1),
+                eval_every=-(-epochs // 4))
+
 
 # Study presets. "all" applies to every model; a model's own entry wins over "all".
 PRESETS: dict[str, dict[str, Any]] = {
@@ -374,25 +420,21 @@ PRESETS: dict[str, dict[str, Any]] = {
     # recipe (FASTNET_MUON) at full width: 8 epochs = 400,000 training images; at the 1,086 img/s
     # measured for fastnet in bf16 on 2 AMX-BF16 cores about 6 minutes; measured on 2 Zen 4 cores
     # (AVX512-BF16, no AMX): 377 img/s, 1,061 s, 90.51% flip TTA (benchmarks/RESULTS.md). The study
-    # models train side by side (one_run_per_core), each at the width and epochs that fill ~10
-    # minutes of one core at its training-step throughput measured there (bf16 + channels_last,
-    # one thread, batch 512: vgg16 0.25 1,166 img/s -> 14 epochs, vgg19 0.25 960 -> 11, resnet18
-    # 0.25 687 -> 8, resnet50 0.125 423 -> 5, inception 0.125 179 -> 2, xception 0.125 456 -> 5),
-    # with each recipe's ~20% warm-up. Their accuracy is NOT measured yet.
+    # models train side by side (one_run_per_core) under one equal budget: CPU_CORE_MINUTES of one
+    # reference core each, at the width, batch and lr of CPU_BUDGET (the epochs from each model's
+    # measured img/s), with ~20% warm-up. Validation-split accuracy at these settings and the
+    # estimate for the whole study: benchmarks/RESULTS.md.
     # precision auto: bf16 where the CPU multiplies bf16 natively (device.py).
     "cpu": {
         "description": "full CIFAR-10 on a CPU in minutes: fastnet with airbench94_muon's recipe (~6 min on 2 "
-                       "AMX cores, 18 on 2 Zen 4 cores), the study models side by side, each at a width and "
-                       "epochs for ~10 min of one core (accuracy not yet measured)",
+                       "AMX cores, 18 on 2 Zen 4 cores), the study models side by side, each for the same "
+                       f"{CPU_CORE_MINUTES} core-minutes at batch 128 (epochs from its measured img/s)",
         "data": None,
         "one_run_per_core": True,
         "all": dict(precision="auto", channels_last=True, compile="off", eval_batch_size=256),
-        "vgg16": dict(width_mult=0.25, epochs=14, warmup_epochs=2.8),
-        "vgg19": dict(width_mult=0.25, epochs=11, warmup_epochs=2.2),
+        "budget": dict(core_minutes=CPU_CORE_MINUTES, reference=CPU_REFERENCE, models=tuple(CPU_BUDGET)),
+        **{m: _cpu_budget(m) for m in CPU_BUDGET},
         "resnet18": dict(width_mult=0.25, epochs=8, warmup_epochs=1.6),
-        "resnet50": dict(width_mult=0.125, epochs=5, warmup_epochs=1.0),
-        "inception": dict(width_mult=0.125, epochs=2, warmup_epochs=0.4),
-        "xception": dict(width_mult=0.125, epochs=5, warmup_epochs=1.0),
         "fastnet": FASTNET_MUON,
     },
     # One GPU: full widths, full CIFAR-10, each model's tuned recipe.

@@ -237,7 +237,8 @@ class RunLock:
         self.file = None
 
 
-# Settings that change how fast a run goes, not what it learns: a run made with others is the same run.
+# Settings that do not change what a run computes (threads: at most its last bits, as on
+# another CPU): a run folder that differs only in these is the same run.
 SPEED_SETTINGS = ("compile", "nan_check_every", "eval_batch_size", "threads")
 
 
