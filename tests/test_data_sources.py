@@ -627,3 +627,131 @@ def test_predict_reads_images_through_the_same_function(tmp_path, monkeypatch):
     assert all(r.ok for r in results)
     np.testing.assert_array_equal(seen[0][0], _as_8bit(_grey16()))
     np.testing.assert_array_equal(seen[0][1], _halves()[::-1, ::-1])
+
+
+# --------------------------------------------------------------------------- memory and time bombs
+
+
+def _tar_with(path: Path, infos) -> Path:
+    """A .tar.gz of headers only (``addfile`` without data): what a crafted archive declares."""
+    import tarfile
+
+    with tarfile.open(path, "w:gz", format=tarfile.GNU_FORMAT) as tar:
+        for info in infos:
+            tar.addfile(info)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["GNUTYPE_LONGNAME", "GNUTYPE_LONGLINK", "XHDTYPE", "XGLTYPE"])
+@pytest.mark.parametrize("name", ["cifar-10-python.tar.gz", "renamed.bin"])
+def test_extended_tar_header_declaring_a_gigabyte_is_refused_before_it_is_read(tmp_path, kind, name):
+    import tarfile
+
+    info = tarfile.TarInfo("././@LongLink")
+    info.type, info.size = getattr(tarfile, kind), 1 << 30  # tarfile would read all of it at once
+    archive = _tar_with(tmp_path / name, [info])
+    _fails(archive, rf"^{archive}: refused: a member's extended header declares 1,073,741,824 bytes, more "
+                    r"than a CIFAR archive's headers hold \(at most 8,192\)$", tmp_path)
+
+
+def test_sparse_tar_member_is_refused(tmp_path):
+    import tarfile
+
+    info = tarfile.TarInfo("cifar-10-batches-py/data_batch_1")
+    info.type = tarfile.GNUTYPE_SPARSE
+    archive = _tar_with(tmp_path / "cifar-10-python.tar.gz", [info])
+    _fails(archive, rf"^{archive}: refused: it holds a sparse member", tmp_path)
+
+
+def test_archive_of_many_empty_members_is_refused_at_the_bound(tmp_path, monkeypatch):
+    import tarfile
+
+    archive = _tar_with(tmp_path / "cifar-10-python.tar.gz",
+                        [tarfile.TarInfo(f"cifar-10-batches-py/x{i}") for i in range(sources.MAX_ARCHIVE_MEMBERS + 1)])
+    kept = []
+    real_next = tarfile.TarFile.next
+
+    def next_(tar):  # how many headers tarfile holds at once
+        kept.append(len(tar.members))
+        return real_next(tar)
+
+    monkeypatch.setattr(tarfile.TarFile, "next", next_)
+    _fails(archive, rf"^{archive}: refused: it holds more than 100 members; an official CIFAR archive holds 9$",
+           tmp_path)
+    assert max(kept) <= 1
+
+
+def test_image_over_the_pixel_bound_is_refused_before_it_is_decoded(tmp_path, monkeypatch):
+    from PIL import ImageFile
+
+    path = tmp_path / "big.png"
+    Image.fromarray(np.zeros((40, 50), np.uint16)).save(path)
+    monkeypatch.setattr(sources, "MAX_IMAGE_PIXELS", 1999)
+
+    def no_decoding(self):
+        raise AssertionError("decoded an image over the bound")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    with pytest.raises(DataError, match=rf"^{path}: refused: 50x40 is 2,000 pixels, more than an input of a "
+                                        r"32x32 classifier may be \(at most 1,999\)$"):
+        load_image_file(path)
+
+
+def test_16bit_conversion_needs_no_wide_copy_of_the_image():
+    import tracemalloc
+
+    values = np.tile(_grey16(), (40, 40))  # 1280 x 1280 = 1.6 Mpx
+    im = Image.fromarray(values)
+    tracemalloc.start()
+    try:
+        out = np.asarray(sources._to_8bit(im))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(out, _as_8bit(values)[..., 0])
+    assert peak < 8 * values.size  # one int64 copy alone would be 8 bytes a pixel
+
+
+@pytest.fixture
+def fifo(tmp_path):
+    path = tmp_path / "pipe.png"
+    os.mkfifo(path)
+    return path
+
+
+@pytest.fixture
+def no_hang():
+    """Fail (instead of hanging the suite) if the test blocks for 20 s, e.g. opening a FIFO."""
+    import signal
+
+    def expire(*_):
+        raise TimeoutError("blocked reading a special file")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(20)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+def test_fifo_given_as_an_image_is_refused_not_waited_on(fifo, no_hang):
+    with pytest.raises(DataError, match=rf"^{fifo}: refused: it is a FIFO; only regular files are read$"):
+        load_image_file(fifo)
+
+
+@pytest.mark.parametrize("special", ["fifo", "/dev/zero"])
+def test_special_files_given_as_data_are_refused(fifo, no_hang, tmp_path, special):
+    path = fifo if special == "fifo" else Path(special)
+    if not path.exists():
+        pytest.skip(f"{special} does not exist here")
+    kind = "a FIFO" if special == "fifo" else "a character device"
+    _fails(path, rf"^{path}: refused: it is {kind}; only regular files are read$", tmp_path)
+    with pytest.raises(DataError, match=rf"^{path}: refused: it is {kind}"):
+        sources.load_archive(path)
+
+
+def test_fifo_among_the_official_files_is_refused(fake_batches_dir, no_hang, tmp_path):
+    (fake_batches_dir / "test_batch").unlink()
+    os.mkfifo(fake_batches_dir / "test_batch")
+    with pytest.raises(DataError, match=r"test_batch"):
+        load(fake_batches_dir)

@@ -13,6 +13,7 @@ import io
 import json
 import math
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
@@ -54,6 +55,33 @@ def atomic_file(path: str | os.PathLike, *, suffix: str = ".tmp") -> Iterator[tu
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def open_regular(path: str | os.PathLike, error: type[CifarzooError] = CifarzooError) -> IO[bytes]:
+    """``path`` opened for binary reading, refused with ``error`` unless it is a regular file.
+
+    A FIFO would block the reader forever and ``/dev/zero`` never ends, so only regular
+    files (symlinks to them included) are read. The open is non-blocking (opening a FIFO
+    does not wait for a writer) and the check is an ``fstat`` of the open file, so what is
+    read is what was checked.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise error(f"{path}: cannot read ({exc.strerror or exc})") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+        raise error(f"{path}: refused: it is {kind}; only regular files are read")
+    if hasattr(os, "set_blocking"):
+        os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
 
 
 def atomic_write_bytes(path: str | os.PathLike, write: Callable[[IO[bytes]], Any] | bytes) -> None:

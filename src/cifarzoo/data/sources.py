@@ -38,7 +38,7 @@ import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import IO, Callable, Iterable, Iterator
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
@@ -46,7 +46,7 @@ from PIL import ExifTags, Image, ImageOps
 from cifarzoo.data.dataset import Dataset
 from cifarzoo.data.safe_unpickle import MAX_BATCH_BYTES, MAX_IMAGES, ROW_BYTES, safe_load
 from cifarzoo.errors import DataError
-from cifarzoo.io import atomic_file
+from cifarzoo.io import atomic_file, open_regular
 
 # Module-level so tests (and mirrors) can point them elsewhere; read at call time.
 DOWNLOAD_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -57,7 +57,17 @@ DOWNLOAD_TIMEOUT_S = 30.0  # per socket operation, not for the whole 163 MB
 
 IMAGE_SIZE = 32
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+# Every image is shrunk to 32x32; 50 Mpx covers a full-resolution 48-Mpx phone photo and keeps a
+# decoded image (at most 4 bytes a pixel) near 200 MB. Pillow's own bomb limit is 179 Mpx.
+MAX_IMAGE_PIXELS = 50_000_000
 SAMPLE_PATH = Path(__file__).resolve().parent / "sample" / "cifar10_sample.npz"
+# An official archive holds its folder and 8 files (CIFAR-10) or 4 (CIFAR-100); the bounds
+# leave a wide margin for a repacked one while keeping a crafted one from costing memory
+# (tarfile keeps each header) or minutes. Extended headers (long names, pax records) hold a
+# path or a few attributes: 8 KiB is twice Linux's PATH_MAX.
+CIFAR10_ARCHIVE_MEMBERS = 9
+MAX_ARCHIVE_MEMBERS = 100
+MAX_HEADER_BYTES = 8192
 LABELS = ("fine", "coarse")  # CIFAR-100's two labellings: 100 classes, or their 20 superclasses
 
 
@@ -119,6 +129,8 @@ def load(spec: str | os.PathLike | None = None, *, labels: str = "fine", progres
     path = Path(spec).expanduser()
     if not path.exists():
         raise DataError(f"--data {spec}: no such file or folder; {ACCEPTED_FORMS}")
+    if not path.is_dir():
+        open_regular(path, DataError).close()  # a FIFO or /dev/zero is refused, not read forever
     kind, target = _detect(path)
     if kind is None:
         what = "folder" if path.is_dir() else "file"
@@ -136,7 +148,7 @@ def _detect(path: Path, formats: tuple[OfficialFormat, ...] = FORMATS) -> tuple[
         if path.name.endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")):
             return "archive", path
         try:  # an archive under another name
-            return ("archive" if tarfile.is_tarfile(path) else None), path
+            return ("archive" if _is_tar(path) else None), path
         except OSError:
             return None, path
     if path.is_dir():
@@ -339,7 +351,7 @@ def load_batches_dir(folder: str | os.PathLike, *, labels: str = "fine") -> Data
     def read(name: str) -> object:
         path = folder / name
         try:
-            with open(path, "rb") as f:
+            with open_regular(path, DataError) as f:
                 return safe_load(f, source=str(path))
         except OSError as exc:
             raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
@@ -347,30 +359,84 @@ def load_batches_dir(folder: str | os.PathLike, *, labels: str = "fine") -> Data
     return _assemble(fmt, labels, read, str(folder), f"batches folder {folder.resolve()}")
 
 
+class _ArchiveRefused(Exception):
+    """A tar header declares more than a CIFAR archive holds; raised before its payload is read."""
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """A TarInfo that refuses, before reading them, header payloads (GNU long names, pax records)
+    longer than :data:`MAX_HEADER_BYTES` and sparse members: ``tarfile`` reads such payloads
+    whole, so a 1 MB .tar.gz declaring a gigabyte-long name would take gigabytes."""
+
+    def _proc_member(self, tarfile_):
+        if self.type in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE,
+                         tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE) and self.size > MAX_HEADER_BYTES:
+            raise _ArchiveRefused(f"a member's extended header declares {self.size:,} bytes, more than a "
+                                  f"CIFAR archive's headers hold (at most {MAX_HEADER_BYTES:,})")
+        if self.type == tarfile.GNUTYPE_SPARSE:
+            raise _ArchiveRefused("it holds a sparse member, which a CIFAR archive never does")
+        return super()._proc_member(tarfile_)
+
+    def _proc_gnusparse_10(self, next, pax_headers, tarfile_):  # its map is as long as the file says
+        raise _ArchiveRefused("it holds a sparse member, which a CIFAR archive never does")
+
+
+def _tar_members(tar: tarfile.TarFile, path: Path) -> Iterator[tarfile.TarInfo]:
+    """``tar``'s members in order, at most :data:`MAX_ARCHIVE_MEMBERS`, none kept after use
+    (``tarfile`` keeps every header it has read: a million empty members take 667 MB)."""
+    for count, member in enumerate(iter(tar.next, None), 1):
+        if count > MAX_ARCHIVE_MEMBERS:
+            raise DataError(f"{path}: refused: it holds more than {MAX_ARCHIVE_MEMBERS} members; an official "
+                            f"CIFAR archive holds {CIFAR10_ARCHIVE_MEMBERS}")
+        tar.members.clear()
+        yield member
+
+
+def _open_tar(f: IO[bytes]) -> tarfile.TarFile:
+    """``f`` as a tar stream (``r|*``: any compression, one sequential pass) with bounded headers."""
+    return tarfile.open(fileobj=f, mode="r|*", tarinfo=_BoundedTarInfo)
+
+
+def _is_tar(path: Path) -> bool:
+    """Whether ``path`` starts like a tar archive (``tarfile.is_tarfile`` reads its first header unbounded)."""
+    try:
+        with open_regular(path, DataError) as f, _open_tar(f):
+            return True
+    except _ArchiveRefused:
+        return True  # load_archive refuses it with the reason
+    except (tarfile.TarError, EOFError, zlib.error, OSError, ValueError, DataError):
+        return False
+
+
 def load_archive(path: str | os.PathLike, *, labels: str = "fine") -> Dataset:
     """Read the official ``cifar-10-python.tar.gz`` or ``cifar-100-python.tar.gz`` in place.
 
     The archive is read in one sequential pass (``r|*`` stream mode): random access
     into a .tar.gz would decompress from the start for every member. Each member's
-    size is taken from its header and checked before a byte of it is read.
+    size is taken from its header and checked before a byte of it is read; so are the
+    count of members and the length of extended headers (:class:`_BoundedTarInfo`).
     """
     path = Path(path)
     wanted = {name for fmt in FORMATS for name in fmt.files}
     members: dict[str, bytes] = {}
     total = 0
     try:
-        with tarfile.open(path, "r|*") as tar:
-            for m in tar:
+        with open_regular(path, DataError) as f, _open_tar(f) as tar:
+            for m in _tar_members(tar, path):
                 # Official layout: <folder>/<name>; accept any folder depth.
                 name = m.name.rsplit("/", 1)[-1]
-                if m.isfile() and name in wanted:
+                if not m.isfile():
+                    continue
+                total += m.size  # every member counts: skipping one still decompresses it
+                _check_size(f"{path}:{m.name}", m.size, total)
+                if name in wanted:
                     if name in members:
                         raise DataError(f"{path}: holds more than one {name} ({m.name})")
-                    total += m.size
-                    _check_size(f"{path}:{m.name}", m.size, total)
                     members[name] = tar.extractfile(m).read()
     except DataError:
         raise
+    except _ArchiveRefused as exc:
+        raise DataError(f"{path}: refused: {exc}") from None
     except (tarfile.TarError, EOFError, zlib.error, OSError, ValueError) as exc:
         raise DataError(f"{path}: cannot read the archive, it is truncated or corrupt "
                         f"({type(exc).__name__}: {exc})") from None
@@ -421,19 +487,33 @@ def _to_8bit(im: Image.Image) -> Image.Image:
     and 32-bit ones with values outside 0..65535 are refused rather than guessed at.
     """
     if im.mode.startswith("I;16") or im.mode == "I":
-        values = np.asarray(im).astype(np.int64)
-        if values.size and (values.min() < 0 or values.max() > 65535):
-            raise ValueError(f"{im.mode} pixel values span {values.min()}..{values.max()}, outside the "
+        values = np.asarray(im)  # (H, W) uint16 or int32: no wider copy of the whole image
+        lo, hi = (int(values.min()), int(values.max())) if values.size else (0, 0)
+        if lo < 0 or hi > 65535:
+            raise ValueError(f"{im.mode} pixel values span {lo}..{hi}, outside the "
                              f"16-bit range 0..65535; save it as an 8- or 16-bit image")
-        return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8))  # (H, W) uint8: mode L
+        out = np.empty(values.shape, np.uint8)  # (H, W): mode L
+        rows = max(1, (1 << 16) // max(1, values.shape[1]))  # blocks of ~64 kpx: 256 KB in uint32
+        for r in range(0, len(values), rows):
+            block = values[r:r + rows].astype(np.uint32)  # 65535 * 255 + 32767 < 2**32: exact
+            block *= 255
+            block += 32767
+            block //= 65535
+            out[r:r + rows] = block
+        return Image.fromarray(out)
     if im.mode == "F":
         raise ValueError("floating-point pixels (mode F) have no fixed range; save it as an 8- or 16-bit image")
     return im
 
 
 def _decode(data: bytes | Path, name: str, formats: tuple[str, ...] | None = None) -> tuple[np.ndarray, bool]:
+    src = io.BytesIO(data) if isinstance(data, bytes) else open_regular(data, DataError)
     try:
-        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data, formats=formats) as im:
+        with src, Image.open(src, formats=formats) as im:
+            if im.width * im.height > MAX_IMAGE_PIXELS:  # from the header, before decoding
+                raise DataError(f"{name}: refused: {im.width}x{im.height} is {im.width * im.height:,} pixels, "
+                                f"more than an input of a 32x32 classifier may be (at most "
+                                f"{MAX_IMAGE_PIXELS:,})")
             im.load()
             return _to_rgb32(im)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
