@@ -81,10 +81,14 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        """The config a dict (config.json, a checkpoint) describes; one line naming the first bad setting."""
+        if not isinstance(d, dict):
+            raise CifarzooError(f"training settings must be a dict, got {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise CifarzooError(f"unknown training settings: {', '.join(sorted(unknown))}")
+            raise CifarzooError(f"unknown training settings: {', '.join(sorted(map(str, unknown)))}")
+        _check_types(d)
         return cls(**d)
 
     @property
@@ -94,6 +98,20 @@ class TrainConfig:
 
         names = parse_augment(self.augment)
         return tuple(a for a in AUGMENTATIONS if a in names)
+
+
+def _check_types(d: dict[str, Any]) -> None:
+    """Each value of ``d`` of its field's annotated type (an int passes for a float, never a bool for a number),
+    so that a hand-edited setting is named here rather than failing deep inside training."""
+    import typing
+
+    hints = typing.get_type_hints(TrainConfig)
+    for name, value in d.items():
+        kinds = typing.get_args(hints[name]) or (hints[name],)  # int | None -> (int, NoneType)
+        allowed = tuple(k for k in kinds if isinstance(k, type)) + ((int,) if float in kinds else ())
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in kinds):
+            names = " or ".join("none" if k is type(None) else k.__name__ for k in kinds)
+            raise CifarzooError(f"invalid --{name.replace('_', '-')} {value!r}: expected {names}")
 
 
 def validate(c: TrainConfig) -> None:
