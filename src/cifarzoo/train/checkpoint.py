@@ -32,6 +32,7 @@ nanoGPT's ``sample.py`` does from ``model_args``.
 """
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import re
@@ -44,6 +45,7 @@ from torch import nn
 
 from cifarzoo.errors import CifarzooError
 from cifarzoo.io import atomic_write_bytes
+from cifarzoo.train.config import TrainConfig
 from cifarzoo.train.rundir import CHECKPOINT_FILE
 
 FORMAT = "cifarzoo.checkpoint"
@@ -81,11 +83,105 @@ def load_checkpoint(run_or_checkpoint: str | os.PathLike, map_location: str | to
         raise CifarzooError(f"{path}: not a cifarzoo checkpoint (missing format marker {FORMAT!r})")
     if ckpt.get("version") != VERSION:
         raise CifarzooError(f"{path}: checkpoint version {ckpt.get('version')!r}; this cifarzoo reads {VERSION}")
-    for key in ("model", "classes", "normalization", "state_dict"):
-        if key not in ckpt:
-            raise CifarzooError(f"{path}: checkpoint lacks {key!r}")
+    check_schema(ckpt, path)
     ckpt["path"] = str(path)
     return ckpt
+
+
+
+# --------------------------------------------------------------------------- the schema, checked once on load
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_tensor_dict(v) -> bool:
+    return isinstance(v, dict) and all(isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in v.items())
+
+
+# Every key a checkpoint of ``fit`` holds (module doc), and what its value must be; "a.b" is key b of dict a.
+_FIELDS: dict[str, tuple[Any, str]] = {
+    "model": (lambda v: isinstance(v, dict), 'a dict {"name": str, "kwargs": dict}'),
+    "model.name": (lambda v: isinstance(v, str), "a model name"),
+    "model.kwargs": (lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v), "a dict of builder options"),
+    "classes": (lambda v: isinstance(v, list) and len(v) >= 2 and all(isinstance(c, str) for c in v),
+                "a list of at least 2 class names"),
+    "normalization": (lambda v: isinstance(v, dict), 'a dict {"mean": [r, g, b], "std": [r, g, b]}'),
+    "normalization.mean": (lambda v: _is_rgb(v), "3 finite numbers"),
+    "normalization.std": (lambda v: _is_rgb(v) and all(x > 0 for x in v), "3 finite numbers > 0"),
+    "state_dict": (_is_tensor_dict, "a dict of named tensors"),
+    "config": (lambda v: isinstance(v, dict), "a dict of training settings"),
+    "metrics": (lambda v: isinstance(v, list) and all(_is_metrics_row(r) for r in v),
+                "a list of epoch rows, each a dict of numbers"),
+    "epoch": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "optimizer": (lambda v: isinstance(v, dict) and isinstance(v.get("state"), dict)
+                  and isinstance(v.get("param_groups"), list), "an optimizer state_dict"),
+    "scheduler": (lambda v: isinstance(v, dict), "a scheduler state_dict"),
+    "scaler": (lambda v: v is None or isinstance(v, dict), "None or a GradScaler state_dict"),
+    "rng": (lambda v: isinstance(v, dict) and isinstance(v.get("torch"), torch.Tensor) and all(
+        isinstance(t, torch.Tensor) and t.dtype == torch.uint8 and t.dim() == 1 for t in v.values()),
+            'a dict {"torch": ByteTensor}'),
+    "partial": (lambda v: v is None or _is_partial(v), "None or the statistics of an unfinished epoch"),
+    "train_seconds": (lambda v: _is_number(v) and v >= 0, "a number of seconds >= 0"),
+    "finished": (lambda v: isinstance(v, bool), "true or false"),
+    "data_source": (lambda v: isinstance(v, str), "a string"),
+}
+_OPTIONAL_FIELDS: dict[str, tuple[Any, str]] = {
+    "ema_state_dict": (_is_tensor_dict, "a dict of named tensors"),
+    "train_state_dict": (_is_tensor_dict, "a dict of named tensors"),
+    "lookahead": (lambda v: isinstance(v, list) and all(isinstance(t, torch.Tensor) for t in v), "a list of tensors"),
+}
+_METRICS_COLUMNS = ("epoch", "train_loss", "train_acc", "eval_loss", "eval_acc", "epoch_seconds",
+                    "elapsed_seconds", "images_per_second")
+
+
+def _is_rgb(v) -> bool:
+    return isinstance(v, list) and len(v) == 3 and all(_is_number(x) for x in v)
+
+
+def _is_metrics_row(row) -> bool:
+    # NaN is allowed: an epoch without evaluation has NaN eval columns
+    return isinstance(row, dict) and all(
+        isinstance(row.get(k), (int, float)) and not isinstance(row.get(k), bool) for k in _METRICS_COLUMNS)
+
+
+def _is_partial(v) -> bool:
+    tensors = [v.get(f"step_{k}") for k in ("loss", "correct", "count")]
+    return (isinstance(v, dict) and _is_int(v.get("step")) and v["step"] >= 0 and _is_number(v.get("epoch_seconds"))
+            and all(isinstance(t, torch.Tensor) and t.dim() == 1 and len(t) == len(tensors[0]) for t in tensors))
+
+
+def check_schema(ckpt: dict, path: Path) -> None:
+    """Raise one line naming the first field of ``ckpt`` that is missing or not what ``fit`` writes:
+    a damaged or hand-edited checkpoint is refused here, never by a traceback further on."""
+    for key, (ok, expected) in {**_FIELDS, **_OPTIONAL_FIELDS}.items():
+        parent, _, name = key.rpartition(".")
+        holder = ckpt[parent] if parent else ckpt  # a parent is checked to be a dict before its keys
+        if name not in holder:
+            if key in _FIELDS and key != "model.kwargs":
+                raise CifarzooError(f"{path}: damaged checkpoint: it lacks {key!r}")
+            continue
+        if not ok(holder[name]):
+            raise CifarzooError(f"{path}: damaged checkpoint: {key!r} is {_describe(holder[name])}, "
+                                f"expected {expected}")
+    try:
+        config = TrainConfig.from_dict(ckpt["config"])
+    except CifarzooError as exc:
+        raise CifarzooError(f"{path}: damaged checkpoint: 'config': {exc}") from None
+    if ckpt["epoch"] > config.epochs:
+        raise CifarzooError(f"{path}: damaged checkpoint: 'epoch' is {ckpt['epoch']}, more than the "
+                            f"{config.epochs} epochs of its config")
+
+
+def _describe(value) -> str:
+    """A short description of a bad value for a one-line message (never a 1 MB repr)."""
+    small = isinstance(value, (int, float, str, bool, type(None))) or (
+        isinstance(value, list) and len(value) <= 8 and all(isinstance(v, (int, float, str)) for v in value))
+    text = repr(value) if small else type(value).__name__
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _load_failure(exc: Exception) -> str:
@@ -104,27 +200,39 @@ def _load_failure(exc: Exception) -> str:
 
 
 def build_model(ckpt: dict) -> nn.Module:
-    """Rebuild the model a checkpoint describes and load its weights; eval mode, on CPU."""
+    """Rebuild the model a checkpoint (checked by :func:`check_schema`) describes and load its weights;
+    eval mode, on CPU."""
     from cifarzoo import models
 
+    where = ckpt.get("path", "checkpoint")
     spec = ckpt["model"]
     classes, num_classes = ckpt["classes"], spec.get("kwargs", {}).get("num_classes")
-    if not isinstance(classes, list) or (num_classes is not None and len(classes) != num_classes):
-        raise CifarzooError(f"{ckpt.get('path', 'checkpoint')}: damaged: it names "
-                            f"{len(classes) if isinstance(classes, list) else 'no list of'} classes for a model "
-                            f"with {num_classes} outputs")
+    if num_classes is not None and len(classes) != num_classes:
+        raise CifarzooError(f"{where}: damaged: it names {len(classes)} classes for a model with {num_classes} outputs")
     try:
         model = models.create(spec["name"], **spec.get("kwargs", {}))
-    except (TypeError, ValueError) as exc:
-        raise CifarzooError(f"{ckpt.get('path', 'checkpoint')}: damaged: cannot build model "
-                            f"{spec.get('name')!r} from its description ({exc})") from None
-    missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
-    if missing or unexpected:
-        raise CifarzooError(
-            f"{ckpt.get('path', 'checkpoint')}: weights do not fit model {spec['name']!r} "
-            f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})"
-        )
+    except (CifarzooError, TypeError, ValueError) as exc:
+        raise CifarzooError(f"{where}: damaged: cannot build model {spec['name']!r} from its description "
+                            f"({exc})") from None
+    load_weights(model, ckpt["state_dict"], f"{where}: weights do not fit model {spec['name']!r} "
+                                            f"with {spec.get('kwargs', {})}")
     return model.eval()
+
+
+def load_weights(model: nn.Module, state_dict: dict, what: str) -> None:
+    """``model.load_state_dict(state_dict)``, refused with one line (``what``: where and which) when a
+    name is missing or unexpected or a shape differs (torch's own error is a page of text)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    wrong = [k for k in own if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected:
+        raise CifarzooError(f"{what} (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    if wrong:
+        k = wrong[0]
+        raise CifarzooError(f"{what} ({k} has shape {tuple(state_dict[k].shape)}, the model's is "
+                            f"{tuple(own[k].shape)}; {len(wrong)} such)")
+    model.load_state_dict(state_dict)
 
 
 def load_model(run_or_checkpoint: str | os.PathLike, map_location: str | torch.device = "cpu"):

@@ -90,11 +90,15 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        """The config a dict (config.json, a checkpoint) describes; one line naming the first bad setting."""
+        if not isinstance(d, dict):
+            raise CifarzooError(f"training settings must be a dict, got {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
+        unknown = sorted(set(d) - known, key=str)  # keys of a hand-edited file need not be strings
         if unknown:
             raise CifarzooError("unknown training settings: "
                                 + "; ".join(_unknown_setting_hint(k, known) for k in unknown))
+        _check_types(d)
         return cls(**d)
 
     @property
@@ -141,6 +145,20 @@ def _unknown_setting_hint(name: str, known: set[str]) -> str:
         return f"{name} (cifarzoo calls it {SYNONYMS[key]})"
     close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)
     return f"{name} (did you mean {close[0]}?)" if close else f"{name} (see `cifarzoo train --help`)"
+
+
+def _check_types(d: dict[str, Any]) -> None:
+    """Each value of ``d`` of its field's annotated type (an int passes for a float, never a bool for a number),
+    so that a hand-edited setting is named here rather than failing deep inside training."""
+    import typing
+
+    hints = typing.get_type_hints(TrainConfig)
+    for name, value in d.items():
+        kinds = typing.get_args(hints[name]) or (hints[name],)  # int | None -> (int, NoneType)
+        allowed = tuple(k for k in kinds if isinstance(k, type)) + ((int,) if float in kinds else ())
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in kinds):
+            names = " or ".join("none" if k is type(None) else k.__name__ for k in kinds)
+            raise CifarzooError(f"invalid --{name.replace('_', '-')} {value!r}: expected {names}")
 
 
 def validate(c: TrainConfig) -> None:

@@ -45,7 +45,7 @@ from cifarzoo.errors import CifarzooError
 from cifarzoo.inference import loss_and_accuracy, predict_logits, predict_tta_logits
 from cifarzoo.train import distributed as dist_mod
 from cifarzoo.train import guards
-from cifarzoo.train.checkpoint import load_checkpoint, save_checkpoint
+from cifarzoo.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from cifarzoo.train.config import WARMUP_STEPS, TrainConfig
 from cifarzoo.train.rundir import RunDir, timestamp
 from cifarzoo.train.step import TrainStep, build_model, make_step
@@ -227,9 +227,21 @@ class Trainer:
         dist_mod.barrier()
 
     def restore(self, ckpt: dict) -> None:
-        """Continue from a checkpoint: weights, optimizer, schedule, EMA, lookahead, scaler, RNG, progress."""
-        self.step.load_state_dict(ckpt)
-        _set_rng_state(ckpt["rng"], self.device)
+        """Continue from a checkpoint (its schema checked on load): weights, optimizer, schedule, EMA,
+        lookahead, scaler, RNG, progress. Parts that do not fit this run are refused with one line."""
+        where = f"{ckpt.get('path', 'checkpoint')}: damaged checkpoint"
+        load_weights(self.step.model, ckpt.get("train_state_dict", ckpt["state_dict"]),
+                     f"{where}: its weights do not fit the run's model {self.config.model!r}")
+        partial = ckpt.get("partial")
+        if partial is not None and not (partial["step"] < self.steps_per_epoch == len(partial["step_loss"])):
+            raise CifarzooError(f"{where}: 'partial' stopped at step {partial['step']} of an epoch of "
+                                f"{len(partial['step_loss'])} steps; this run's epochs have {self.steps_per_epoch}")
+        try:
+            self.step.load_state_dict(ckpt)
+            _set_rng_state(ckpt["rng"], self.device)
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
+            raise CifarzooError(f"{where}: its optimizer, schedule, averaged weights or random state do not fit "
+                                f"the run ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
         self.metrics = list(ckpt.get("metrics", []))
         self.epoch = int(ckpt["epoch"])
         self.partial = ckpt.get("partial")

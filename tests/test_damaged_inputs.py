@@ -1,0 +1,125 @@
+"""Damaged, hand-edited or crafted inputs get one line naming what is wrong (exit status 2), never a
+traceback and never a number shown as success: checkpoints, run folders, ONNX files, images, settings."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cifarzoo.cli import main
+from cifarzoo.errors import CifarzooError
+from cifarzoo.train import TrainConfig, fit
+
+
+@pytest.fixture(scope="module")
+def run_dir(sample_subset, tmp_path_factory) -> Path:
+    """A finished 1-epoch run of a tiny model on 100 sample images."""
+    config = TrainConfig(model="resnet18", width_mult=0.125, epochs=1, batch_size=20, device="cpu",
+                         precision="fp32", compile="off", allow_stall=True, data="sample", eval_batch_size=500)
+    return fit(config, dataset=sample_subset(10), out_dir=tmp_path_factory.mktemp("run") / "run").run_dir
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("img") / "grey.png"
+    Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(path)
+    return path
+
+
+def one_line_error(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err, err
+    return err
+
+
+def _first_conv(c):
+    key = next(k for k, t in c["state_dict"].items() if t.dim() == 4)
+    c["state_dict"][key] = torch.zeros(1, 1, 1, 1)
+
+
+def _partial(step, steps):
+    return {"step": step, "step_loss": torch.zeros(steps), "step_correct": torch.zeros(steps),
+            "step_count": torch.zeros(steps), "epoch_seconds": 1.0}
+
+
+# (edit of the checkpoint dict, text the one-line error must contain)
+CORRUPTIONS = {
+    "model name an int": (lambda c: c["model"].update(name=5), "'model.name' is 5"),
+    "model a list": (lambda c: c.update(model=[1]), "'model' is [1]"),
+    "kwargs a list": (lambda c: c["model"].update(kwargs=[1, 2]), "'model.kwargs' is [1, 2]"),
+    "kwargs unknown": (lambda c: c["model"]["kwargs"].update(bogus=1), "cannot build model"),
+    "width mismatch": (lambda c: c["model"]["kwargs"].update(width_mult=0.25), "weights do not fit"),
+    "a weight of another shape": (_first_conv, "has shape (1, 1, 1, 1)"),
+    "state_dict a list": (lambda c: c.update(state_dict=[1]), "'state_dict' is [1]"),
+    "normalization of 2 values": (lambda c: c["normalization"].update(mean=[1.0, 2.0]), "'normalization.mean'"),
+    "normalization std missing": (lambda c: c["normalization"].pop("std"), "lacks 'normalization.std'"),
+    "normalization a string": (lambda c: c.update(normalization="x"), "'normalization' is 'x'"),
+    "normalization missing": (lambda c: c.pop("normalization"), "lacks 'normalization'"),
+    "classes a string": (lambda c: c.update(classes="abc"), "'classes' is 'abc'"),
+    "classes numbers": (lambda c: c.update(classes=list(range(10))), "'classes'"),
+    "config a list": (lambda c: c.update(config=[1]), "'config' is [1]"),
+    "config missing": (lambda c: c.pop("config"), "lacks 'config'"),
+    "config data an int": (lambda c: c["config"].update(data=5), "--data 5"),
+    "eval batch size 0": (lambda c: c["config"].update(eval_batch_size=0), "--eval-batch-size 0"),
+    "eval batch size a string": (lambda c: c["config"].update(eval_batch_size="x"), "--eval-batch-size 'x'"),
+    "epoch a string": (lambda c: c.update(epoch="one"), "'epoch' is 'one'"),
+    "epoch negative": (lambda c: c.update(epoch=-1), "'epoch' is -1"),
+    "epoch beyond the config": (lambda c: c.update(epoch=99), "'epoch' is 99"),
+    "rng missing": (lambda c: c.pop("rng"), "lacks 'rng'"),
+    "rng of floats": (lambda c: c.update(rng={"torch": torch.zeros(3)}), "'rng'"),
+    "optimizer missing": (lambda c: c.pop("optimizer"), "lacks 'optimizer'"),
+    "optimizer without groups": (lambda c: c.update(optimizer={"a": 1}), "'optimizer'"),
+    "scheduler missing": (lambda c: c.pop("scheduler"), "lacks 'scheduler'"),
+    "metrics garbage": (lambda c: c.update(metrics="garbage"), "'metrics' is 'garbage'"),
+    "metrics rows not dicts": (lambda c: c.update(metrics=[1, 2]), "'metrics' is [1, 2]"),
+    "partial step a string": (lambda c: c.update(partial={"step": "x"}), "'partial'"),
+    "train_seconds a string": (lambda c: c.update(train_seconds="x"), "'train_seconds' is 'x'"),
+    "std zero": (lambda c: c["normalization"].update(std=[0.0, 1.0, 1.0]), "'normalization.std'"),
+}
+
+
+def damaged(run_dir: Path, folder: Path, edit, *, finished: bool = True) -> Path:
+    """A copy of ``run_dir`` in ``folder`` whose checkpoint has had ``edit`` applied."""
+    import shutil
+
+    shutil.copytree(run_dir, folder)
+    ckpt = copy.deepcopy(torch.load(run_dir / "checkpoint.pt", weights_only=True))
+    ckpt["finished"] = finished
+    edit(ckpt)
+    torch.save(ckpt, folder / "checkpoint.pt")
+    (folder / "summary.json").unlink(missing_ok=not finished)
+    return folder
+
+
+@pytest.mark.parametrize("case", list(CORRUPTIONS))
+@pytest.mark.parametrize("command", ["predict", "evaluate", "resume"])
+def test_a_damaged_checkpoint_is_one_line_naming_the_field(run_dir, image, tmp_path, capsys, case, command):
+    edit, expected = CORRUPTIONS[case]
+    if command == "resume" and case in ("kwargs unknown", "width mismatch"):
+        pytest.skip("a resumed run rebuilds its model from its config, not from 'model'")
+    folder = damaged(run_dir, tmp_path / "run", edit, finished=command != "resume")
+    argv = {"predict": ["predict", str(folder), str(image), "--device", "cpu"],
+            "evaluate": ["evaluate", str(folder), "--device", "cpu", "--out", str(tmp_path / "eval")],
+            "resume": ["train", "--resume", str(folder)]}[command]
+    err = one_line_error(capsys, argv)
+    assert expected in err and str(folder) in err, err
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda c: c.update(rng={"torch": torch.zeros(7, dtype=torch.uint8)}), "random state"),
+    (lambda c: c["optimizer"].update(param_groups=[]), "optimizer"),
+    (lambda c: c.update(partial=_partial(50, 5)), "'partial' stopped at step 50"),
+])
+def test_resume_refuses_state_that_does_not_fit_the_run(run_dir, tmp_path, capsys, edit, expected):
+    def unfinished(c):
+        c["config"]["epochs"] = 2
+        edit(c)
+
+    folder = damaged(run_dir, tmp_path / "run", unfinished, finished=False)
+    err = one_line_error(capsys, ["train", "--resume", str(folder)])
+    assert expected in err and "damaged checkpoint" in err
