@@ -23,10 +23,10 @@
 #   epochs2           every study model + resnet18, 2 epochs of its standard recipe with   100     60
 #                     the warm-up scaled to 2 epochs (--truncate-schedule): seconds per
 #                     epoch to extrapolate the recipes; accuracies are early learning only
-#   compile_check     torch.compile trains a tiny net; if not, every later stage runs      90     25
-#                     eager (said in the log and tables.md)
 #   throughput_eager  training-step img/s, eager fp32 vs bf16 + channels_last, cheapest    50     35
 #                     models first, no inference (--no-inference)
+#   compile_check     torch.compile trains a tiny net; if not, every later stage runs      90     25
+#                     eager (said in the log and tables.md)
 #   throughput        the project's path (compiled where fit compiles), cheapest compiles  180    180
 #                     first; the fp32 baseline taken from throughput_eager.json; the cap
 #                     is expected to leave xception and inception unmeasured
