@@ -181,6 +181,17 @@ def _to_onnx_proto(wrapper, example, *, opset: int, exporter: str, onnx):
     return onnx.load_model_from_string(buf.getvalue())
 
 
+def _caused_by_interrupt(exc: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is anywhere in ``exc``'s chain of causes."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def _shape_text(shape: list) -> str:
     return "(" + ", ".join(str(d) for d in shape) + ")"
 
@@ -385,6 +396,8 @@ def _export_proto(wrapper, images, name: str, ckpt: dict, *, layout: str, opset:
     except CifarzooError:
         raise
     except Exception as exc:
+        if _caused_by_interrupt(exc):  # the exporter wraps a Ctrl-C in its own error: not its failure
+            raise KeyboardInterrupt from None
         other = "legacy" if exporter == "dynamo" else "dynamo"
         hint = (
             f"try the default --opset {DEFAULT_OPSET}"

@@ -114,7 +114,9 @@ _FIELDS: dict[str, tuple[Any, str]] = {
     "normalization": (lambda v: isinstance(v, dict), 'a dict {"mean": [r, g, b], "std": [r, g, b]}'),
     "normalization.mean": (lambda v: _is_rgb(v), "3 finite numbers"),
     "normalization.std": (lambda v: _is_rgb(v) and all(x > 0 for x in v), "3 finite numbers > 0"),
-    "state_dict": (_is_tensor_dict, "a dict of named tensors"),
+    "state_dict": (lambda v: _is_tensor_dict(v) and all(bool(torch.isfinite(t).all()) for t in v.values()
+                                                         if t.is_floating_point()),
+                   "a dict of named tensors of finite values (NaN or infinite weights give NaN predictions)"),
     "config": (lambda v: isinstance(v, dict), "a dict of training settings"),
 }
 # What only continuing a run needs: required by ``load_checkpoint(..., resume=True)``, checked whenever present.
