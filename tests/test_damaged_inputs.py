@@ -96,12 +96,15 @@ def damaged(run_dir: Path, folder: Path, edit, *, finished: bool = True) -> Path
     return folder
 
 
-@pytest.mark.parametrize("case", list(CORRUPTIONS))
-@pytest.mark.parametrize("command", ["predict", "evaluate", "resume"])
+RESUME_ONLY = ("rng missing", "optimizer missing", "scheduler missing")  # predict and evaluate do without them
+NOT_RESUME = ("kwargs unknown", "width mismatch")  # a resumed run builds its model from its config, not 'model'
+
+
+@pytest.mark.parametrize("command, case", [
+    (command, case) for command in ("predict", "evaluate", "resume") for case in CORRUPTIONS
+    if (command == "resume" or case not in RESUME_ONLY) and (command != "resume" or case not in NOT_RESUME)])
 def test_a_damaged_checkpoint_is_one_line_naming_the_field(run_dir, image, tmp_path, capsys, case, command):
     edit, expected = CORRUPTIONS[case]
-    if command == "resume" and case in ("kwargs unknown", "width mismatch"):
-        pytest.skip("a resumed run rebuilds its model from its config, not from 'model'")
     folder = damaged(run_dir, tmp_path / "run", edit, finished=command != "resume")
     argv = {"predict": ["predict", str(folder), str(image), "--device", "cpu"],
             "evaluate": ["evaluate", str(folder), "--device", "cpu", "--out", str(tmp_path / "eval")],
@@ -123,3 +126,124 @@ def test_resume_refuses_state_that_does_not_fit_the_run(run_dir, tmp_path, capsy
     folder = damaged(run_dir, tmp_path / "run", unfinished, finished=False)
     err = one_line_error(capsys, ["train", "--resume", str(folder)])
     assert expected in err and "damaged checkpoint" in err
+
+
+def crafted_onnx(path: Path, shape_in: list, shape_out: list, op: str, classes: int = 10) -> Path:
+    """A one-node ONNX graph carrying cifarzoo's metadata: what a crafted or foreign file can look like."""
+    import json
+
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node(op, ["images"], ["logits"], **({"axis": 1} if op == "Flatten" else {}))]
+    graph = helper.make_graph(nodes, "crafted", [helper.make_tensor_value_info("images", TensorProto.FLOAT, shape_in)],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, shape_out)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    for key, value in {"format": "cifarzoo.onnx", "classes": json.dumps([f"c{i}" for i in range(classes)]),
+                       "model_name": "crafted", "layout": "nchw"}.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("shape_in, shape_out, op, expected", [
+    (["batch", 3072], ["batch", 10], "Identity", "input has shape (batch, 3072)"),
+    (["batch", 3, 32, 32], ["batch", "n"], "Flatten", "3072"),  # ONNX Runtime infers the width
+    (["batch", 3, 32, 32], ["batch", 3, 32, 32], "Identity", "output has shape (batch, 3, 32, 32)"),
+])
+def test_a_crafted_onnx_file_is_one_line(image, tmp_path, capsys, shape_in, shape_out, op, expected):
+    path = crafted_onnx(tmp_path / "crafted.onnx", shape_in, shape_out, op)
+    err = one_line_error(capsys, ["predict", str(path), str(image)])
+    assert expected in err and str(path) in err, err
+
+
+def test_nan_weights_are_refused_not_shown_as_nan_percent(run_dir, image, tmp_path, capsys):
+    def poison(c):
+        key = next(k for k, t in c["state_dict"].items() if t.is_floating_point() and t.dim() == 4)
+        c["state_dict"][key] = c["state_dict"][key] * float("nan")
+
+    folder = damaged(run_dir, tmp_path / "run", poison)
+    err = one_line_error(capsys, ["predict", str(folder), str(image), "--json"])
+    assert "'state_dict'" in err and "finite" in err
+    assert "nan%" not in capsys.readouterr().out
+
+
+def test_non_finite_logits_are_an_error_naming_the_file(run_dir, image, monkeypatch, capsys):
+    from cifarzoo import predict
+
+    monkeypatch.setattr(predict._TorchClassifier, "predict_logits", lambda self, x: np.full((len(x), 10), np.nan))
+    err = one_line_error(capsys, ["predict", str(run_dir), str(image), "--json"])
+    assert "non-finite logits" in err and str(image) in err
+
+
+def test_json_output_is_always_valid_json():
+    import json
+
+    from cifarzoo.io import json_text
+
+    text = json_text({"acc": float("nan"), "rows": [float("inf"), 1.5]})
+    assert json.loads(text) == {"acc": None, "rows": [None, 1.5]}  # bare NaN would not parse strictly
+    assert "NaN" not in text and "Infinity" not in text
+
+
+def test_a_batch_with_keys_of_mixed_types_is_one_line(fake_files, fake_cifar, tmp_path):
+    from cifarzoo.data import load
+    from cifarzoo.errors import DataError
+
+    batch = {5: b"x", b"labels": [0], "other": 1}
+    folder = fake_files.write_batches(tmp_path / "cifar-10-batches-py", fake_cifar,
+                                      overrides={"data_batch_2": batch})
+    with pytest.raises(DataError, match="missing key 'data'"):
+        load(str(folder))
+
+
+def test_ctrl_c_while_the_commands_load_is_one_line_and_130(tmp_path):
+    """A real SIGINT while the parser is built (the commands' modules imported): no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, signal, sys\n"
+            "import cifarzoo.cli as cli\n"
+            "real = cli.build_parser\n"
+            "def build():\n"
+            "    os.kill(os.getpid(), signal.SIGINT)\n"
+            "    return real()\n"
+            "cli.build_parser = build\n"
+            "sys.exit(cli.main(['models']))\n")
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.strip() == "cifarzoo: interrupted"
+
+
+def test_ctrl_c_during_onnx_export_is_an_interruption_not_an_exporter_bug(run_dir, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("onnx")
+    from cifarzoo import export
+
+    def interrupted(*args, **kwargs):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as exc:  # as torch's exporter does: its own error, raised from the signal
+            raise RuntimeError("Failed to export the model with torch.export") from exc
+
+    monkeypatch.setattr(export, "_to_onnx_proto", interrupted)
+    assert main(["export", str(run_dir), "--out", str(tmp_path / "m.onnx")]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == "cifarzoo export: interrupted" and not (tmp_path / "m.onnx").exists()
+
+
+def test_class_names_with_dollar_signs_are_drawn_literally(fake_files, tmp_path, capsys):
+    """matplotlib would parse ``$_low_$`` as mathtext and raise inside ``data show`` and every figure."""
+    from cifarzoo.plots import plot_confusion
+
+    fake = fake_files.make(classes=("pay_$_low_$", "a$\\frac{1}{0}$", *[f"c{i}" for i in range(8)]))
+    root = fake_files.write_image_folder(tmp_path / "images", fake)
+    assert main(["data", "show", "--data", str(root), "--out", str(tmp_path / "grid.png")]) == 0
+    assert (tmp_path / "grid.png").stat().st_size > 0
+    plot_confusion(tmp_path / "confusion.png", np.eye(10, dtype=np.int64), list(fake.classes), title="$x_$")
+    assert (tmp_path / "confusion.png").stat().st_size > 0

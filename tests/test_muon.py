@@ -99,7 +99,8 @@ def test_state_dict_round_trip_gives_bit_identical_next_steps(channels_last, tmp
     opt, sched = make(model)
     train(model, opt, x, y, 4, sched)
     # Through the trainer's own checkpoint files, which load with weights_only=True.
-    save_checkpoint(tmp_path / "checkpoint.pt", {"model": {"name": "fastnet"}, "classes": [], "normalization": {},
+    save_checkpoint(tmp_path / "checkpoint.pt", {"model": {"name": "fastnet"}, "classes": ["a", "b"], "config": {},
+                                                 "normalization": {"mean": [0, 0, 0], "std": [1, 1, 1]},
                                                  "state_dict": model.state_dict(), "opt": opt.state_dict(),
                                                  "sched": sched.state_dict()})
     train(model, opt, x, y, 3, sched)  # the whitening bias froze after step 3

@@ -181,6 +181,21 @@ def _to_onnx_proto(wrapper, example, *, opset: int, exporter: str, onnx):
     return onnx.load_model_from_string(buf.getvalue())
 
 
+def _caused_by_interrupt(exc: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is anywhere in ``exc``'s chain of causes."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _shape_text(shape: list) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ")"
+
+
 def _first_line(exc: BaseException, limit: int = 300) -> str:
     return (str(exc).strip().splitlines() or [""])[0][:limit]
 
@@ -381,6 +396,8 @@ def _export_proto(wrapper, images, name: str, ckpt: dict, *, layout: str, opset:
     except CifarzooError:
         raise
     except Exception as exc:
+        if _caused_by_interrupt(exc):  # the exporter wraps a Ctrl-C in its own error: not its failure
+            raise KeyboardInterrupt from None
         other = "legacy" if exporter == "dynamo" else "dynamo"
         hint = (
             f"try the default --opset {DEFAULT_OPSET}"
@@ -516,13 +533,22 @@ class OnnxClassifier:
         self._input = inputs[0].name
         if inputs[0].type != "tensor(float)":
             raise CifarzooError(f"{self.path}: input type {inputs[0].type}, expected tensor(float)")
-        shape = inputs[0].shape  # e.g. ['batch', 3, 32, 32]
-        self._hw = tuple(shape[2:4] if self.layout == "nchw" else shape[1:3])
-        n_out = outputs[0].shape[-1] if outputs[0].shape else None
-        if isinstance(n_out, int) and n_out != len(self.classes):
-            raise CifarzooError(
-                f"{self.path}: the graph outputs {n_out} logits but the metadata lists {len(self.classes)} classes"
-            )
+        self._hw = self._check_shapes(inputs[0].shape, outputs[0].shape)
+
+    def _check_shapes(self, shape_in: list, shape_out: list) -> tuple:
+        """The (height, width) of the input ``(B, 3, H, W)`` (nchw) or ``(B, H, W, 3)`` (nhwc), as
+        :func:`export_onnx` writes it; a graph of another rank, channel count or output width is refused
+        here rather than by an IndexError in the middle of ``predict``. Symbolic sizes are checked per batch."""
+        expected = "(batch, 3, 32, 32)" if self.layout == "nchw" else "(batch, 32, 32, 3)"
+        channels = shape_in[1] if self.layout == "nchw" and len(shape_in) == 4 else shape_in[-1]
+        if len(shape_in) != 4 or (isinstance(channels, int) and channels != 3):
+            raise CifarzooError(f"{self.path}: the graph's input has shape {_shape_text(shape_in)}; a cifarzoo "
+                                f"model in layout {self.layout} takes {expected}")
+        n_out = shape_out[-1] if shape_out else None
+        if len(shape_out) != 2 or (isinstance(n_out, int) and n_out != len(self.classes)):
+            raise CifarzooError(f"{self.path}: the graph's output has shape {_shape_text(shape_out)}; with the "
+                                f"{len(self.classes)} classes of its metadata it must be (batch, {len(self.classes)})")
+        return tuple(shape_in[2:4] if self.layout == "nchw" else shape_in[1:3])
 
     def __repr__(self) -> str:
         return f"OnnxClassifier({str(self.path)!r}, model={self.model_name!r}, layout={self.layout!r})"
@@ -546,5 +572,14 @@ class OnnxClassifier:
             )
         if len(images) == 0:
             return np.zeros((0, self.num_classes), dtype=np.float32)
-        (logits,) = self._session.run(None, {self._input: _to_layout(images, self.layout)})
-        return np.asarray(logits, dtype=np.float32)
+        try:
+            (logits,) = self._session.run(None, {self._input: _to_layout(images, self.layout)})
+        except Exception as exc:  # onnxruntime's own exception types: a graph that does not run on these images
+            raise CifarzooError(f"{self.path}: the graph fails on {len(images)} images of shape "
+                                f"{images.shape[1:]} ({type(exc).__name__}: {_first_line(exc, 200)})") from None
+        logits = np.asarray(logits, dtype=np.float32)
+        if logits.shape != (len(images), self.num_classes):
+            raise CifarzooError(f"{self.path}: the graph gave logits of shape {logits.shape} for {len(images)} "
+                                f"images; with {self.num_classes} classes they must be ({len(images)}, "
+                                f"{self.num_classes})")
+        return logits

@@ -104,9 +104,14 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
+def json_text(obj: Any, indent: int | None = 2) -> str:
+    """``obj`` as JSON that every parser reads: NaN/inf as null, never bare ``NaN`` (``allow_nan=False``)."""
+    return json.dumps(json_safe(obj), indent=indent, allow_nan=False)
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """``obj`` as indented JSON (NaN/inf as null), written atomically."""
-    text = json.dumps(json_safe(obj), indent=2, sort_keys=False) + "\n"
+    text = json_text(obj) + "\n"
     atomic_write_bytes(path, text.encode())
 
 
@@ -134,7 +139,16 @@ def save_figure(fig, path: str | os.PathLike, *, format: str = "png", dpi: float
 
 
 def figure_bytes(fig, *, format: str = "png", dpi: float | None = None, **kwargs) -> bytes:
-    """A matplotlib ``Figure`` rendered in memory (PNG by default), e.g. for inline HTML."""
+    """A matplotlib ``Figure`` rendered in memory (PNG by default), e.g. for inline HTML.
+
+    Every text is drawn literally: class and model names come from data, and a name such as
+    ``pay_$_low_$`` would otherwise be parsed as mathtext (and crash the figure)."""
+    import matplotlib
+    from matplotlib.text import Text
+
     buf = io.BytesIO()
-    fig.savefig(buf, format=format, dpi=dpi if dpi is not None else "figure", **kwargs)
+    with matplotlib.rc_context({"text.parse_math": False}):  # texts made while drawing (tick labels)
+        for text in fig.findobj(Text):  # texts made before
+            text.set_parse_math(False)
+        fig.savefig(buf, format=format, dpi=dpi if dpi is not None else "figure", **kwargs)
     return buf.getvalue()

@@ -88,7 +88,12 @@ def predict_files(
             results[i].error = str(exc)
     for start in range(0, len(good), batch_size):
         batch = np.stack(images[start:start + batch_size])
-        probs = torch.softmax(torch.from_numpy(np.asarray(clf.predict_logits(batch), dtype=np.float32)), dim=1)
+        logits = torch.from_numpy(np.asarray(clf.predict_logits(batch), dtype=np.float32))
+        bad = (~torch.isfinite(logits)).any(1).nonzero().flatten()
+        if len(bad):  # never "ship nan%" shown as an answer
+            raise CifarzooError(f"{source}: the model gives non-finite logits (NaN or infinite) for "
+                                f"{paths[good[start + int(bad[0])]]}: its weights or normalization are damaged")
+        probs = torch.softmax(logits, dim=1)
         p, idx = probs.topk(k, dim=1)
         for row, i in enumerate(good[start:start + batch_size]):
             results[i].top = [(clf.classes[j], float(q)) for q, j in zip(p[row].tolist(), idx[row].tolist())]

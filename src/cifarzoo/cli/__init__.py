@@ -33,8 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:  # Ctrl-C while the commands' modules are imported (seconds: torch) is an interruption too
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:
+        print("cifarzoo: interrupted", file=sys.stderr)
+        return 130
     try:
         return int(args._run(args) or 0)
     except CifarzooError as exc:

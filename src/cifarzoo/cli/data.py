@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import json
+from cifarzoo.io import json_text
 from pathlib import Path
 
 import numpy as np
@@ -87,7 +87,7 @@ def run(args) -> int:
     dataset = load_dataset(args.data, "data", args.labels)
     if args.data_command == "info":
         summary = summarize(dataset)
-        print(json.dumps(summary, indent=2) if args.json else _format_info(summary))
+        print(json_text(summary) if args.json else _format_info(summary))
         return 0
     from cifarzoo.data.show import draw_class_grid
 

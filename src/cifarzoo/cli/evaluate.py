@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import json
+from cifarzoo.io import json_text
 
 from cifarzoo.cli.common import add_data_argument, add_labels_argument
 from cifarzoo.train.config import DEVICES
@@ -29,7 +29,7 @@ def run(args) -> int:
 
     r = evaluate(args.run, data=args.data, labels=args.labels, tta=args.tta, device=args.device, out_dir=args.out)
     if args.json:
-        print(json.dumps(r.to_dict(), indent=2))
+        print(json_text(r.to_dict()))
         return 0
     print(f"{r.checkpoint} on {r.data_source} ({len(r.labels):,} test images{', flip TTA' if r.tta else ''})")
     print(f"test accuracy {100 * r.accuracy:.2f}%   test loss {r.loss:.4f}\n")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import json
+from cifarzoo.io import json_text
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -49,8 +49,8 @@ def run(args: argparse.Namespace) -> int:
     if args.name is None:
         rows = model_table(width_mult=args.width_mult, as_written=args.all)
         if args.json:
-            print(json.dumps({"width_mult": args.width_mult, "num_classes": 10,
-                              "input_size": [1, 3, 32, 32], "models": rows}, indent=2))
+            print(json_text({"width_mult": args.width_mult, "num_classes": 10,
+                             "input_size": [1, 3, 32, 32], "models": rows}))
         else:
             print(_format_table(rows, args.width_mult))
         return 0
@@ -58,9 +58,9 @@ def run(args: argparse.Namespace) -> int:
     entry = get_entry(args.name)  # unknown names raise, listing the known ones
     if args.json:
         model = create(entry.name, width_mult=args.width_mult)
-        print(json.dumps({"name": entry.name, "aliases": list(entry.aliases), "paper": entry.paper,
-                          "width_mult": args.width_mult, "params": count_parameters(model),
-                          "macs": count_macs(model)}, indent=2))
+        print(json_text({"name": entry.name, "aliases": list(entry.aliases), "paper": entry.paper,
+                         "width_mult": args.width_mult, "params": count_parameters(model),
+                         "macs": count_macs(model)}))
         return 0
     print(f"{entry.name} (width {args.width_mult:g}): {entry.paper}")
     print(layer_summary(entry.name, args.width_mult, depth=args.depth))

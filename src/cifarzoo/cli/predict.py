@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import json
+from cifarzoo.io import json_text
 import sys
 
 from cifarzoo.train.config import DEVICES
@@ -26,7 +26,7 @@ def run(args) -> int:
 
     results = predict_files(args.model, args.images, top_k=args.top_k, device=args.device)
     if args.json:
-        print(json.dumps([r.to_dict() for r in results], indent=2))
+        print(json_text([r.to_dict() for r in results]))
     else:
         for r in results:
             if r.ok:

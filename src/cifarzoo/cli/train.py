@@ -63,7 +63,7 @@ def _launch(args) -> int:
         from cifarzoo.train.checkpoint import load_checkpoint
         from cifarzoo.train.config import TrainConfig
 
-        config = TrainConfig.from_dict(load_checkpoint(args.resume)["config"])
+        config = TrainConfig.from_dict(load_checkpoint(args.resume, resume=True)["config"])
     else:
         config = config_from_args(args)
         from cifarzoo.train.rundir import RunDir

@@ -66,7 +66,7 @@ def draw_class_grid(dataset: Dataset, out_path: str | os.PathLike, per_class: in
     fig.suptitle(f"{split} images, {shown} per class{which}", fontsize=11,
                  x=0.5, y=1 - 0.08 / height, va="top")
 
-    from cifarzoo.io import atomic_write_bytes
+    from cifarzoo.io import atomic_write_bytes, figure_bytes
 
-    atomic_write_bytes(out, lambda f: fig.savefig(f, format=fmt))
+    atomic_write_bytes(out, figure_bytes(fig, format=fmt))
     return out

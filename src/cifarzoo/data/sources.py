@@ -264,7 +264,8 @@ def _parse_batch(obj: object, source: str, num_classes: int, label_key: str) -> 
     d = _str_keys(obj, source)
     for key in ("data", label_key):
         if key not in d:
-            raise DataError(f"{source}: missing key '{key}' (found {sorted(d)})")
+            # keys of a crafted file may be of mixed types (sorted() would raise): sorted as text
+            raise DataError(f"{source}: missing key '{key}' (found {sorted(d, key=repr)[:20]})")
     data = d["data"]
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != ROW_BYTES:
         desc = f"shape {data.shape} {data.dtype}" if isinstance(data, np.ndarray) else type(data).__name__

@@ -43,7 +43,7 @@ from typing import Sequence
 
 from cifarzoo.device import physical_cores
 from cifarzoo.errors import CifarzooError
-from cifarzoo.io import atomic_write_bytes
+from cifarzoo.io import atomic_write_bytes, json_text
 from cifarzoo.study.plan import STUDY_FILE, RunSpec
 from cifarzoo.study.schedule import alone_threads, seconds_left, start_order
 from cifarzoo.study.training import RunOutcome, RunProgress, StudyReporter, estimate_seconds_left, train_one
@@ -439,7 +439,7 @@ def _write_files(run_dir: Path, files: dict[str, bytes]) -> None:
         if name == CONFIG_FILE:
             info = json.loads(data)
             info["run_dir"] = str(run_dir)
-            data = json.dumps(info, indent=2).encode()
+            data = json_text(info).encode()
         atomic_write_bytes(run_dir / name, data)
 
 

@@ -70,8 +70,10 @@ def resolve_checkpoint_path(run_or_checkpoint: str | os.PathLike) -> Path:
     return p
 
 
-def load_checkpoint(run_or_checkpoint: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Load and validate a checkpoint with ``weights_only=True``."""
+def load_checkpoint(run_or_checkpoint: str | os.PathLike, map_location: str | torch.device = "cpu", *,
+                    resume: bool = False) -> dict:
+    """Load a checkpoint with ``weights_only=True`` and check its schema (:func:`check_schema`; ``resume``:
+    also the fields continuing the run needs)."""
     path = resolve_checkpoint_path(run_or_checkpoint)
     try:
         with warnings.catch_warnings():
@@ -83,7 +85,7 @@ def load_checkpoint(run_or_checkpoint: str | os.PathLike, map_location: str | to
         raise CifarzooError(f"{path}: not a cifarzoo checkpoint (missing format marker {FORMAT!r})")
     if ckpt.get("version") != VERSION:
         raise CifarzooError(f"{path}: checkpoint version {ckpt.get('version')!r}; this cifarzoo reads {VERSION}")
-    check_schema(ckpt, path)
+    check_schema(ckpt, path, resume=resume)
     ckpt["path"] = str(path)
     return ckpt
 
@@ -112,8 +114,13 @@ _FIELDS: dict[str, tuple[Any, str]] = {
     "normalization": (lambda v: isinstance(v, dict), 'a dict {"mean": [r, g, b], "std": [r, g, b]}'),
     "normalization.mean": (lambda v: _is_rgb(v), "3 finite numbers"),
     "normalization.std": (lambda v: _is_rgb(v) and all(x > 0 for x in v), "3 finite numbers > 0"),
-    "state_dict": (_is_tensor_dict, "a dict of named tensors"),
+    "state_dict": (lambda v: _is_tensor_dict(v) and all(bool(torch.isfinite(t).all()) for t in v.values()
+                                                         if t.is_floating_point()),
+                   "a dict of named tensors of finite values (NaN or infinite weights give NaN predictions)"),
     "config": (lambda v: isinstance(v, dict), "a dict of training settings"),
+}
+# What only continuing a run needs: required by ``load_checkpoint(..., resume=True)``, checked whenever present.
+_RESUME_FIELDS: dict[str, tuple[Any, str]] = {
     "metrics": (lambda v: isinstance(v, list) and all(_is_metrics_row(r) for r in v),
                 "a list of epoch rows, each a dict of numbers"),
     "epoch": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
@@ -154,14 +161,16 @@ def _is_partial(v) -> bool:
             and all(isinstance(t, torch.Tensor) and t.dim() == 1 and len(t) == len(tensors[0]) for t in tensors))
 
 
-def check_schema(ckpt: dict, path: Path) -> None:
+def check_schema(ckpt: dict, path: Path, *, resume: bool = False) -> None:
     """Raise one line naming the first field of ``ckpt`` that is missing or not what ``fit`` writes:
-    a damaged or hand-edited checkpoint is refused here, never by a traceback further on."""
-    for key, (ok, expected) in {**_FIELDS, **_OPTIONAL_FIELDS}.items():
+    a damaged or hand-edited checkpoint is refused here, never by a traceback further on.
+    Every field present is checked; ``resume`` also requires those that continuing a run needs."""
+    required = {*_FIELDS, *(_RESUME_FIELDS if resume else ())} - {"model.kwargs"}
+    for key, (ok, expected) in {**_FIELDS, **_RESUME_FIELDS, **_OPTIONAL_FIELDS}.items():
         parent, _, name = key.rpartition(".")
         holder = ckpt[parent] if parent else ckpt  # a parent is checked to be a dict before its keys
         if name not in holder:
-            if key in _FIELDS and key != "model.kwargs":
+            if key in required:
                 raise CifarzooError(f"{path}: damaged checkpoint: it lacks {key!r}")
             continue
         if not ok(holder[name]):
@@ -171,7 +180,7 @@ def check_schema(ckpt: dict, path: Path) -> None:
         config = TrainConfig.from_dict(ckpt["config"])
     except CifarzooError as exc:
         raise CifarzooError(f"{path}: damaged checkpoint: 'config': {exc}") from None
-    if ckpt["epoch"] > config.epochs:
+    if ckpt.get("epoch", 0) > config.epochs:
         raise CifarzooError(f"{path}: damaged checkpoint: 'epoch' is {ckpt['epoch']}, more than the "
                             f"{config.epochs} epochs of its config")
 

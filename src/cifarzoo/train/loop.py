@@ -257,7 +257,7 @@ def _open_resume(resume: str | os.PathLike, dist: dist_mod.DistInfo) -> tuple[di
     Rank 0 reads the checkpoint and sends it to every rank: on other machines of a
     multi-node run the run folder need not exist.
     """
-    ckpt = dist_mod.broadcast_object(load_checkpoint(resume) if dist.is_main else None)
+    ckpt = dist_mod.broadcast_object(load_checkpoint(resume, resume=True) if dist.is_main else None)
     if ckpt.get("finished"):
         raise CifarzooError(f"{resume}: this run already finished all its epochs; nothing to resume")
     folder = Path(resume) if Path(resume).is_dir() else Path(resume).parent
