@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 
@@ -154,3 +155,72 @@ def test_resume_refuses_settings_it_would_ignore(tiny, tmp_path, capsys):
         assert err.count("\n") == 0 and "--resume continues" in err
         assert all(flag in err for flag in extra if flag.startswith("--")), err
     assert (out / "checkpoint.pt").read_bytes() == before
+
+
+# --------------------------------------------------------------------------- the lock file is never followed
+def _plant(where, kind: str, victim):
+    """``where`` made a symbolic link to ``victim`` ("link") or a FIFO ("fifo")."""
+    if kind == "link":
+        os.symlink(victim, where)
+    else:
+        os.mkfifo(where)
+
+
+@pytest.mark.parametrize("kind", ["link", "fifo"])
+@pytest.mark.parametrize("command", ["train --out", "train --resume", "benchmark --out"])
+def test_a_lock_that_is_a_link_or_fifo_is_refused_and_left_alone(tiny, tmp_path, capsys, command, kind):
+    victim = tmp_path / "precious.txt"
+    victim.write_text("precious\n")
+    folder = tmp_path / "folder"
+    if command == "train --resume":
+        with pytest.raises(KeyboardInterrupt):
+            fit(config(epochs=2), dataset=tiny, out_dir=folder, reporter=StopAt(2))
+    else:
+        folder.mkdir()
+    _plant(folder / LOCK_FILE, kind, victim)
+    args = {"train --out": ["train", "resnet18", "--data", "sample", "--subset", "100", "--width-mult", "0.125",
+                            "--epochs", "1", "--batch-size", "50", "--device", "cpu", "--out", str(folder)],
+            "train --resume": ["train", "--resume", str(folder)],
+            "benchmark --out": ["benchmark", "--models", "resnet18", "--data", "sample", "--epochs", "1",
+                                "--device", "cpu", "--out", str(folder)]}[command]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    what = {"link": "a symbolic link", "fifo": "a FIFO"}[kind]
+    assert err.count("\n") == 0 and f"{folder / LOCK_FILE} is {what}, not a regular file" in err, err
+    assert victim.read_text() == "precious\n"  # neither truncated nor written
+    assert os.path.islink(folder / LOCK_FILE) if kind == "link" else stat.S_ISFIFO(os.lstat(folder / LOCK_FILE).st_mode)
+
+
+def test_a_stale_lock_is_replaced_never_written_into(tiny, tmp_path):
+    """A .lock left behind may be a hard link to another file: it is unlinked, and a new one made."""
+    victim = tmp_path / "precious.txt"
+    victim.write_text("precious\n")
+    out = tmp_path / "run"
+    out.mkdir()
+    os.link(victim, out / LOCK_FILE)
+    lock = RunDir(out).claim(fresh=True)
+    try:
+        assert victim.read_text() == "precious\n"
+        assert (out / LOCK_FILE).read_text().startswith(f"pid {os.getpid()} ")
+        assert not os.path.samefile(victim, out / LOCK_FILE)
+    finally:
+        lock.release()
+    assert not (out / LOCK_FILE).exists() and victim.read_text() == "precious\n"
+
+
+def test_release_removes_only_its_own_lock_file(tmp_path):
+    out = tmp_path / "run"
+    lock = RunDir(out).claim(fresh=True)
+    (out / LOCK_FILE).unlink()
+    os.symlink(tmp_path / "elsewhere", out / LOCK_FILE)  # put there while the run held the folder
+    lock.release()
+    assert os.path.islink(out / LOCK_FILE)
+
+
+def test_a_run_folder_that_is_a_link_is_refused(tiny, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "run").symlink_to(elsewhere)
+    with pytest.raises(CifarzooError, match=r"run is a symbolic link, not a folder"):
+        fit(config(), dataset=tiny, out_dir=tmp_path / "run")
+    assert list(elsewhere.iterdir()) == []

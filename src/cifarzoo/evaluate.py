@@ -16,7 +16,7 @@ from cifarzoo.data import Dataset
 from cifarzoo.errors import CifarzooError
 from cifarzoo.inference import confusion_matrix, loss_and_accuracy, predict_logits
 from cifarzoo.device import resolve_device
-from cifarzoo.io import write_json
+from cifarzoo.io import check_target, write_json
 from cifarzoo.plots import MANY_CLASSES, plot_confusion
 from cifarzoo.train.checkpoint import load_model
 
@@ -64,6 +64,8 @@ def evaluate(
     """
     from cifarzoo.data.arrays import load_run_data
 
+    if save and out_dir is not None:
+        check_target(out_dir, folder=True)  # before the work, as save_eval_result will
     model, ckpt = load_model(run_or_checkpoint)
     if dataset is None:
         saved = ckpt.get("config", {})
@@ -153,6 +155,7 @@ def eval_result(logits: torch.Tensor, labels: np.ndarray, classes: list[str], *,
 
 def save_eval_result(result: EvalResult, folder: str | os.PathLike, model_name: str) -> None:
     """``confusion.json`` and ``confusion.png`` (``confusion-tta.*`` with TTA) into ``folder``."""
+    check_target(folder, folder=True)
     stem = "confusion-tta" if result.tta else "confusion"
     write_json(Path(folder) / f"{stem}.json", result.to_dict())
     plot_confusion(Path(folder) / f"{stem}.png", result.confusion, result.classes,

@@ -57,7 +57,7 @@ from typing import Any
 import numpy as np
 
 from cifarzoo.errors import CifarzooError
-from cifarzoo.io import atomic_file
+from cifarzoo.io import atomic_file, check_target
 
 FORMAT = "cifarzoo.onnx"
 FORMAT_VERSION = 1
@@ -360,8 +360,9 @@ def _load_for_export(run_or_checkpoint, out):
     model, ckpt = load_model(run_or_checkpoint)
     ckpt_path = Path(ckpt["path"])
     target = Path(out) if out is not None else ckpt_path.parent / ONNX_NAME
-    if target.is_dir():
+    if target.is_dir() and not target.is_symlink():
         target = target / ONNX_NAME
+    check_target(target)  # before the export's work: a link or special file is never written through
     if target.resolve() == ckpt_path.resolve():
         raise CifarzooError(f"--out {target} is the checkpoint itself; choose another file name")
     try:

@@ -4,11 +4,16 @@ Every writer goes through :func:`atomic_file`: the bytes go to a temp file besid
 target (same folder, so the same file system), are flushed and fsynced, get the
 permissions a plain ``open()`` would give, and only then are renamed over the target.
 A crash or Ctrl-C mid-write leaves the previous file intact and no partial file under
-the final name.
+the final name; a full disk is one line naming the file (:func:`no_space`).
+
+Nothing is written through, or in place of, anything but a regular file or a folder:
+a symbolic link, FIFO, socket or device at a target (a file, or a folder named to
+write into) is refused (:func:`check_target`), never followed or replaced.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import math
@@ -29,21 +34,78 @@ def _normal_permissions(fd: int) -> None:
         os.fchmod(fd, 0o666 & ~umask)
 
 
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return name
+    return "a special file"
+
+
+def check_target(path: str | os.PathLike, *, folder: bool = False) -> None:
+    """Refuse to write to ``path`` where something other than a regular file (``folder``: a folder)
+    is there already: a symbolic link, FIFO, socket or device is never followed or replaced.
+
+    Only ``path`` itself is looked at (not the folders above it, which are the user's to choose).
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:  # nothing there (or a parent that is no folder: the write itself says so)
+        return
+    if stat.S_ISDIR(mode) if folder else stat.S_ISREG(mode):
+        return
+    if stat.S_ISDIR(mode):
+        raise CifarzooError(f"{path} is a folder; give a file name")
+    raise CifarzooError(f"{path} is {_kind(mode)}, not a {'folder' if folder else 'regular file'}; cifarzoo "
+                        "never writes through or over one: remove it or choose another path")
+
+
+def make_folder(path: str | os.PathLike, what: str = "folder") -> Path:
+    """Create folder ``path`` (and its parents) unless it is one already; see :func:`check_target`."""
+    path = Path(path)
+    check_target(path, folder=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise CifarzooError(f"{path}: exists and is not a folder; choose another --out") from None
+    except OSError as exc:
+        raise CifarzooError(no_space(path, exc) or f"{path}: cannot create the {what} ({exc.strerror}); "
+                            "choose another --out") from None
+    return path
+
+
+def no_space(path: str | os.PathLike, exc: BaseException) -> str | None:
+    """The one-line message for a write of ``path`` that failed because the disk is full, else None.
+
+    ``exc`` may wrap the OSError: torch.save raises a RuntimeError whose context is the ENOSPC.
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return (f"{path}: no space left on the device (or over the disk quota); it was not written and any "
+                    "earlier version of it is unchanged: free some space and try again")
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike, *, suffix: str = ".tmp") -> Iterator[tuple[IO[bytes], Path]]:
     """Yield ``(binary file, temp path)`` beside ``path``; on a clean exit fsync and rename it over ``path``.
 
     On any exception (Ctrl-C included) the temp file is deleted and ``path`` is untouched.
     The temp path lets a caller check the written file (e.g. load it) before it is renamed.
+    A target that is not a regular file is refused (:func:`check_target`), before the write
+    and again before the rename; a full disk is a CifarzooError (:func:`no_space`).
     """
     path = Path(path)
-    if path.is_dir():
-        raise CifarzooError(f"{path} is a folder; give a file name")
+    check_target(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     except OSError as exc:
-        raise CifarzooError(f"cannot write {path} ({exc.strerror or exc})") from None
+        raise CifarzooError(no_space(path, exc) or f"cannot write {path} ({exc.strerror or exc})") from None
     tmp = Path(name)
     try:
         _normal_permissions(fd)
@@ -51,9 +113,13 @@ def atomic_file(path: str | os.PathLike, *, suffix: str = ".tmp") -> Iterator[tu
             yield f, tmp
             f.flush()
             os.fsync(f.fileno())
+        check_target(path)  # nothing put there meanwhile that the rename would replace
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        message = no_space(path, exc)
+        if message:
+            raise CifarzooError(message) from None
         raise
 
 

@@ -123,13 +123,20 @@ def _auto_batch_size(config) -> int:
 
 
 def _interrupted(out_dir, is_main: bool, data: str | None = None) -> int:
-    from cifarzoo.train.rundir import RESUMABLE, RunDir
+    """Say what Ctrl-C left in ``out_dir``, with the command that continues it."""
+    import shlex
+
+    from cifarzoo.train.rundir import FINISHED, RESUMABLE, RunDir
 
     if is_main:
-        if RunDir(out_dir).state() == RESUMABLE:
-            again = f" --data {data}" if data is not None else ""
-            print(f"interrupted; a resumable checkpoint is in {out_dir}: cifarzoo train --resume {out_dir}"
-                  f"{again}", file=sys.stderr)
+        state = RunDir(out_dir).state()
+        if state == RESUMABLE:
+            # --data goes with --resume only for a run trained from arrays (see check_arguments).
+            again = f" --data {shlex.quote(data)}" if data is not None and _trained_from_arrays(out_dir) else ""
+            print(f"interrupted; a resumable checkpoint is in {out_dir}: cifarzoo train --resume "
+                  f"{shlex.quote(str(out_dir))}{again}", file=sys.stderr)
+        elif state == FINISHED:
+            print(f"interrupted once the run had finished; its record in {out_dir} is complete", file=sys.stderr)
         else:
             print(f"interrupted before the first checkpoint was saved; nothing to resume in {out_dir}",
                   file=sys.stderr)

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 from cifarzoo import __version__
 from cifarzoo.errors import CifarzooError
-from cifarzoo.io import read_json, read_json_object, write_json
+from cifarzoo.io import make_folder, read_json, read_json_object, write_json
 from cifarzoo.train.config import PRESETS, TrainConfig, make_config
 
 STUDY_FILE = "study.json"
@@ -255,5 +255,5 @@ def with_recorded_models(plan: StudyPlan) -> StudyPlan:
 
 def write_plan(plan: StudyPlan) -> None:
     """``DIR/study.json``: the plan, and when the study was first started (kept across invocations)."""
-    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(plan.out_dir, "study folder")
     write_json(plan.out_dir / STUDY_FILE, {**plan.to_dict(), "created": _created(plan.out_dir)})

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from cifarzoo.errors import CifarzooError
+from cifarzoo.io import make_folder
 from cifarzoo.study.executors import LocalExecutor, default_jobs
 from cifarzoo.study.plan import EVAL_FILE, RUNS_DIR, RunSpec, StudyPlan, with_recorded_models, write_plan
 from cifarzoo.study.training import RunOutcome, StudyReporter, evaluate_for_report, reference_seconds, run_cost
@@ -99,7 +100,7 @@ def execute(plan: StudyPlan, *, force: bool = False, reporter: StudyReporter | N
     default, with :func:`~cifarzoo.study.executors.default_jobs` runs at once) or ``RayExecutor``.
     """
     reporter = reporter or StudyReporter()
-    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(plan.out_dir, "study folder")
     lock = RunLock.acquire(plan.out_dir / LOCK_FILE)  # one study process per study folder
     try:
         return _execute(plan, force=force, reporter=reporter, dataset=dataset, executor=executor)

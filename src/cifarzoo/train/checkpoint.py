@@ -20,6 +20,7 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so t
     rng             {"torch": ByteTensor} (+ "cuda": ByteTensor on a GPU)
     partial         None at an epoch's end; after Ctrl-C mid-epoch {"step": int, "step_loss",
                     "step_correct", "step_count": per-step tensors, "epoch_seconds": float}
+                    ("step" is the steps per epoch after Ctrl-C in the epoch's evaluation)
     train_seconds   training time so far (evaluation not counted)
     finished        bool, True once the run has completed every epoch
     data_source     the Dataset's source string

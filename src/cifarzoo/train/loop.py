@@ -18,6 +18,13 @@ after the last, where one pass over the test set per view gives the plain and th
 TTA results together. An atomic checkpoint is written every ``checkpoint_every``
 epochs, at the end and on Ctrl-C, so an interrupted run resumes from its last
 checkpoint to the same result as an uninterrupted one (bit-for-bit on CPU).
+
+Ctrl-C at any point after the first step keeps every completed step: mid-epoch,
+:func:`run_epoch` saves the state after the last completed step; once an epoch's steps
+are done and until its row is recorded (its evaluation included), :func:`fit` saves
+them as that state, and the evaluation is done again on resume; from then on, it saves
+the epoch's end. Recording an epoch and writing the final record hold a Ctrl-C until
+they are done, so that no file is left without the others.
 """
 from __future__ import annotations
 
@@ -164,7 +171,7 @@ class EpochStats:
 
     def steps_done(self) -> int:
         """Steps whose statistics are stored (one host sync): where a resumed epoch continues."""
-        return self.at + 1 if self.count[self.at].item() > 0 else self.at
+        return self.at + 1 if self.at < len(self.count) and self.count[self.at].item() > 0 else self.at
 
 
 @dataclass
@@ -197,6 +204,9 @@ class Trainer:
     warmup_seconds: float | None = None
     warmup_compile_seconds: float | None = None
     final_logits: dict | None = None  # {tta level: test logits} of the final weights, once computed
+    # Ctrl-C bookkeeping (see _keep_progress)
+    unrecorded: tuple[EpochStats, float] | None = None  # (stats, seconds) of an epoch trained, not yet recorded
+    saved: tuple[int, int, bool] | None = None  # (epochs, partial steps, finished) of the checkpoint on disk
 
     @property
     def steps_per_epoch(self) -> int:
@@ -225,6 +235,7 @@ class Trainer:
         if self.dist.is_main:
             save_checkpoint(self.run.checkpoint_path, self.checkpoint(epochs_done, partial, finished))
         dist_mod.barrier()
+        self.saved = (epochs_done, partial["step"] if partial else 0, finished)
 
     def restore(self, ckpt: dict) -> None:
         """Continue from a checkpoint (its schema checked on load): weights, optimizer, schedule, EMA,
@@ -248,6 +259,7 @@ class Trainer:
         self.train_seconds = float(ckpt.get("train_seconds", 0.0))
         start_step = int(self.partial["step"]) if self.partial else 0
         self.step.global_step = self.epoch * self.steps_per_epoch + start_step
+        self.saved = (self.epoch, start_step, False)
 
 
 # --------------------------------------------------------------------------- set-up
@@ -358,10 +370,11 @@ def set_up(config: TrainConfig, *, dataset: Dataset | None = None, out_dir: str 
     trainer = Trainer(config, ds, split, device, precision, dist, loader, step, run, {}, compiled, why)
     if ckpt is not None:
         trainer.restore(ckpt)
-    # A resumed run was judged before it was interrupted, unless it stopped before the check.
+    # A resumed run was judged before it was interrupted, unless it stopped before the check
+    # (made at the end of an epoch's steps: those of an epoch interrupted in its evaluation count).
+    epoch_ends = trainer.step.global_step // trainer.steps_per_epoch * trainer.steps_per_epoch
     trainer.stall_checked = config.allow_stall or (
-        config.stall_steps is None
-        and trainer.epoch * trainer.steps_per_epoch >= max(trainer.steps_per_epoch, guards.MIN_STALL_STEPS))
+        config.stall_steps is None and epoch_ends >= max(trainer.steps_per_epoch, guards.MIN_STALL_STEPS))
     trainer.info = _run_info(trainer)
     if dist.is_main:
         run.path.mkdir(parents=True, exist_ok=True)
@@ -502,11 +515,13 @@ def run_epoch(trainer: Trainer, epoch: int, reporter: Reporter) -> tuple[float, 
                 interrupt.check(i, steps)  # a Ctrl-C during the step is raised here, between two steps
 
             train_epoch(trainer.step, trainer.loader.iter_from(first_step), stats, first_step, after_each)
+        synchronize(trainer.device)
+        seconds = seconds_before + time.perf_counter() - t0
+        trainer.unrecorded = (stats, seconds)  # from here a Ctrl-C keeps these steps (see _keep_progress)
     except KeyboardInterrupt:
-        _save_interrupted(trainer, epoch, stats, check, seconds_before + time.perf_counter() - t0)
+        if trainer.unrecorded is None:
+            _save_interrupted(trainer, epoch, stats, check, seconds_before + time.perf_counter() - t0)
         raise
-    synchronize(trainer.device)
-    seconds = seconds_before + time.perf_counter() - t0
     trainer.steps_this_process += steps - first_step
     trainer.seconds_this_process += seconds - seconds_before
     trainer.partial = None
@@ -550,14 +565,17 @@ class DeferredInterrupt:
             raise KeyboardInterrupt
 
 
-def _save_interrupted(trainer: Trainer, epoch: int, stats: EpochStats, check: "_Guards", seconds: float) -> None:
+def _save_interrupted(trainer: Trainer, epoch: int, stats: EpochStats, check: "_Guards | None",
+                      seconds: float) -> None:
     """After Ctrl-C mid-epoch: save the state between the last completed step and the next, so that
     --resume continues from there exactly. Interrupted while the weights were being updated (a second
-    Ctrl-C), the state is torn: nothing is saved and the last checkpoint stays."""
+    Ctrl-C), the state is torn: nothing is saved and the last checkpoint stays. ``check``: the guards
+    of steps not yet checked (None: all were)."""
     done = trainer.step.global_step - epoch * trainer.steps_per_epoch
     if trainer.step.torn or stats.steps_done() != done:
         return
-    check.check_finite(done)
+    if check is not None:
+        check.check_finite(done)
     trainer.save(epoch, {"step": done, "step_loss": stats.loss.cpu(), "step_correct": stats.correct.cpu(),
                          "step_count": stats.count.cpu(), "epoch_seconds": seconds})
 
@@ -570,7 +588,6 @@ def end_epoch(trainer: Trainer, epoch: int, seconds: float, stats: EpochStats) -
     The last epoch's evaluation on the test set is the final pass of :func:`finish`.
     """
     config = trainer.config
-    trainer.train_seconds += seconds
     dist_mod.broadcast_buffers(trainer.step.model)  # BN running statistics: rank 0's on every rank
     if trainer.step.ema is not None:
         dist_mod.broadcast_buffers(trainer.step.ema)
@@ -591,15 +608,17 @@ def end_epoch(trainer: Trainer, epoch: int, seconds: float, stats: EpochStats) -
         # Per-step losses are batch means: average them over steps (and ranks).
         "train_loss": sums[0].item() / (trainer.steps_per_epoch * trainer.dist.world_size),
         "train_acc": sums[1].item() / max(1.0, seen), "eval_loss": eval_loss, "eval_acc": eval_acc,
-        "epoch_seconds": seconds, "elapsed_seconds": trainer.train_seconds,
+        "epoch_seconds": seconds, "elapsed_seconds": trainer.train_seconds + seconds,
         "images_per_second": seen / seconds if seconds > 0 else float("nan"),
     }
-    trainer.metrics.append(row)
-    trainer.epoch = epoch + 1
-    if _every(config.checkpoint_every, epoch + 1):  # finish() writes the last one in any case
-        trainer.save(epoch + 1)
-    if trainer.dist.is_main:
-        trainer.run.write_metrics(trainer.metrics)
+    with DeferredInterrupt():  # the epoch is recorded whole (a Ctrl-C is raised once it is)
+        # One assignment: even a second Ctrl-C finds the epoch recorded or not, never half.
+        trainer.metrics, trainer.epoch, trainer.train_seconds, trainer.unrecorded = (
+            [*trainer.metrics, row], epoch + 1, trainer.train_seconds + seconds, None)
+        if _every(config.checkpoint_every, epoch + 1):  # finish() writes the last one in any case
+            trainer.save(epoch + 1)
+        if trainer.dist.is_main:
+            trainer.run.write_metrics(trainer.metrics)
     return row
 
 
@@ -655,11 +674,12 @@ def finish(trainer: Trainer) -> dict:
     if config.tta_level == 2:  # multi-crop TTA, from the same pass
         summary["tta_level"] = 2
         summary["test_loss_tta_level"], summary["test_acc_tta_level"] = loss_and_accuracy(final[2], labels, trainer.step.outputs)
-    trainer.save(config.epochs, finished=True)
-    if trainer.dist.is_main:
-        trainer.run.write_summary(summary)
-        title = f"{config.model} (width {config.width_mult}, seed {config.seed})"
-        trainer.run.write_curves(trainer.metrics, title=title)
+    with DeferredInterrupt():  # checkpoint, summary and curves are written together (a Ctrl-C waits)
+        trainer.save(config.epochs, finished=True)
+        if trainer.dist.is_main:
+            trainer.run.write_summary(summary)
+            title = f"{config.model} (width {config.width_mult}, seed {config.seed})"
+            trainer.run.write_curves(trainer.metrics, title=title)
     return summary
 
 
@@ -695,15 +715,37 @@ def fit(
     try:
         trainer = set_up(config, dataset=dataset, out_dir=out_dir, ckpt=ckpt, runs_root=runs_root)
         reporter.on_start(trainer.info)
-        for epoch in range(trainer.epoch, trainer.config.epochs):
-            seconds, stats = run_epoch(trainer, epoch, reporter)
-            reporter.on_epoch_end(end_epoch(trainer, epoch, seconds, stats))
-        summary = finish(trainer)
+        try:
+            for epoch in range(trainer.epoch, trainer.config.epochs):
+                seconds, stats = run_epoch(trainer, epoch, reporter)
+                reporter.on_epoch_end(end_epoch(trainer, epoch, seconds, stats))
+            summary = finish(trainer)
+        except KeyboardInterrupt:
+            _keep_progress(trainer)
+            raise
     finally:
         if lock is not None:
             lock.release()
     reporter.on_end(summary)
     return RunResult(trainer.run.path, summary, trainer.metrics, test_logits=trainer.final_logits[0])
+
+
+def _keep_progress(trainer: Trainer) -> None:
+    """After Ctrl-C outside an epoch's steps (run_epoch saves those): keep an epoch trained but not
+    recorded (its evaluation is done again on resume), or else the last recorded epoch, in the
+    checkpoint and metrics.csv, unless they hold it already or the run's record is complete."""
+    if trainer.unrecorded is not None:
+        stats, seconds = trainer.unrecorded
+        if trainer.saved != (trainer.epoch, trainer.steps_per_epoch, False):
+            _save_interrupted(trainer, trainer.epoch, stats, None, seconds)
+        return
+    at_epoch_end = trainer.step.global_step == trainer.epoch * trainer.steps_per_epoch and not trainer.step.torn
+    if trainer.epoch == 0 or not at_epoch_end or (trainer.run.read_summary() or {}).get("status") == "finished":
+        return
+    if trainer.saved != (trainer.epoch, 0, False):
+        trainer.save(trainer.epoch)
+    if trainer.dist.is_main:
+        trainer.run.write_metrics(trainer.metrics)
 
 
 def _compile_cost(trainer: Trainer) -> float | None:

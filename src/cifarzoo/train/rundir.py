@@ -13,7 +13,10 @@ never leaves a half-written record. :meth:`RunDir.state` says what a folder hold
 A run folder has one writer at a time: :meth:`RunDir.claim` takes an exclusive lock on
 ``.lock`` in it for the run's life (``flock``: the kernel drops it when the process
 dies, so a lock left by a killed run is no obstacle), and refuses a folder that
-already holds a run unless told to overwrite it.
+already holds a run unless told to overwrite it. The lock file is only ever a regular
+file the lock made itself: a ``.lock`` that is a symbolic link or special file is
+refused, never followed, and one left by an earlier run is replaced, never written into
+(it could be a hard link to another file).
 """
 from __future__ import annotations
 
@@ -22,12 +25,13 @@ import io
 import math
 import os
 import socket
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from cifarzoo.errors import CifarzooError, FolderBusyError
-from cifarzoo.io import atomic_write_bytes, read_json_object, write_json
+from cifarzoo.io import atomic_write_bytes, check_target, make_folder, no_space, read_json_object, write_json
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.csv"
@@ -97,14 +101,8 @@ class RunDir:
         unless ``force`` (its records are then removed). Raises CifarzooError for a folder
         that cannot be made or written, or that another process is writing to.
         """
-        created = not self.path.exists()
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-        except FileExistsError:
-            raise CifarzooError(f"{self.path}: exists and is not a folder; choose another --out") from None
-        except OSError as exc:
-            raise CifarzooError(f"{self.path}: cannot create the run folder ({exc.strerror}); "
-                                "choose another --out") from None
+        created = not os.path.lexists(self.path)
+        make_folder(self.path, "run folder")
         lock = RunLock.acquire(self.path / LOCK_FILE)
         lock.created_folder = created
         if fresh and self.holds_run():
@@ -196,30 +194,32 @@ class RunLock:
         except ImportError:  # no flock on this platform: no lock
             return cls(path, None)
         while True:
+            fd, created = _open_lock(path)
             try:
-                f = open(path, "a+")
-            except OSError as exc:
-                raise CifarzooError(f"{path.parent}: cannot write in the run folder ({exc.strerror}); "
-                                    "choose another --out") from None
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
-                f.seek(0)
-                holder = f.read().strip() or "another process"
-                f.close()
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+                os.close(fd)
                 raise FolderBusyError(f"{path.parent} is being written by another training run ({holder}); "
                                     "wait for it to end or choose another folder") from None
-            try:
-                same = os.fstat(f.fileno()).st_ino == os.stat(path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:  # not a file its previous holder removed while we opened it
+            if not _same_file(fd, path):  # a file its previous holder removed while we opened it
+                os.close(fd)
+            elif not created:  # left by a run that ended without removing it: make our own
+                os.close(fd)
+                try:
+                    path.unlink()
+                except OSError as exc:
+                    raise CifarzooError(f"{path.parent}: cannot write in the folder ({exc.strerror}); "
+                                        "choose another --out") from None
+            else:
                 break
+        f = os.fdopen(fd, "w")
+        try:
+            f.write(f"pid {os.getpid()} on {socket.gethostname()} since {timestamp()}\n")
+            f.flush()
+        except OSError as exc:
             f.close()
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} on {socket.gethostname()} since {timestamp()}\n")
-        f.flush()
+            raise CifarzooError(no_space(path, exc) or f"{path}: cannot write ({exc.strerror})") from None
         return cls(path, f)
 
     def release(self) -> None:
@@ -228,7 +228,8 @@ class RunLock:
         if self.file is None:
             return
         try:
-            self.path.unlink(missing_ok=True)
+            if _same_file(self.file.fileno(), self.path):  # only our own lock file, whatever is there now
+                self.path.unlink()
             if self.created_folder and not any(self.path.parent.iterdir()):
                 self.path.parent.rmdir()
         except OSError:  # e.g. the folder was made read-only: the lock goes with the process anyway
@@ -259,6 +260,40 @@ def settings_changed(saved: dict, config) -> list[str]:
         want.pop("batch_size", None)
     return [f"{k} {have.get(k)!r} (now {want.get(k)!r})"
             for k in sorted(set(want) | set(have)) if want.get(k) != have.get(k)]
+
+
+def _open_lock(path: Path) -> tuple[int, bool]:
+    """(descriptor, whether this call created the file) of the lock file ``path``, opened without
+    following a symbolic link (or blocking on a FIFO); anything but a regular file is refused."""
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    while True:
+        check_target(path)  # before opening: a device is not even opened
+        try:
+            try:
+                return os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o666), True
+            except FileExistsError:
+                fd = os.open(path, flags)
+        except FileExistsError:  # made again between the two opens
+            continue
+        except FileNotFoundError as exc:
+            if path.parent.is_dir():  # removed between the two opens
+                continue
+            raise CifarzooError(f"{path.parent}: cannot write in the folder ({exc.strerror})") from None
+        except OSError as exc:
+            check_target(path)  # ELOOP: made a symbolic link after the check
+            raise CifarzooError(no_space(path, exc) or f"{path.parent}: cannot write in the folder "
+                                f"({exc.strerror}); choose another --out") from None
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            return fd, False
+        os.close(fd)  # made a special file after the check
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether ``path`` (not followed) is still the file open as ``fd``."""
+    try:
+        return os.fstat(fd).st_ino == os.lstat(path).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def run_state(run_dir: str | os.PathLike) -> str:
