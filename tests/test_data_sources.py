@@ -719,21 +719,6 @@ def fifo(tmp_path):
     return path
 
 
-@pytest.fixture
-def no_hang():
-    """Fail (instead of hanging the suite) if the test blocks for 20 s, e.g. opening a FIFO."""
-    import signal
-
-    def expire(*_):
-        raise TimeoutError("blocked reading a special file")
-
-    old = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(20)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
-
-
 def test_fifo_given_as_an_image_is_refused_not_waited_on(fifo, no_hang):
     with pytest.raises(DataError, match=rf"^{fifo}: refused: it is a FIFO; only regular files are read$"):
         load_image_file(fifo)
