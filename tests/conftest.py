@@ -363,3 +363,18 @@ def fake_files() -> SimpleNamespace:
                            make100=make_fake_cifar100, cifar100_files=cifar100_files,
                            write_cifar100_folder=write_cifar100_folder,
                            write_cifar100_archive=write_cifar100_archive)
+
+
+@pytest.fixture
+def no_hang():
+    """Fail (instead of hanging the suite) if the test blocks for 20 s, e.g. opening a FIFO."""
+    import signal
+
+    def expire(*_):
+        raise TimeoutError("blocked reading a special file")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(20)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)

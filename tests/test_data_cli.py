@@ -131,3 +131,13 @@ def test_show_on_cifar100_draws_a_sample_of_the_classes(cifar100_archive, tmp_pa
         twenty = im.size[1]
     assert 1.5 < twenty / twelve < 1.8  # rows, not 100 of them
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cifar-100-python.tar.gz", "grid.png"]
+
+
+def test_class_names_with_terminal_escapes_are_printed_escaped(tmp_path, fake_files, capsys):
+    red = "\x1b[31mred\x07"  # a colour change and a bell, as a folder name
+    fake = fake_files.make(train_per_class=1, test_per_class=1, classes=(red, "blue"))
+    root = fake_files.write_image_folder(tmp_path / "imgs", fake)
+    assert main(["data", "info", "--data", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    assert any(line.split() == ["\\x1b[31mred\\x07", "1", "1"] for line in out.splitlines())

@@ -719,21 +719,6 @@ def fifo(tmp_path):
     return path
 
 
-@pytest.fixture
-def no_hang():
-    """Fail (instead of hanging the suite) if the test blocks for 20 s, e.g. opening a FIFO."""
-    import signal
-
-    def expire(*_):
-        raise TimeoutError("blocked reading a special file")
-
-    old = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(20)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
-
-
 def test_fifo_given_as_an_image_is_refused_not_waited_on(fifo, no_hang):
     with pytest.raises(DataError, match=rf"^{fifo}: refused: it is a FIFO; only regular files are read$"):
         load_image_file(fifo)
@@ -750,8 +735,24 @@ def test_special_files_given_as_data_are_refused(fifo, no_hang, tmp_path, specia
         sources.load_archive(path)
 
 
-def test_fifo_among_the_official_files_is_refused(fake_batches_dir, no_hang, tmp_path):
-    (fake_batches_dir / "test_batch").unlink()
-    os.mkfifo(fake_batches_dir / "test_batch")
-    with pytest.raises(DataError, match=r"test_batch"):
-        load(fake_batches_dir)
+
+def _meta_with(names) -> dict:
+    return {"batches.meta": {b"label_names": [n.encode() for n in names]}}
+
+
+@pytest.mark.parametrize("names, match", [
+    (["x" * 101] + [f"c{i}" for i in range(9)], r"refused: a class name of 101 characters \(x{40}\.\.\.\), "
+                                                r"longer than 100$"),
+    ([f"c{i}" for i in range(1001)], r"refused: 1,001 classes, more than 1,000$"),
+    (["cat", "dog", "cat"] + [f"c{i}" for i in range(7)], r"refused: class name 'cat' appears twice$"),
+])
+def test_class_names_are_bounded_and_unique_on_load(tmp_path, fake_cifar, fake_files, names, match):
+    folder = fake_files.write_batches(tmp_path / "cifar-10-batches-py", fake_cifar, overrides=_meta_with(names))
+    _fails(folder, rf"^batches folder {folder}: {match}", tmp_path)
+
+
+def test_class_names_at_the_bounds_load(tmp_path, fake_files):
+    names = ("y" * 100,) + tuple(f"c{i}" for i in range(999))
+    ds = sources.build_dataset(np.zeros((1, 32, 32, 3), np.uint8), [0], np.zeros((1, 32, 32, 3), np.uint8), [999],
+                               names, "test")
+    assert ds.classes == names

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from cifarzoo.cli import main
+from cifarzoo.errors import CifarzooError
 from cifarzoo.train import TrainConfig, fit
 
 
@@ -52,6 +53,10 @@ TRAIN = ["train", "resnet18", "--data", "sample", "--device", "cpu"]
     ("--nan-check-every", "-5", "--nan-check-every"), ("--aux-weight", "nan", "--aux-weight"),
     ("--crop-pad", "99", "--crop-pad"), ("--muon-lr", "inf", "--muon-lr"), ("--width-mult", "nan", "--width-mult"),
     ("--bn-bias-decay", "nan", "--bn-bias-decay"), ("--label-smoothing", "nan", "--label-smoothing"),
+    ("--lr", "1e308", "--lr 1e+308: expected a number in (0, 10]"),
+    ("--weight-decay", "1e308", "--weight-decay 1e+308: expected a number in [0, 1]"),
+    ("--threads", "99999", "--threads 99999: expected an integer in [1, 4096], or none"),
+    ("--epochs", "1000000000", "--epochs"), ("--width-mult", "64", "--width-mult"),
 ])
 def test_every_numeric_option_is_checked_at_parse_time(capsys, tmp_path, flag, value, expected):
     small = ["--subset", "100", "--width-mult", "0.125", "--epochs", "1", "--batch-size", "50", "--compile", "off"]
@@ -154,3 +159,43 @@ def test_option_values_are_case_insensitive_and_val_split_takes_a_count_or_a_fra
     assert parse_error.value.code == 2 and not (tmp_path / "other").exists()
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
         "--val-split: expected an image count or a fraction in (0, 1), got 'a tenth'")
+
+
+def test_every_training_setting_has_an_upper_bound_in_the_python_api_too():
+    import dataclasses
+    import math
+
+    from cifarzoo.train.config import _NUMBERS, TrainConfig
+
+    numeric = {f.name for f in dataclasses.fields(TrainConfig)
+               if any(t in str(f.type) for t in ("int", "float")) and f.name != "tta_level"}
+    assert numeric <= set(_NUMBERS), numeric - set(_NUMBERS)
+    for name, (integer, lo, hi, lo_ok, hi_ok, optional) in _NUMBERS.items():
+        assert hi is not None, name
+        too_big = hi + 1 if integer else (math.nextafter(hi, math.inf) if hi_ok else hi)
+        with pytest.raises(CifarzooError, match=rf"^invalid --{name.replace('_', '-')} "):
+            TrainConfig(**{name: too_big})
+
+
+def test_threads_beyond_the_cpus_present_are_refused_and_such_an_environment_ignored(monkeypatch):
+    import os
+
+    from cifarzoo.device import resolve_threads
+
+    cpus = os.cpu_count()
+    with pytest.raises(CifarzooError, match=rf"^--threads {cpus + 1}: more than the {cpus} CPUs present$"):
+        resolve_threads(cpus + 1)
+    assert resolve_threads(1) == (1, "asked for")
+    monkeypatch.setenv("OMP_NUM_THREADS", "99999")
+    threads, why = resolve_threads(None)
+    assert threads <= cpus and "OMP_NUM_THREADS='99999' ignored" in why
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert resolve_threads(None) == (1, "OMP_NUM_THREADS")
+
+
+def test_seeds_beyond_the_bound_are_refused_before_planning(tmp_path, capsys):
+    import cifarzoo as cz
+
+    with pytest.raises(CifarzooError, match=r"--seeds must be an integer in \[1, 100\], got 1000000000"):
+        cz.benchmark(["fastnet"], data="sample", seeds=10**9, out=str(tmp_path / "s"))
+    assert not (tmp_path / "s").exists()

@@ -148,3 +148,59 @@ def test_doctor_passes_a_sound_model_and_catches_a_broken_one(sample, monkeypatc
     y = torch.from_numpy(sample.train_labels[:32]).long()
     check = doctor.check_initial_outputs(net, x, y, 10)
     assert not check.ok and "ReLU" in check.finding
+
+
+def test_checkpoint_with_a_compressed_record_is_refused_before_loading(tmp_path):
+    import zipfile
+
+    from cifarzoo.train.checkpoint import load_checkpoint, save_checkpoint
+
+    real = tmp_path / "real.pt"
+    save_checkpoint(real, {"state_dict": {"w": torch.zeros(4)}})
+    bomb = tmp_path / "checkpoint.pt"
+    with zipfile.ZipFile(real) as src, zipfile.ZipFile(bomb, "w") as out:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename.endswith("data/0"):  # the tensor: 10 MB of zeros deflated to ~10 KB
+                out.writestr(info.filename, data + bytes(10 << 20), compress_type=zipfile.ZIP_DEFLATED)
+            else:
+                out.writestr(info, data)
+    assert bomb.stat().st_size < 100_000
+    with pytest.raises(CifarzooError, match=rf"^{bomb}: refused: record '.*data/0' is compressed to [\d,]+ bytes "
+                                            r"from 10,485,776; torch.save stores every record as is"):
+        load_checkpoint(bomb)
+
+
+def test_checkpoint_records_beyond_the_largest_model_are_refused(tmp_path, monkeypatch):
+    from cifarzoo.train import checkpoint
+    from cifarzoo.train.checkpoint import load_checkpoint, save_checkpoint
+
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"state_dict": {"w": torch.zeros(1000)}})
+    monkeypatch.setattr(checkpoint, "MAX_CHECKPOINT_BYTES", 3_999)
+    with pytest.raises(CifarzooError, match=rf"^{path}: refused: its records come to [\d,]+ bytes, more than a "
+                                            r"cifarzoo checkpoint holds \(at most 3,999\)$"):
+        load_checkpoint(path)
+
+
+def test_checkpoint_bound_covers_the_largest_model():
+    from cifarzoo import models
+    from cifarzoo.train.checkpoint import MAX_CHECKPOINT_BYTES
+    from cifarzoo.train.config import _NUMBERS
+
+    widest = _NUMBERS["width_mult"][2]
+    largest = max(sum(t.numel() for t in models.create(n, num_classes=100).state_dict().values())
+                  for n in ("resnet50", "vgg19", "xception"))
+    assert MAX_CHECKPOINT_BYTES >= 6 * 4 * largest * widest ** 2
+
+
+@pytest.mark.parametrize("name", ["checkpoint.pt", "model.onnx"])
+def test_fifo_given_as_a_model_is_refused_not_waited_on(tmp_path, no_hang, name):
+    import os
+
+    from cifarzoo.predict import load_classifier
+
+    fifo = tmp_path / name
+    os.mkfifo(fifo)
+    with pytest.raises(CifarzooError, match=rf"^{fifo}: refused: it is a FIFO; only regular files are read$"):
+        load_classifier(fifo)

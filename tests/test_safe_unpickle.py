@@ -256,3 +256,21 @@ def test_arrays_are_counted_over_the_whole_file():
     with pytest.raises(DataError, match=r"^f: refused to unpickle: it declares arrays of 1,200 bytes in all, "
                                         r"more than a CIFAR batch file can hold \(at most 1,000 bytes"):
         safe_load(two, source="f", max_bytes=1_000)
+
+
+def _encode_bomb(chars: int, calls: int) -> bytes:
+    """A list of ``calls`` results of ``_codecs.encode(s, "latin1")`` for one memoized ``s`` of ``chars``:
+    a file of ``chars`` bytes that builds ``chars * calls`` (60 x 50 MB is 3 GB from a 50 MB file)."""
+    s = ("\xe9" * chars).encode("utf-8")
+    head = (b"\x80\x02c_codecs\nencode\nq\x00" + b"X" + len(s).to_bytes(4, "little") + s + b"q\x01"
+            + b"X\x06\x00\x00\x00latin1q\x02]q\x03(")
+    return head + b"h\x00h\x01h\x02\x86R" * calls + b"e."
+
+
+def test_memoized_string_encoded_many_times_counts_every_copy():
+    assert len(safe_load(_encode_bomb(100, 3), source="f", max_bytes=1_000)) == 3
+    bomb = _encode_bomb(100, 20)
+    assert len(bomb) < 1_000  # the file fits; what it builds (2,000 bytes) does not
+    with pytest.raises(DataError, match=r"^f: refused to unpickle: its strings and the bytes built from them "
+                                        r"come to more than 1,000 bytes, more than a CIFAR batch file can hold"):
+        safe_load(bomb, source="f", max_bytes=1_000)

@@ -122,13 +122,19 @@ def physical_cores(cpus: list[int] | None = None, sys_cpu: str = "/sys/devices/s
 def resolve_threads(requested: int | None) -> tuple[int, str]:
     """``(torch threads, why)`` for CPU work: ``requested``; else $OMP_NUM_THREADS where set (torchrun
     and Ray set it for each worker); else the physical cores this process may use."""
+    cpus = os.cpu_count() or 1
     if requested is not None:
+        if requested > cpus:  # torch segfaults at 99,999 threads and crawls at 10,000
+            raise CifarzooError(f"--threads {requested}: more than the {cpus} CPUs present")
         return requested, "asked for"
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if env.isdigit() and int(env) >= 1:
+    note = ""
+    if env.isdigit() and 1 <= int(env) <= cpus:
         return int(env), "OMP_NUM_THREADS"
+    if env:
+        note = f"; OMP_NUM_THREADS={env[:20]!r} ignored: not a count of 1..{cpus} CPUs present"
     n = physical_cores()
-    return n, f"the {n} physical core{'s' if n != 1 else ''}"
+    return n, f"the {n} physical core{'s' if n != 1 else ''}{note}"
 
 
 def resolve_compile(mode: str, device: torch.device, total_steps: int) -> bool:

@@ -17,6 +17,7 @@ from cifarzoo.errors import CifarzooError
 from cifarzoo.inference import confusion_matrix, loss_and_accuracy, predict_logits
 from cifarzoo.device import resolve_device
 from cifarzoo.io import check_target, write_json
+from cifarzoo.progress import printable
 from cifarzoo.plots import MANY_CLASSES, plot_confusion
 from cifarzoo.train.checkpoint import load_model
 
@@ -129,6 +130,7 @@ def format_top_confusions(items: list[dict]) -> str:
     """Top confusions as text lines: true -> predicted, count, share of the true class."""
     if not items:
         return "  (no mistakes)"
+    items = [{**it, "true": printable(it["true"]), "pred": printable(it["pred"])} for it in items]
     w = max(len(it["true"]) for it in items)
     return "\n".join(f"  {it['true']:<{w}} -> {it['pred']:<{w}} {it['count']:>6}  {100 * it['share']:5.1f}%"
                      for it in items)
@@ -136,6 +138,7 @@ def format_top_confusions(items: list[dict]) -> str:
 
 def format_per_class(classes, accuracy) -> str:
     """Per-class accuracy lines: in class order, or worst first when there are many classes."""
+    classes = [printable(c) for c in classes]
     rows = list(zip(classes, accuracy))
     if many_classes(classes):
         rows.sort(key=lambda r: r[1])  # stable: equal accuracies keep class order
@@ -165,6 +168,7 @@ def save_eval_result(result: EvalResult, folder: str | os.PathLike, model_name: 
 
 def format_confusion(cm: np.ndarray, classes: list[str]) -> str:
     """The confusion matrix as a fixed-width text table (rows true, columns predicted)."""
+    classes = [printable(c) for c in classes]
     short = [c[:6] for c in classes]
     w = max(6, len(str(int(cm.max()))) + 1)
     lines = [" " * 12 + "".join(f"{s:>{w + 1}}" for s in short)]

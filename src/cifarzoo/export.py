@@ -57,7 +57,7 @@ from typing import Any
 import numpy as np
 
 from cifarzoo.errors import CifarzooError
-from cifarzoo.io import atomic_file, check_target
+from cifarzoo.io import atomic_file, check_target, open_regular
 
 FORMAT = "cifarzoo.onnx"
 FORMAT_VERSION = 1
@@ -496,8 +496,9 @@ class OnnxClassifier:
     def __init__(self, path: str | os.PathLike, providers: list[str] | None = None, threads: int | None = None):
         ort = _require("onnxruntime")["onnxruntime"]
         self.path = Path(path)
-        if not self.path.is_file():
+        if not self.path.exists():
             raise CifarzooError(f"{self.path}: no such ONNX file")
+        open_regular(self.path).close()  # a FIFO would block ONNX Runtime forever
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = int(threads)

@@ -25,6 +25,13 @@ import time
 from cifarzoo.plots import was_evaluated
 
 
+def printable(text: object) -> str:
+    """``text`` with every character a terminal would act on (escape sequences, newlines, other
+    control characters) written as its Python escape, so that a class name or path taken from
+    a file prints as what it is and cannot move the cursor, recolour or retitle the terminal."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
+
+
 def in_notebook() -> bool:
     """Whether this code runs inside a Jupyter kernel (the test tqdm.autonotebook makes)."""
     ipython = sys.modules.get("IPython")

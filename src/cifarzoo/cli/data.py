@@ -62,9 +62,11 @@ def summarize(dataset) -> dict:
 
 
 def _format_info(s: dict) -> str:
-    width = max(len("class"), *(len(c) for c in s["classes"]))
+    from cifarzoo.progress import printable
+
+    width = max(len("class"), *(len(printable(c)) for c in s["classes"]))
     lines = [
-        f"source   {s['source']}",
+        f"source   {printable(s['source'])}",
         f"images   {s['train_size']:,} train, {s['test_size']:,} test, "
         f"{'x'.join(map(str, s['image_shape']))} uint8, {len(s['classes'])} classes"
         + (f" ({s['labelling']} labels)" if s["labelling"] else ""),
@@ -72,7 +74,7 @@ def _format_info(s: dict) -> str:
         f"  {'class':<{width}}  {'train':>7}  {'test':>7}",
     ]
     for c in s["classes"]:
-        lines.append(f"  {c:<{width}}  {s['train_counts'][c]:>7,}  {s['test_counts'][c]:>7,}")
+        lines.append(f"  {printable(c):<{width}}  {s['train_counts'][c]:>7,}  {s['test_counts'][c]:>7,}")
     lines += [
         "",
         "per-channel statistics of the training images, [0, 255] units:",

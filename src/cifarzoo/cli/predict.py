@@ -23,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args) -> int:
     from cifarzoo.predict import predict_files
+    from cifarzoo.progress import printable
 
     results = predict_files(args.model, args.images, top_k=args.top_k, device=args.device)
     if args.json:
@@ -30,7 +31,7 @@ def run(args) -> int:
     else:
         for r in results:
             if r.ok:
-                print(f"{r.path}: " + ", ".join(f"{c} {100 * p:.1f}%" for c, p in r.top))
+                print(f"{printable(r.path)}: " + ", ".join(f"{printable(c)} {100 * p:.1f}%" for c, p in r.top))
     for r in results:
         if not r.ok:
             print(f"cifarzoo predict: error: {r.error}", file=sys.stderr)

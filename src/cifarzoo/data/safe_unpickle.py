@@ -24,7 +24,10 @@ of 400,000 images. So, before anything is allocated:
 - every array (``_reconstruct``, ``__setstate__``, ``_frombuffer``) is checked
   against the same bound, counted over the whole file, and object arrays are refused;
 - the number of opcodes is bounded (:data:`MAX_OPCODES`), since one-byte opcodes
-  such as ``EMPTY_DICT`` build 64-byte objects.
+  such as ``EMPTY_DICT`` build 64-byte objects;
+- what calls build from objects already read counts too: the bytes of the file read
+  so far plus every ``_codecs.encode`` output (a memoized string may be passed to it
+  any number of times) stay within :data:`MAX_BATCH_BYTES`.
 This needs the pure-Python unpickler (``pickle._Unpickler``): the C one allocates a
 declared length before reading it and cannot be hooked per opcode. It reads the
 150 MB CIFAR-100 ``train`` file in about a second.
@@ -130,8 +133,10 @@ class RestrictedUnpickler(pickle._Unpickler):
     """
 
     def __init__(self, data: bytes, *, max_bytes: int = MAX_BATCH_BYTES, max_opcodes: int = MAX_OPCODES):
-        super().__init__(_BoundedReader(data, max_bytes), encoding="bytes")
+        self._reader = _BoundedReader(data, max_bytes)
+        super().__init__(self._reader, encoding="bytes")
         self.max_bytes = max_bytes
+        self._made = 0  # bytes built by calls (_codecs.encode), on top of the file's own bytes
         self.max_opcodes = max_opcodes
         self._opcodes = 0
         self._array_bytes = 0  # declared by all arrays so far
@@ -192,11 +197,16 @@ class RestrictedUnpickler(pickle._Unpickler):
         # copy=True always: a shared dtype (np.dtype("u1") itself) must not get the file's __setstate__.
         return np.dtype(obj.decode("latin-1") if isinstance(obj, bytes) else obj, bool(align), True)
 
-    @staticmethod
-    def _encode(obj, encoding="utf-8", errors="strict"):
+    def _encode(self, obj, encoding="utf-8", errors="strict"):
         # How Python 3 pickles bytes at protocol 2; other codecs (zlib, ...) are refused.
         if not isinstance(obj, str) or encoding not in ("latin1", "latin-1") or errors != "strict":
             raise RefusedGlobal("_codecs", f"encode with {encoding!r}")
+        # Opcodes build at most the bytes they read; a call can build the same memoized
+        # string again and again (60 x 50 MB), so count what every call builds, first.
+        self._made += len(obj)  # latin-1: one byte a character
+        if self._reader.tell() + self._made > self.max_bytes:
+            raise TooLarge(f"its strings and the bytes built from them come to more than {self.max_bytes:,} "
+                           f"bytes, more than a CIFAR batch file can hold (one string encoded many times)")
         return obj.encode("latin-1")
 
     @staticmethod

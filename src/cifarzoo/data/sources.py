@@ -47,6 +47,7 @@ from cifarzoo.data.dataset import Dataset
 from cifarzoo.data.safe_unpickle import MAX_BATCH_BYTES, MAX_IMAGES, ROW_BYTES, safe_load
 from cifarzoo.errors import DataError
 from cifarzoo.io import atomic_file, open_regular
+from cifarzoo.progress import printable
 
 # Module-level so tests (and mirrors) can point them elsewhere; read at call time.
 DOWNLOAD_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -68,6 +69,11 @@ SAMPLE_PATH = Path(__file__).resolve().parent / "sample" / "cifar10_sample.npz"
 CIFAR10_ARCHIVE_MEMBERS = 9
 MAX_ARCHIVE_MEMBERS = 100
 MAX_HEADER_BYTES = 8192
+# CIFAR-100 has 100 fine classes (names of <= 13 characters) and 20 coarse ones (<= 30);
+# 1,000 classes (ImageNet's count) of <= 100 characters are far beyond both yet keep
+# every table small.
+MAX_CLASSES = 1000
+MAX_CLASS_NAME = 100
 LABELS = ("fine", "coarse")  # CIFAR-100's two labellings: 100 classes, or their 20 superclasses
 
 
@@ -227,8 +233,7 @@ def build_dataset(
     Dataset is always well-formed.
     """
     classes = tuple(str(c) for c in classes)
-    if not classes:
-        raise DataError(f"{source}: no classes")
+    check_class_names(classes, source)
     out = {}
     for split, images, ys in (("train", train_images, train_labels), ("test", test_images, test_labels)):
         images = np.asarray(images)
@@ -246,6 +251,27 @@ def build_dataset(
     mean, std = channel_stats(out["train"][0])
     return Dataset(out["train"][0], out["train"][1], out["test"][0], out["test"][1],
                    classes, source, mean, std, labelling)
+
+
+def check_class_names(classes: tuple[str, ...], source: str) -> None:
+    """Refuse an empty, oversized or ambiguous list of class names (see :data:`MAX_CLASSES`).
+
+    Every table pads to the longest name, so one 150 MB name would cost gigabytes in
+    ``data info``; two equal names would merge their counts.
+    """
+    if not classes:
+        raise DataError(f"{source}: no classes")
+    if len(classes) > MAX_CLASSES:
+        raise DataError(f"{source}: refused: {len(classes):,} classes, more than {MAX_CLASSES:,}")
+    longest = max(classes, key=len)
+    if len(longest) > MAX_CLASS_NAME:
+        raise DataError(f"{source}: refused: a class name of {len(longest):,} characters "
+                        f"({printable(longest[:40])}...), longer than {MAX_CLASS_NAME}")
+    seen: set[str] = set()
+    for name in classes:
+        if name in seen:
+            raise DataError(f"{source}: refused: class name {printable(name)!r} appears twice")
+        seen.add(name)
 
 
 def _check_label_range(labels: np.ndarray, num_classes: int, where: str) -> None:

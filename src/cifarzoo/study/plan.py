@@ -23,7 +23,7 @@ from typing import Any, Sequence
 from cifarzoo import __version__
 from cifarzoo.errors import CifarzooError
 from cifarzoo.io import make_folder, read_json, read_json_object, write_json
-from cifarzoo.train.config import PRESETS, TrainConfig, make_config
+from cifarzoo.train.config import MAX_SEEDS, PRESETS, TrainConfig, make_config
 
 STUDY_FILE = "study.json"
 RUNS_DIR = "runs"
@@ -186,8 +186,8 @@ def plan_study(
     """
     if preset not in PRESETS:
         raise CifarzooError(f"unknown preset {preset!r}; known presets: {', '.join(PRESETS)}")
-    if not (isinstance(seeds, int) and seeds >= 1):
-        raise CifarzooError(f"--seeds must be a positive integer, got {seeds!r}")
+    if not (isinstance(seeds, int) and not isinstance(seeds, bool) and 1 <= seeds <= MAX_SEEDS):
+        raise CifarzooError(f"--seeds must be an integer in [1, {MAX_SEEDS}], got {seeds!r}")
     names = resolve_models(models)
     if as_written:
         if preset != "seed":

@@ -38,6 +38,7 @@ import os
 import pickle
 import re
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +46,16 @@ import torch
 from torch import nn
 
 from cifarzoo.errors import CifarzooError
-from cifarzoo.io import atomic_write_bytes
+from cifarzoo.io import atomic_write_bytes, open_regular
 from cifarzoo.train.config import TrainConfig
 from cifarzoo.train.rundir import CHECKPOINT_FILE
 
 FORMAT = "cifarzoo.checkpoint"
+# The most a checkpoint can hold: resnet50, the largest registered model (23,758,425 parameters
+# and buffers at width 1 with 100 classes), at the widest width_mult (2: four times the
+# weights) in fp32, six times over (weights, the EMA copy, the trained copy, lookahead and
+# Adam's two moments), with a quarter more for the metadata: about 2.85 GB.
+MAX_CHECKPOINT_BYTES = int(23_758_425 * 4 * 4 * 6 * 1.25)
 VERSION = 1
 
 
@@ -76,12 +82,14 @@ def load_checkpoint(run_or_checkpoint: str | os.PathLike, map_location: str | to
     """Load a checkpoint with ``weights_only=True`` and check its schema (:func:`check_schema`; ``resume``:
     also the fields continuing the run needs)."""
     path = resolve_checkpoint_path(run_or_checkpoint)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch's notes on pickle protocols: the error below says it all
-            ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # truncated zip, not a torch file, forbidden global ...
-        raise CifarzooError(f"{path}: not a cifarzoo checkpoint, or damaged ({_load_failure(exc)})") from None
+    with open_regular(path) as f:
+        _check_records(f, path)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch's notes on pickle protocols: the error below says it all
+                ckpt = torch.load(f, map_location=map_location, weights_only=True)
+        except Exception as exc:  # truncated zip, not a torch file, forbidden global ...
+            raise CifarzooError(f"{path}: not a cifarzoo checkpoint, or damaged ({_load_failure(exc)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CifarzooError(f"{path}: not a cifarzoo checkpoint (missing format marker {FORMAT!r})")
     if ckpt.get("version") != VERSION:
@@ -192,6 +200,31 @@ def _describe(value) -> str:
         isinstance(value, list) and len(value) <= 8 and all(isinstance(v, (int, float, str)) for v in value))
     text = repr(value) if small else type(value).__name__
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _check_records(f, path: Path) -> None:
+    """Refuse, before loading, a checkpoint whose zip records declare more than they hold.
+
+    ``torch.save`` stores every record uncompressed, so a record's declared size is the
+    bytes it takes in the file; a deflated record (a 3 MB file declaring 1 GB) is never
+    one of ours. The records together are bounded by :data:`MAX_CHECKPOINT_BYTES`.
+    """
+    try:
+        with zipfile.ZipFile(f) as z:
+            records = z.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return  # not a zip: torch.load says what it is
+    finally:
+        f.seek(0)
+    total = sum(r.file_size for r in records)
+    packed = [r for r in records if r.compress_type != zipfile.ZIP_STORED or r.compress_size != r.file_size]
+    if packed:
+        raise CifarzooError(f"{path}: refused: record {packed[0].filename!r} is compressed to "
+                            f"{packed[0].compress_size:,} bytes from {packed[0].file_size:,}; torch.save "
+                            f"stores every record as is, so this is not a cifarzoo checkpoint")
+    if total > MAX_CHECKPOINT_BYTES:
+        raise CifarzooError(f"{path}: refused: its records come to {total:,} bytes, more than a cifarzoo "
+                            f"checkpoint holds (at most {MAX_CHECKPOINT_BYTES:,})")
 
 
 def _load_failure(exc: Exception) -> str:

@@ -25,6 +25,8 @@ WARMUP_MODES = ("auto", "on", "off")
 # mean, over their std (the one right way); unit: every split /255; study: the original study's
 # mismatch, training images /225 and test images /255 (kept to replay it, never a default).
 NORMALIZATIONS = ("mean-std", "unit", "study")
+MAX_THREADS = 4096  # above any machine's CPU count; resolve_threads checks the CPUs present
+MAX_SEEDS = 100  # a study's seeds 0..N-1: 100 already means 100 runs of every model
 WARMUP_STEPS = 3  # untimed warm-up steps: compile's forward and backward graphs, cuDNN's search, lazy kernels
 
 
@@ -198,41 +200,45 @@ def validate(c: TrainConfig) -> None:
         bad("--normalize", c.normalize, " | ".join(NORMALIZATIONS))
     if c.warmup not in WARMUP_MODES:
         bad("--warmup", c.warmup, " | ".join(WARMUP_MODES))
-    for name in ("eval_every", "checkpoint_every"):
-        value = getattr(c, name)
-        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
-            bad("--" + name.replace("_", "-"), value, "an integer >= 0 (0: the last epoch only)")
-    if c.threads is not None and not (isinstance(c.threads, int) and c.threads >= 1):
-        bad("--threads", c.threads, "an integer >= 1")
     if c.tta_level not in (0, 1, 2):
         bad("--tta-level", c.tta_level, "0 (none), 1 (flip) or 2 (flip and 1-pixel translations)")
 
 
 
 # name: (integer?, lowest, highest, lowest allowed?, highest allowed?, None allowed?) of every
-# number TrainConfig holds; floats must also be finite.
+# number TrainConfig holds; floats must also be finite. Every one has an upper bound, far above
+# any recipe yet below what overflows or exhausts memory: counts of images at most the 60,000
+# a CIFAR dataset has; 10,000 epochs (recipes use <= 60); width 2 (4x the paper's weights; the
+# checkpoint bound assumes it); lr <= 10 and muon_lr <= 10 (recipes peak at 1.5; 1e308 overflows
+# to inf in the first step); decays <= 1 (per-step shrink lr x decay: 1 already zeroes a weight
+# at lr 1; recipes use <= 1.33e-3); bias_lr_scale <= 1,000 (airbench: 64).
+_MAX_IMAGES = 60_000
 _NUMBERS: dict[str, tuple] = {
-    "width_mult": (False, 0, None, False, None, False),
-    "subset": (True, 1, None, True, None, True),
-    "epochs": (True, 1, None, True, None, False),
-    "batch_size": (True, 1, None, True, None, True),
-    "eval_batch_size": (True, 1, None, True, None, False),
-    "lr": (False, 0, None, False, None, False),
+    "width_mult": (False, 0, 2, False, True, False),
+    "subset": (True, 1, _MAX_IMAGES, True, True, True),
+    "val_split": (False, 0, _MAX_IMAGES, True, True, False),  # a count, or a fraction (checked in validate)
+    "epochs": (True, 1, 10_000, True, True, False),
+    "batch_size": (True, 1, _MAX_IMAGES, True, True, True),
+    "eval_batch_size": (True, 1, _MAX_IMAGES, True, True, False),
+    "lr": (False, 0, 10, False, True, False),
     "momentum": (False, 0, 1, True, False, False),
-    "weight_decay": (False, 0, None, True, None, False),
-    "warmup_epochs": (False, 0, None, True, None, False),
+    "weight_decay": (False, 0, 1, True, True, False),
+    "warmup_epochs": (False, 0, 10_000, True, True, False),
     "label_smoothing": (False, 0, 1, True, False, False),
     "cutout_size": (True, 1, 32, True, True, False),
     "crop_pad": (True, 0, 15, True, True, False),
-    "aux_weight": (False, 0, None, True, None, False),
+    "aux_weight": (False, 0, 10, True, True, False),
     "seed": (True, 0, 2**64 - 1, True, True, False),  # torch's seeds are 64-bit
-    "stall_steps": (True, 1, None, True, None, True),
-    "nan_check_every": (True, 1, None, True, None, False),
-    "bias_lr_scale": (False, 0, None, False, None, False),
-    "muon_lr": (False, 0, None, False, None, False),
+    "stall_steps": (True, 1, 10**7, True, True, True),
+    "nan_check_every": (True, 1, 10**7, True, True, False),
+    "bias_lr_scale": (False, 0, 1_000, False, True, False),
+    "muon_lr": (False, 0, 10, False, True, False),
     "muon_momentum": (False, 0, 1, True, False, False),
-    "bn_bias_decay": (False, 0, None, True, None, False),
-    "whiten_bias_epochs": (True, 0, None, True, None, True),
+    "bn_bias_decay": (False, 0, 1, True, True, False),
+    "whiten_bias_epochs": (True, 0, 10_000, True, True, True),
+    "eval_every": (True, 0, 10_000, True, True, False),  # 0: the last epoch only
+    "checkpoint_every": (True, 0, 10_000, True, True, False),  # 0: only at the end and on Ctrl-C
+    "threads": (True, 1, MAX_THREADS, True, True, True),  # and at most the CPUs present, when used
 }
 
 
