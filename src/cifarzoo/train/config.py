@@ -151,6 +151,12 @@ def validate(c: TrainConfig) -> None:
             bad("--" + name.replace("_", "-"), value, "an integer >= 0 (0: the last epoch only)")
     if c.threads is not None and not (isinstance(c.threads, int) and c.threads >= 1):
         bad("--threads", c.threads, "an integer >= 1")
+    if not (isinstance(c.model_kwargs, dict) and all(isinstance(k, str) for k in c.model_kwargs)):
+        bad("model_kwargs", c.model_kwargs, "a dict of the model builder's options by name")
+    reserved = sorted({"num_classes", "width_mult"} & set(c.model_kwargs))
+    if reserved:  # the builder's own named parameters, which a run sets from its data and --width-mult
+        bad("model_kwargs", c.model_kwargs, f"no {' or '.join(reserved)} (num_classes comes from the data's "
+                                            "classes, width_mult is a setting of its own)")
     if c.tta_level not in (0, 1, 2):
         bad("--tta-level", c.tta_level, "0 (none), 1 (flip) or 2 (flip and 1-pixel translations)")
 

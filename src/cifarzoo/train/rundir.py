@@ -152,7 +152,7 @@ class RunDir:
             return []
         try:
             return read_metrics(self.metrics_path)
-        except (OSError, ValueError, KeyError):
+        except (OSError, CifarzooError):
             return []
 
     def state(self) -> str:
@@ -265,9 +265,18 @@ def write_metrics(path: str | os.PathLike, rows: list[dict]) -> None:
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """The rows of a metrics.csv; one line naming the file and row when it is not what write_metrics writes."""
     rows = []
     with open(path, newline="") as f:
-        for r in csv.DictReader(f):
-            rows.append({k: (int(v) if k == "epoch" else (float(v) if v not in ("", None) else float("nan")))
-                         for k, v in r.items()})
+        for n, r in enumerate(csv.DictReader(f), start=2):  # line 1 is the header
+            try:
+                if None in r or None in r.values():  # cells beyond or short of the header
+                    raise ValueError("its cells do not match the header")
+                missing = [c for c in METRIC_COLUMNS if c not in r]
+                if missing:
+                    raise ValueError(f"no column {missing[0]!r}")
+                rows.append({k: (int(v) if k == "epoch" else (float(v) if v != "" else float("nan")))
+                             for k, v in r.items()})
+            except ValueError as exc:
+                raise CifarzooError(f"{path}: damaged metrics file, line {n}: {exc}") from None
     return rows
