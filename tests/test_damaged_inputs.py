@@ -346,3 +346,42 @@ def test_run_predict_refuses_odd_pil_images_by_name_and_classifies_the_rest(run_
     results = cz.load_run(run_dir).predict([Image.new("F", (8, 8)), negative, closed, good], device="cpu")
     assert [r.ok for r in results] == [False, False, False, True]
     assert all(r.error.startswith(f"images[{i}]: ") for i, r in enumerate(results[:3]))
+
+
+def test_one_accuracy_per_run_whatever_it_trained_in(sample_subset, tmp_path):
+    """A bf16 run's summary and `evaluate` give the same test accuracy: both are computed in fp32."""
+    import json
+
+    from cifarzoo.evaluate import evaluate
+
+    config = TrainConfig(model="resnet18", width_mult=0.125, epochs=1, batch_size=20, device="cpu",
+                         precision="bf16", compile="off", allow_stall=True, data="sample", eval_batch_size=500)
+    run = fit(config, dataset=sample_subset(10), out_dir=tmp_path / "run").run_dir
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["precision"] == "bf16" and summary["eval_precision"] == "fp32"
+    result = evaluate(run, dataset=sample_subset(10), device="cpu", save=False)
+    assert result.accuracy == summary["test_acc"] and result.loss == summary["test_loss"]
+
+
+def test_a_short_run_at_chance_says_so(sample_subset, tmp_path, capsys):
+    """Fewer steps than the stall check needs, and an accuracy within noise of chance: said in the
+    summary and on the console, not reported as a plain "finished"."""
+    import json
+
+    from cifarzoo.progress import ConsoleReporter
+
+    config = TrainConfig(model="resnet18", width_mult=0.125, epochs=1, batch_size=20, device="cpu", lr=1e-6,
+                         precision="fp32", compile="off", data="sample", eval_batch_size=500)
+    fit(config, dataset=sample_subset(10), out_dir=tmp_path / "run", reporter=ConsoleReporter())
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["stall_check"] == "not run (too few steps)"
+    assert any("stall check did not run" in w for w in summary["warnings"])
+    assert "warning: the stall check did not run" in capsys.readouterr().out
+
+
+def test_near_chance_is_two_standard_errors_above_one_over_c():
+    from cifarzoo.train.guards import near_chance
+
+    # 10 classes, 1,000 images: chance 10%, standard error 0.95%: up to 11.9% is noise
+    assert near_chance(0.104, 10, 1000) and near_chance(0.119, 10, 1000) and not near_chance(0.12, 10, 1000)
+    assert not near_chance(0.5, 10, 1000)
