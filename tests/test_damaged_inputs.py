@@ -247,3 +247,141 @@ def test_class_names_with_dollar_signs_are_drawn_literally(fake_files, tmp_path,
     assert (tmp_path / "grid.png").stat().st_size > 0
     plot_confusion(tmp_path / "confusion.png", np.eye(10, dtype=np.int64), list(fake.classes), title="$x_$")
     assert (tmp_path / "confusion.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["data", "show", "--data", "sample", "--seed", "-1"], "--seed"),
+    (["doctor", "resnet18", "--data", "sample", "--overfit-steps", "0"], "--overfit-steps"),
+])
+def test_settings_of_show_and_doctor_are_one_line(tmp_path, capsys, argv, expected):
+    err = one_line_error(capsys, argv + (["--out", str(tmp_path / "g.png")] if argv[0] == "data" else []))
+    assert expected in err
+
+
+@pytest.mark.parametrize("kwargs, expected", [
+    ({"model_kwargs": {"num_classes": 3}}, "num_classes"),
+    ({"model_kwargs": [("aux_logits", True)]}, "model_kwargs"),
+    ({"model_kwargs": {1: True}}, "model_kwargs"),
+])
+def test_model_kwargs_are_checked_against_the_builder(kwargs, expected):
+    with pytest.raises(CifarzooError, match=expected):
+        TrainConfig(model="resnet18", **kwargs)
+
+
+def test_an_unknown_model_option_is_one_line():
+    from cifarzoo import models
+
+    with pytest.raises(CifarzooError, match="does not take"):
+        models.create("resnet18", num_classes=10, bogus=1)
+
+
+def test_top_k_true_is_refused(run_dir):
+    import cifarzoo as cz
+
+    with pytest.raises(CifarzooError, match="top_k"):
+        cz.load_run(run_dir).predict(np.zeros((32, 32, 3), np.uint8), top_k=True)
+
+
+def test_an_empty_test_split_is_refused_on_load(fake_files, tmp_path):
+    import shutil
+
+    from cifarzoo.data import load
+    from cifarzoo.errors import DataError
+
+    root = fake_files.write_image_folder(tmp_path / "images", fake_files.make())
+    for folder in (root / "test").iterdir():
+        shutil.rmtree(folder)
+        folder.mkdir()
+    with pytest.raises(DataError, match="no test images"):
+        load(str(root))
+
+
+@pytest.mark.parametrize("name, content, use", [
+    ("config.json", "[1, 2]", repr), ("config.json", '{"config": [1]}', repr),
+    ("config.json", '{"data": "x"}', lambda r: r.classes),
+    ("summary.json", '{"test_acc": "high"}', repr), ("summary.json", "[]", repr),
+    ("metrics.csv", "epoch,lr\n1,0.1\n", lambda r: r.plot()),
+    ("metrics.csv", "garbage\nx,y,z\n", lambda r: r.metrics),
+    ("metrics.csv", "epoch,lr,train_loss,train_acc,eval_loss,eval_acc,epoch_seconds,elapsed_seconds,"
+                    "images_per_second\none,1,1,1,1,1,1,1,1\n", lambda r: r.metrics),
+])
+def test_run_on_a_damaged_folder_raises_one_line(run_dir, tmp_path, name, content, use):
+    import shutil
+
+    import cifarzoo as cz
+
+    folder = tmp_path / "run"
+    shutil.copytree(run_dir, folder)
+    (folder / name).write_text(content)
+    with pytest.raises(CifarzooError) as info:
+        use(cz.load_run(folder))
+    assert name in str(info.value) and "\n" not in str(info.value)
+
+
+def crafted_dds(path: Path) -> Path:
+    """A DDS header naming a pixel format Pillow does not implement (it raises NotImplementedError)."""
+    import struct
+
+    header = struct.pack("<4s7I44s", b"DDS ", 124, 0x1007, 32, 32, 0, 0, 0, b"\0" * 44)
+    pixel_format = struct.pack("<2I4s5I", 32, 0x4, b"XXXX", 0, 0, 0, 0, 0)
+    path.write_bytes(header + pixel_format + struct.pack("<5I", 0x1000, 0, 0, 0, 0) + b"\0" * 4096)
+    return path
+
+
+def test_a_crafted_image_is_refused_by_name_and_the_others_classified(run_dir, image, tmp_path, capsys):
+    bad = crafted_dds(tmp_path / "bad.dds")
+    assert main(["predict", str(run_dir), str(bad), str(image), "--device", "cpu"]) == 1
+    out, err = capsys.readouterr()
+    assert str(image) in out and "Traceback" not in err
+    assert f"{bad}: cannot read this image (NotImplementedError" in err
+
+
+def test_run_predict_refuses_odd_pil_images_by_name_and_classifies_the_rest(run_dir):
+    import cifarzoo as cz
+
+    closed = Image.new("RGB", (32, 32))
+    closed.close()
+    negative = Image.fromarray(np.full((8, 8), -5, np.int32))  # mode I
+    good = Image.new("RGB", (32, 32), (200, 10, 10))
+    results = cz.load_run(run_dir).predict([Image.new("F", (8, 8)), negative, closed, good], device="cpu")
+    assert [r.ok for r in results] == [False, False, False, True]
+    assert all(r.error.startswith(f"images[{i}]: ") for i, r in enumerate(results[:3]))
+
+
+def test_one_accuracy_per_run_whatever_it_trained_in(sample_subset, tmp_path):
+    """A bf16 run's summary and `evaluate` give the same test accuracy: both are computed in fp32."""
+    import json
+
+    from cifarzoo.evaluate import evaluate
+
+    config = TrainConfig(model="resnet18", width_mult=0.125, epochs=1, batch_size=20, device="cpu",
+                         precision="bf16", compile="off", allow_stall=True, data="sample", eval_batch_size=500)
+    run = fit(config, dataset=sample_subset(10), out_dir=tmp_path / "run").run_dir
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["precision"] == "bf16" and summary["eval_precision"] == "fp32"
+    result = evaluate(run, dataset=sample_subset(10), device="cpu", save=False)
+    assert result.accuracy == summary["test_acc"] and result.loss == summary["test_loss"]
+
+
+def test_a_short_run_at_chance_says_so(sample_subset, tmp_path, capsys):
+    """Fewer steps than the stall check needs, and an accuracy within noise of chance: said in the
+    summary and on the console, not reported as a plain "finished"."""
+    import json
+
+    from cifarzoo.progress import ConsoleReporter
+
+    config = TrainConfig(model="resnet18", width_mult=0.125, epochs=1, batch_size=20, device="cpu", lr=1e-6,
+                         precision="fp32", compile="off", data="sample", eval_batch_size=500)
+    fit(config, dataset=sample_subset(10), out_dir=tmp_path / "run", reporter=ConsoleReporter())
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["stall_check"] == "not run (too few steps)"
+    assert any("stall check did not run" in w for w in summary["warnings"])
+    assert "warning: the stall check did not run" in capsys.readouterr().out
+
+
+def test_near_chance_is_two_standard_errors_above_one_over_c():
+    from cifarzoo.train.guards import near_chance
+
+    # 10 classes, 1,000 images: chance 10%, standard error 0.95%: up to 11.9% is noise
+    assert near_chance(0.104, 10, 1000) and near_chance(0.119, 10, 1000) and not near_chance(0.12, 10, 1000)
+    assert not near_chance(0.5, 10, 1000)

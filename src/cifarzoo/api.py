@@ -79,10 +79,25 @@ def _files(run_dir: Path):
 
 
 def _read_info(run_dir: Path) -> dict:
+    p = _files(run_dir).config_path
+    return _read_object(p, dicts=("config", "data")) if p.exists() else {}
+
+
+def _read_object(path: Path, *, dicts: tuple[str, ...] = (), numbers: tuple[str, ...] = ()) -> dict:
+    """A run folder's JSON file as a dict whose ``dicts`` keys hold dicts and ``numbers`` keys numbers (or
+    null) where present: a damaged or hand-edited file is one line naming it, not an error from ``repr``."""
     from cifarzoo.io import read_json
 
-    p = _files(run_dir).config_path
-    return read_json(p) if p.exists() else {}
+    obj = read_json(path)
+    if not isinstance(obj, dict):
+        raise CifarzooError(f"{path}: damaged: not a JSON object")
+    for key in dicts:
+        if key in obj and not isinstance(obj[key], dict):
+            raise CifarzooError(f"{path}: damaged: {key!r} is not a JSON object")
+    for key in numbers:
+        if obj.get(key) is not None and (isinstance(obj[key], bool) or not isinstance(obj[key], (int, float))):
+            raise CifarzooError(f"{path}: damaged: {key!r} is not a number")
+    return obj
 
 
 def _arrays_needed(run_dir: Path, what: str) -> CifarzooError:
@@ -277,10 +292,8 @@ class Run:
     @property
     def summary(self) -> dict:
         """summary.json (test accuracy, loss, time, memory, ...); {} while the run is unfinished."""
-        from cifarzoo.io import read_json
-
         p = _files(self.run_dir).summary_path
-        return read_json(p) if p.exists() else {}
+        return _read_object(p, numbers=("test_acc", "test_loss", "test_acc_tta", "train_seconds")) if p.exists() else {}
 
     @property
     def metrics(self) -> list[dict]:
@@ -334,7 +347,7 @@ class Run:
         """
         from cifarzoo.predict import Prediction, load_classifier
 
-        if not (isinstance(top_k, int) and top_k >= 1):
+        if not (isinstance(top_k, int) and not isinstance(top_k, bool) and top_k >= 1):
             raise CifarzooError(f"top_k must be an integer >= 1, got {top_k!r}")
         names, arrays, errors = _image_inputs(images)
         results = [Prediction(n, error=e) for n, e in zip(names, errors)]
@@ -416,7 +429,7 @@ def _one_image(item: Any, i: int):
     import numpy as np
 
     from cifarzoo.data.arrays import check_images
-    from cifarzoo.data.sources import _to_rgb32, load_image_file
+    from cifarzoo.data.sources import image_to_rgb32, load_image_file
 
     if isinstance(item, (str, os.PathLike)):
         try:
@@ -424,7 +437,10 @@ def _one_image(item: Any, i: int):
         except CifarzooError as exc:  # as `cifarzoo predict`: report it, classify the rest
             return str(item), None, str(exc)
     if _is_pil(item):
-        return f"images[{i}]", _to_rgb32(item)[0], None
+        try:
+            return f"images[{i}]", image_to_rgb32(item, f"images[{i}]"), None
+        except CifarzooError as exc:  # as a file: report it, classify the rest
+            return f"images[{i}]", None, str(exc)
     if isinstance(item, np.ndarray):
         return f"images[{i}]", check_images(item[None], f"images[{i}]")[0], None
     raise CifarzooError(f"images[{i}]: expected a (32, 32, 3) uint8 array, a file path or a PIL image, "

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from cifarzoo.data import Dataset
+from cifarzoo.errors import CifarzooError
 
 
 @dataclass
@@ -215,6 +216,8 @@ def run_doctor(model_name: str, ds: Dataset, *, width_mult: float = 1.0, seed: i
     from cifarzoo.data.loader import normalize as normalize_images
     from cifarzoo.train.config import make_config
 
+    if not (isinstance(overfit_steps, int) and overfit_steps >= 1):
+        raise CifarzooError(f"--overfit-steps must be an integer >= 1, got {overfit_steps!r}")
     name = models.resolve(model_name)
     config = make_config(name, width_mult=width_mult, seed=seed, normalize=normalize)
     checks = [check_normalization(ds, config.normalize), check_balance(ds)]

@@ -128,6 +128,8 @@ class ConsoleReporter:
             f"{summary['images_per_second']:,.0f} img/s"
             + (f" (after an untimed {warm:.1f}s warm-up" + (f", {comp:.1f}s of it compiling" if comp is not None
                                                             else "") + ")" if warm is not None else ""))
+        for warning in summary.get("warnings", []):
+            self._print(f"warning: {warning}")
 
 
 class NotebookReporter(ConsoleReporter):

@@ -34,6 +34,8 @@ def draw_class_grid(dataset: Dataset, out_path: str | os.PathLike, per_class: in
         raise CifarzooError(f"--classes must be at least 1, got {max_classes}")
     if split not in ("train", "test"):
         raise CifarzooError(f"split must be 'train' or 'test', got {split!r}")
+    if not (isinstance(seed, int) and 0 <= seed < 2**32):  # numpy's seeds
+        raise CifarzooError(f"--seed must be an integer in [0, 2**32), got {seed!r}")
     images = dataset.train_images if split == "train" else dataset.test_images
     labels = dataset.train_labels if split == "train" else dataset.test_labels
     out = Path(out_path)

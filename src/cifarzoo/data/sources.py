@@ -246,8 +246,9 @@ def build_dataset(
                             f"expected ({len(images)},) integers")
         _check_label_range(ys, len(classes), f"{source} ({split})")
         out[split] = (np.ascontiguousarray(images), ys.astype(np.int64))
-    if len(out["train"][0]) == 0:
-        raise DataError(f"{source}: no training images")
+    for split in ("train", "test"):  # an empty test split made training "finish" with a NaN accuracy
+        if len(out[split][0]) == 0:
+            raise DataError(f"{source}: no {'training' if split == 'train' else 'test'} images")
     mean, std = channel_stats(out["train"][0])
     return Dataset(out["train"][0], out["train"][1], out["test"][0], out["test"][1],
                    classes, source, mean, std, labelling)
@@ -543,8 +544,28 @@ def _decode(data: bytes | Path, name: str, formats: tuple[str, ...] | None = Non
                                 f"{MAX_IMAGE_PIXELS:,})")
             im.load()
             return _to_rgb32(im)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise DataError(f"{name}: cannot read this image ({type(exc).__name__}: {exc})") from None
+    except DataError:
+        raise
+    except Exception as exc:  # Pillow's decoders raise more than OSError/ValueError on crafted files
+        # (NotImplementedError for DDS, BLPFormatError, AttributeError for SPIDER, struct.error ...):
+        # any failure to decode is this file's, named, and the other files are still read.
+        raise _unreadable(name, exc) from None
+
+
+def _unreadable(name: str, exc: Exception) -> DataError:
+    text = (str(exc).splitlines() or [""])[0][:200]
+    return DataError(f"{name}: cannot read this image ({type(exc).__name__}: {text})")
+
+
+def image_to_rgb32(im: Image.Image, name: str) -> np.ndarray:
+    """A PIL image given in memory (any mode; as :func:`load_image_file` converts a file) as (32, 32, 3)
+    uint8 RGB; DataError naming ``name`` for one that cannot be converted (closed, float, ...)."""
+    try:
+        return _to_rgb32(im)[0]
+    except DataError:
+        raise
+    except Exception as exc:  # a closed image is a ValueError, odd modes raise from inside Pillow
+        raise _unreadable(name, exc) from None
 
 
 def decode_image(data: bytes, name: str) -> tuple[np.ndarray, bool]:

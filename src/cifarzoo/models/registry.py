@@ -92,7 +92,7 @@ def create(name: str, num_classes: int = 10, width_mult: float = 1.0, **kwargs) 
     try:
         return entry.builder(num_classes=num_classes, width_mult=float(width_mult), **kwargs)
     except TypeError as exc:
-        if "unexpected keyword argument" in str(exc):
+        if "keyword argument" in str(exc):  # unexpected, or given twice (num_classes in kwargs)
             raise CifarzooError(f"model {entry.name!r} does not take that option: {exc}") from None
         raise
 

@@ -37,7 +37,9 @@ a value that does not exist is null)::
         (torch.compile's share of it; null: not compiled), tta_level and test_acc_tta_level (multi-crop
         TTA, runs with tta_level 2; else null), images_per_second, peak_memory_bytes, peak_memory_kind,
         parameters, macs, precision, device, kind, reason, diagnosis (failed runs; else null),
-        per_class_accuracy [float] | null, eval_error str | null
+        per_class_accuracy [float] | null, eval_error str | null, stall_check str ("passed" | "not run
+        (too few steps)" | "allowed to stall") and warnings [str] (no stall check; accuracy within
+        noise of chance) from summary.json
 """
 from __future__ import annotations
 
@@ -77,7 +79,7 @@ RUN_KEYS = (
     "test_loss", "test_loss_tta", "train_seconds", "warmup_seconds", "compile_seconds", "tta_level",
     "test_acc_tta_level", "images_per_second", "peak_memory_bytes",
     "peak_memory_kind", "parameters", "macs", "precision", "device", "kind", "reason", "diagnosis",
-    "per_class_accuracy", "eval_error",
+    "per_class_accuracy", "eval_error", "stall_check", "warnings",
 )
 FIGURES = "figures"
 GRID_CLASSES = 20  # rows of the example-image grid; with more classes (CIFAR-100), a random sample of them
@@ -115,7 +117,7 @@ def collect_runs(plan: StudyPlan) -> list[RunRecord]:
             "epochs_completed": len(metrics),
         })
         for k in ("test_acc", "test_acc_tta", "test_loss", "test_loss_tta", "train_seconds", "warmup_seconds",
-                  "compile_seconds", "tta_level", "test_acc_tta_level", "images_per_second", "peak_memory_bytes", "peak_memory_kind", "parameters", "macs", "precision", "device"):
+                  "compile_seconds", "tta_level", "test_acc_tta_level", "images_per_second", "peak_memory_bytes", "peak_memory_kind", "parameters", "macs", "precision", "device", "stall_check", "warnings"):
             if k in summary:
                 row[k] = summary[k]
         if status == FAILED:
@@ -487,6 +489,11 @@ def _status_blocks(records: list[RunRecord]) -> list[Block]:
             blocks.append(Block("p", f["reason"] or ""))
             if f.get("diagnosis"):
                 blocks.append(Block("pre", f["diagnosis"]))
+    warned = [r.row for r in records if r.row["status"] == "finished" and r.row.get("warnings")]
+    if warned:  # finished, but its accuracy may mean nothing: said where the accuracy is read
+        blocks.append(Block("h2", "Finished with warnings"))
+        for w in warned:
+            blocks.append(Block("p", f"{w['name']}: " + "; ".join(w["warnings"]) + "."))
     if pending:
         blocks.append(Block("p", "Not finished yet: " + ", ".join(
             f"{r['name']} ({r['status']}, {r['epochs_completed']}/{r['epochs']} epochs)" for r in pending)

@@ -30,6 +30,11 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so t
 
 ``predict``, ``evaluate`` and ``export`` rebuild the model from ``model`` alone, as
 nanoGPT's ``sample.py`` does from ``model_args``.
+
+:func:`load_checkpoint` checks every field present against this schema once, on load
+(:func:`check_schema`): ``model``, ``classes``, ``normalization``, ``state_dict`` and ``config``
+are always required, the rest with ``resume=True``. A damaged or hand-edited checkpoint is
+one line naming the field, never a traceback from deeper down.
 """
 from __future__ import annotations
 
@@ -99,7 +104,6 @@ def load_checkpoint(run_or_checkpoint: str | os.PathLike, map_location: str | to
     return ckpt
 
 
-
 # --------------------------------------------------------------------------- the schema, checked once on load
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
@@ -165,8 +169,10 @@ def _is_metrics_row(row) -> bool:
 
 
 def _is_partial(v) -> bool:
+    if not isinstance(v, dict):
+        return False
     tensors = [v.get(f"step_{k}") for k in ("loss", "correct", "count")]
-    return (isinstance(v, dict) and _is_int(v.get("step")) and v["step"] >= 0 and _is_number(v.get("epoch_seconds"))
+    return (_is_int(v.get("step")) and v["step"] >= 0 and _is_number(v.get("epoch_seconds"))
             and all(isinstance(t, torch.Tensor) and t.dim() == 1 and len(t) == len(tensors[0]) for t in tensors))
 
 

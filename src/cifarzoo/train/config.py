@@ -113,7 +113,8 @@ class TrainConfig:
 
 
 # Fields whose value is one word from a fixed set (lower-cased before validation).
-_CHOICE_FIELDS = ("optimizer", "schedule", "precision", "compile", "device", "labels", "augment", "warmup")
+_CHOICE_FIELDS = ("optimizer", "schedule", "precision", "compile", "device", "labels", "augment", "warmup",
+                  "normalize")
 
 # Names users bring from Keras, Lightning, fastai and timm, and what cifarzoo calls them.
 SYNONYMS = {
@@ -200,6 +201,12 @@ def validate(c: TrainConfig) -> None:
         bad("--normalize", c.normalize, " | ".join(NORMALIZATIONS))
     if c.warmup not in WARMUP_MODES:
         bad("--warmup", c.warmup, " | ".join(WARMUP_MODES))
+    if not (isinstance(c.model_kwargs, dict) and all(isinstance(k, str) for k in c.model_kwargs)):
+        bad("model_kwargs", c.model_kwargs, "a dict of the model builder's options by name")
+    reserved = sorted({"num_classes", "width_mult"} & set(c.model_kwargs))
+    if reserved:  # the builder's own named parameters, which a run sets from its data and --width-mult
+        bad("model_kwargs", c.model_kwargs, f"no {' or '.join(reserved)} (num_classes comes from the data's "
+                                            "classes, width_mult is a setting of its own)")
     if c.tta_level not in (0, 1, 2):
         bad("--tta-level", c.tta_level, "0 (none), 1 (flip) or 2 (flip and 1-pixel translations)")
 

@@ -91,3 +91,22 @@ def stall_error(step: int, loss: float, acc: float, num_classes: int, causes: li
         kind="stall",
         diagnosis=diagnosis,
     )
+
+
+def near_chance(acc: float, num_classes: int, n_images: int) -> bool:
+    """Whether accuracy ``acc`` on ``n_images`` is within noise of chance: at most 2 binomial standard
+    errors above 1/C (a network that learned nothing scores that on a finite test set)."""
+    chance = 1.0 / num_classes
+    return math.isfinite(acc) and n_images > 0 and acc <= chance + 2 * math.sqrt(chance * (1 - chance) / n_images)
+
+
+def run_warnings(*, stall_checked: bool, allow_stall: bool, steps: int, acc: float, num_classes: int,
+                 n_images: int) -> list[str]:
+    """What a finished run's summary, console line and study report must say beside its accuracy."""
+    out = []
+    if not stall_checked and not allow_stall:
+        out.append(f"the stall check did not run: {steps} steps, fewer than the {MIN_STALL_STEPS} it needs")
+    if near_chance(acc, num_classes, n_images):
+        out.append(f"test accuracy {100 * acc:.1f}% is within noise of chance ({100 / num_classes:.1f}%, "
+                   f"2 standard errors on {n_images} images): the model may have learned nothing")
+    return out

@@ -629,13 +629,18 @@ def _predict(trainer: Trainer, images: np.ndarray) -> torch.Tensor:
                           channels_last=config.channels_last)
 
 
+# Every reported figure of a run (summary.json, the last point of its curves, the study report) is computed
+# in this precision, as `evaluate` computes it: one accuracy per model and split, whatever the run trained in.
+REPORTED_PRECISION = "fp32"
+
+
 def _final_pass(trainer: Trainer) -> dict[int, torch.Tensor]:
-    """{0: plain, 1: flip TTA, and ``tta_level``'s} test logits of the final weights: one
-    forward over the test set per view (the plain logits are one of the views)."""
+    """{0: plain, 1: flip TTA, and ``tta_level``'s} test logits of the final weights, in
+    :data:`REPORTED_PRECISION`: one forward over the test set per view (the plain logits are one of the views)."""
     config = trainer.config
     return predict_tta_logits(trainer.step.eval_model, trainer.dataset.test_images, trainer.dataset.mean,
                               trainer.dataset.std, levels=sorted({0, 1, config.tta_level}), device=trainer.device,
-                              batch_size=config.eval_batch_size, precision=trainer.precision,
+                              batch_size=config.eval_batch_size, precision=REPORTED_PRECISION,
                               channels_last=config.channels_last)
 
 
@@ -667,10 +672,17 @@ def finish(trainer: Trainer) -> dict:
         "warmup_seconds": trainer.warmup_seconds,
         "peak_memory_bytes": peak, "peak_memory_kind": peak_kind,
         "parameters": trainer.info["parameters"], "macs": int(macs), "precision": trainer.precision,
+        "eval_precision": REPORTED_PRECISION,  # of test_acc & co, as `cifarzoo evaluate` computes them
         "precision_reason": trainer.info.get("precision_reason"), "threads": trainer.info.get("threads"),
         "device": trainer.info["device_name"], "world_size": trainer.dist.world_size, "data_source": dataset.source,
         "train_images": int(len(trainer.split.train_y)), "finished": timestamp(),
     }
+    summary["stall_check"] = ("allowed to stall" if config.allow_stall else "passed" if trainer.stall_checked
+                              else "not run (too few steps)")
+    summary["warnings"] = guards.run_warnings(
+        stall_checked=trainer.stall_checked, allow_stall=config.allow_stall,
+        steps=trainer.steps_per_epoch * config.epochs, acc=test_acc, num_classes=dataset.num_classes,
+        n_images=len(labels))
     if config.tta_level == 2:  # multi-crop TTA, from the same pass
         summary["tta_level"] = 2
         summary["test_loss_tta_level"], summary["test_acc_tta_level"] = loss_and_accuracy(final[2], labels, trainer.step.outputs)

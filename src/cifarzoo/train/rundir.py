@@ -150,7 +150,7 @@ class RunDir:
             return []
         try:
             return read_metrics(self.metrics_path)
-        except (OSError, ValueError, KeyError):
+        except (OSError, CifarzooError):
             return []
 
     def state(self) -> str:
@@ -324,9 +324,18 @@ def write_metrics(path: str | os.PathLike, rows: list[dict]) -> None:
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """The rows of a metrics.csv; one line naming the file and row when it is not what write_metrics writes."""
     rows = []
-    with open(path, newline="") as f:
-        for r in csv.DictReader(f):
-            rows.append({k: (int(v) if k == "epoch" else (float(v) if v not in ("", None) else float("nan")))
-                         for k, v in r.items()})
+    try:
+        with open(path, newline="") as f:
+            for r in csv.DictReader(f):
+                if None in r or None in r.values():  # cells beyond or short of the header
+                    raise ValueError("its cells do not match the header")
+                missing = [c for c in METRIC_COLUMNS if c not in r]
+                if missing:
+                    raise ValueError(f"no column {missing[0]!r}")
+                rows.append({k: (int(v) if k == "epoch" else (float(v) if v != "" else float("nan")))
+                             for k, v in r.items()})
+    except (ValueError, csv.Error) as exc:  # UnicodeDecodeError is a ValueError too
+        raise CifarzooError(f"{path}: damaged metrics file, row {len(rows) + 1}: {exc}") from None
     return rows
