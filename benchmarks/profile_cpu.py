@@ -49,7 +49,7 @@ def build(model: str, args, compile_: bool):
     from cifarzoo.train import build_model, make_step
     from cifarzoo.train.config import make_config
 
-    over = {"device": "cpu", "batch_size": args.batch_size, "precision": args.precision,
+    over = {"device": "cpu", "batch_size": args.batch_size, "width_mult": args.width_mult, "precision": args.precision,
             "channels_last": args.channels_last}
     c = make_config(model, preset=args.preset, **{k: v for k, v in over.items() if v is not None})
     c = c.replace(batch_size=c.batch_size or 512)
@@ -119,6 +119,7 @@ def main(argv=None) -> int:
     p.add_argument("--models", default="inception,resnet50", help="comma list (default inception,resnet50)")
     p.add_argument("--preset", default="cpu", help="preset whose settings the step uses (default cpu)")
     p.add_argument("--batch-size", type=int, default=None, help="training batch (default: the preset's, else 512)")
+    p.add_argument("--width-mult", type=float, default=None, help="instead of the preset's width")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
                    help="instead of the preset's (auto: bf16 where the CPU has native bf16)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,

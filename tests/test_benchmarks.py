@@ -356,3 +356,18 @@ def test_prepare_data_decodes_an_image_archive_from_its_tar_stream(tmp_path, fak
     assert prepare.main([str(fake_archive), str(tmp_path / "official")]) == 0
     assert len(load(str(tmp_path / "official")).train_labels) == 60
     assert prepare.main([str(tmp_path / "missing.tar.gz"), str(tmp_path / "x")]) == 2
+
+
+def test_profile_cpu_shares_the_step_out_by_operator_family(tmp_path, one_thread, capsys):
+    prof = _load("profile_cpu")
+    assert prof.family("aten::convolution_backward") == "convolution backward"
+    assert prof.family("aten::mkldnn_convolution") == "convolution forward"
+    assert prof.family("aten::native_batch_norm_backward") == "batch norm"
+    assert prof.family("aten::max_pool2d_with_indices") == "pooling"
+    assert prof.family("aten::cat") == "copies, casts, concatenation"
+    assert prof.main(["--models", "resnet18", "--preset", "quick", "--width-mult", "0.125", "--batch-size", "8",
+                      "--steps", "1", "--warmup", "1", "--top", "3", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "## resnet18, width 0.125, batch 8" in out and "| convolution backward |" in out
+    operators = out.split("| operator | calls per step | self CPU ms per step | share |\n|---|---|---|---|\n")[1]
+    assert len([ln for ln in operators.splitlines() if ln.startswith("| ")]) == 3  # --top 3
