@@ -133,8 +133,7 @@ def test_the_nan_message_promises_a_checkpoint_only_when_there_is_one(bundled_sa
     import cifarzoo.train.step as step_mod
 
     real = step_mod.model_loss
-    monkeypatch.setattr(step_mod, "model_loss", lambda out, y, c: (real(out, y, c)[0] * float("nan"),
-                                                                   real(out, y, c)[1]))
+    monkeypatch.setattr(step_mod, "model_loss", lambda *a: (real(*a)[0] * float("nan"), real(*a)[1]))
     config = TrainConfig(model="resnet18", width_mult=0.125, epochs=1, batch_size=250, device="cpu",
                          precision="fp32", compile="off", subset=500)
     with pytest.raises(Exception) as info:
