@@ -63,6 +63,7 @@ def test_physical_cores_count_hyperthread_siblings_once(tmp_path):
 
 def test_threads_default_to_omp_num_threads_else_the_physical_cores(monkeypatch):
     monkeypatch.setattr(dev, "physical_cores", lambda: 6)
+    monkeypatch.setattr(dev.os, "cpu_count", lambda: 8)  # the CPUs present bound --threads and the variable
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert dev.resolve_threads(None) == (6, "the 6 physical cores")
     monkeypatch.setenv("OMP_NUM_THREADS", "3")

@@ -748,7 +748,7 @@ def _meta_with(names) -> dict:
 ])
 def test_class_names_are_bounded_and_unique_on_load(tmp_path, fake_cifar, fake_files, names, match):
     folder = fake_files.write_batches(tmp_path / "cifar-10-batches-py", fake_cifar, overrides=_meta_with(names))
-    _fails(folder, rf"^batches folder {folder}: {match}", tmp_path)
+    _fails(folder, rf"^{folder}/batches.meta: {match}", tmp_path)
 
 
 def test_class_names_at_the_bounds_load(tmp_path, fake_files):

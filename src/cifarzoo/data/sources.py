@@ -337,6 +337,7 @@ def _assemble(fmt: OfficialFormat, labels: str, read: Callable[[str], object], w
     """Build a Dataset from the official files of ``fmt``; ``read(name)`` returns one unpickled."""
     label_key, names_key = fmt.keys(labels)
     classes = _parse_meta(read(fmt.meta), f"{where}/{fmt.meta}", names_key)
+    check_class_names(classes, f"{where}/{fmt.meta}")  # before the batches are read
     splits, count = [], 0
     for name in (*fmt.train, fmt.test):
         images, y = _parse_batch(read(name), f"{where}/{name}", len(classes), label_key)
