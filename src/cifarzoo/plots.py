@@ -22,6 +22,21 @@ DPI = 100
 MANY_CLASSES = 20
 
 
+def literal_text(draw):
+    """Decorator: ``draw`` makes every text literal. Class and model names come from data, and one
+    such as ``pay_$_low_$`` would be parsed as mathtext and raise (while laying out, before saving)."""
+    import functools
+
+    @functools.wraps(draw)
+    def wrapper(*args, **kwargs):
+        import matplotlib
+
+        with matplotlib.rc_context({"text.parse_math": False}):
+            return draw(*args, **kwargs)
+
+    return wrapper
+
+
 def _figure(width: float, height: float, layout: str | None = None):
     from matplotlib.figure import Figure
 
@@ -57,6 +72,7 @@ def _mean_curve(runs: list[list[dict]], key: str) -> tuple[np.ndarray, np.ndarra
     return epochs, vals.mean(0), vals.std(0)
 
 
+@literal_text
 def plot_learning_curves(path: str | os.PathLike, curves: dict[str, list[list[dict]]],
                          eval_name: str = "test") -> None:
     """Accuracy against epoch (left) and against training wall-clock seconds (right), every model on both.
@@ -93,6 +109,7 @@ def plot_learning_curves(path: str | os.PathLike, curves: dict[str, list[list[di
     _save(fig, path)
 
 
+@literal_text
 def plot_tradeoffs(path: str | os.PathLike, rows: list[dict]) -> None:
     """Test accuracy against training time (left) and parameters (right): one point per model.
 
@@ -147,6 +164,7 @@ def _plain_formatter(minor: bool = False):
     return FuncFormatter(fmt)
 
 
+@literal_text
 def plot_top_losses(path: str | os.PathLike, images: np.ndarray, items: list[dict], classes: Sequence[str],
                     title: str = "", cols: int = 8) -> None:
     """The test images a model gets most confidently wrong (as fastai's ``plot_top_losses``).
@@ -174,6 +192,7 @@ def plot_top_losses(path: str | os.PathLike, images: np.ndarray, items: list[dic
     _save(fig, path)
 
 
+@literal_text
 def plot_confusion(path: str | os.PathLike, cm: np.ndarray, classes: Sequence[str], title: str = "") -> None:
     """A confusion matrix as a PNG: rows true, columns predicted, cells in % of the true class.
 
@@ -210,6 +229,7 @@ def plot_confusion(path: str | os.PathLike, cm: np.ndarray, classes: Sequence[st
     _save(fig, path)
 
 
+@literal_text
 def curves_figure(rows: list[dict], title: str = "", eval_name: str = "eval", figure_class=None):
     """One run's loss and accuracy per epoch, train and eval, side by side, as a Figure.
 
@@ -237,6 +257,7 @@ def curves_figure(rows: list[dict], title: str = "", eval_name: str = "eval", fi
     return fig
 
 
+@literal_text
 def plot_curves(path: str | os.PathLike, rows: list[dict], title: str = "") -> None:
     """The run folder's curves.png: :func:`curves_figure` written atomically."""
     _save(curves_figure(rows, title), path)

@@ -8,11 +8,13 @@ import numpy as np
 
 from cifarzoo.data.dataset import Dataset
 from cifarzoo.errors import CifarzooError
+from cifarzoo.plots import literal_text
 
 CELL_IN = 0.62  # inches per image cell: 32 px shown at ~52 px, big enough to read
 LABEL_IN = 1.15  # left margin for the class names
 
 
+@literal_text
 def draw_class_grid(dataset: Dataset, out_path: str | os.PathLike, per_class: int = 10,
                     seed: int = 0, split: str = "train", max_classes: int = 20) -> Path:
     """Draw ``per_class`` random images of each class of ``split``, one row per class.
