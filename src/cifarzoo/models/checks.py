@@ -82,7 +82,7 @@ def relu_bottleneck_problem(model: nn.Module, x: torch.Tensor, num_classes: int)
         return None
     dead = int((features == 0).all(0).sum())
     return (f"the output layer reads only {features.shape[1]} ReLU'd units (a ReLU'd {features.shape[1]}-unit "
-            f"layer before the output): {dead} of them are 0 for every image of this batch already; a unit "
+            f"layer before the output): {dead} of them are 0 for every image of a check batch already; a unit "
             "that is 0 for every image gets no gradient again, and once all are, every image gets the same "
             "output")
 

@@ -96,7 +96,9 @@ class TrainStep:
             self.optimizer.zero_grad(set_to_none=True)
             with autocast_context(self.device, self.precision):
                 out = self.forward(x)
-            loss, logits = model_loss(out, y, self.config, self.outputs)
+            # The zoo's networks (logits) call model_loss(out, y, config) exactly as before.
+            extra = {} if self.outputs == "logits" else {"outputs": self.outputs}
+            loss, logits = model_loss(out, y, self.config, **extra)
             self.scaler.scale(loss).backward()
         except BaseException:
             self._restore(snapshot)
