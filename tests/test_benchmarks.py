@@ -192,3 +192,13 @@ def test_prepare_data_turns_an_image_folder_archive_into_the_official_layout(tmp
     assert np.array_equal(ds.train_images[0], images["train", "cat", 0])
     assert np.array_equal(ds.test_images[-1], images["test", "dog", 1]) and ds.test_labels[-1] == 1
     assert prepare.main([str(tmp_path / "missing.tar.gz"), str(tmp_path / "x")]) == 2
+
+
+def test_ablation_seed_study_trains_the_chosen_variants_and_writes_its_table(tmp_path, one_thread):
+    ablation = _load("ablation_seed_study")
+    out = tmp_path / "ablation.json"
+    assert ablation.main(["--models", "resnet", "--seeds", "1", "--epochs", "1", "--subset", "320",
+                          "--variants", "0,4", "--threads", "1", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["results"]["resnet"]["rows"]
+    assert [r["variant"] for r in rows] == ["as written", "shortcut added"]
+    assert all(0 <= r["test_acc_mean"] <= 1 and len(r["runs"]) == 1 for r in rows)
