@@ -371,3 +371,13 @@ def test_profile_cpu_shares_the_step_out_by_operator_family(tmp_path, one_thread
     assert "## resnet18, width 0.125, batch 8" in out and "| convolution backward |" in out
     operators = out.split("| operator | calls per step | self CPU ms per step | share |\n|---|---|---|---|\n")[1]
     assert len([ln for ln in operators.splitlines() if ln.startswith("| ")]) == 3  # --top 3
+
+
+def test_ablation_seed_study_trains_the_chosen_variants_and_writes_its_table(tmp_path, one_thread):
+    ablation = _load("ablation_seed_study")
+    out = tmp_path / "ablation.json"
+    assert ablation.main(["--models", "resnet", "--seeds", "1", "--epochs", "1", "--subset", "320",
+                          "--variants", "0,4", "--threads", "1", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["results"]["resnet"]["rows"]
+    assert [r["variant"] for r in rows] == ["as written", "shortcut added"]
+    assert all(0 <= r["test_acc_mean"] <= 1 and len(r["runs"]) == 1 for r in rows)
