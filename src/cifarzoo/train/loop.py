@@ -244,7 +244,8 @@ class Trainer:
         load_weights(self.step.model, ckpt.get("train_state_dict", ckpt["state_dict"]),
                      f"{where}: its weights do not fit the run's model {self.config.model!r}")
         partial = ckpt.get("partial")
-        if partial is not None and not (partial["step"] < self.steps_per_epoch == len(partial["step_loss"])):
+        # step == steps: interrupted after an epoch's last step, before its end (evaluation, checkpoint)
+        if partial is not None and not (partial["step"] <= self.steps_per_epoch == len(partial["step_loss"])):
             raise CifarzooError(f"{where}: 'partial' stopped at step {partial['step']} of an epoch of "
                                 f"{len(partial['step_loss'])} steps; this run's epochs have {self.steps_per_epoch}")
         try:
