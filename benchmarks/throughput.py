@@ -51,7 +51,7 @@ import cifarzoo  # noqa: F401  first: it sets OMP_WAIT_POLICY before torch loads
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import failure, free_device_memory, header, save, write_text  # noqa: E402
+from _common import failure, free_device_memory, header, save  # noqa: E402
 from cifarzoo.train.config import DEVICES  # noqa: E402
 
 DEFAULT_MODELS = "vgg16,vgg19,resnet18,resnet50,inception,xception,fastnet"

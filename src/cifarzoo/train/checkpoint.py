@@ -137,8 +137,10 @@ _RESUME_FIELDS: dict[str, tuple[Any, str]] = {
     "metrics": (lambda v: isinstance(v, list) and all(_is_metrics_row(r) for r in v),
                 "a list of epoch rows, each a dict of numbers"),
     "epoch": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-    "optimizer": (lambda v: isinstance(v, dict) and isinstance(v.get("state"), dict)
-                  and isinstance(v.get("param_groups"), list), "an optimizer state_dict"),
+    "optimizer": (lambda v: _is_optimizer_state(v) or (  # or Muon's pair (train/muon.py)
+        isinstance(v, dict) and isinstance(v.get("groups"), list) and _is_int(v.get("steps"))
+        and all(v.get(k) is None or _is_optimizer_state(v.get(k)) for k in ("muon", "sgd"))),
+                  "an optimizer state_dict"),
     "scheduler": (lambda v: isinstance(v, dict), "a scheduler state_dict"),
     "scaler": (lambda v: v is None or isinstance(v, dict), "None or a GradScaler state_dict"),
     "rng": (lambda v: isinstance(v, dict) and isinstance(v.get("torch"), torch.Tensor) and all(
@@ -156,6 +158,10 @@ _OPTIONAL_FIELDS: dict[str, tuple[Any, str]] = {
 }
 _METRICS_COLUMNS = ("epoch", "train_loss", "train_acc", "eval_loss", "eval_acc", "epoch_seconds",
                     "elapsed_seconds", "images_per_second")
+
+
+def _is_optimizer_state(v) -> bool:
+    return isinstance(v, dict) and isinstance(v.get("state"), dict) and isinstance(v.get("param_groups"), list)
 
 
 def _is_rgb(v) -> bool:

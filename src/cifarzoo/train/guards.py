@@ -107,6 +107,6 @@ def run_warnings(*, stall_checked: bool, allow_stall: bool, steps: int, acc: flo
     if not stall_checked and not allow_stall:
         out.append(f"the stall check did not run: {steps} steps, fewer than the {MIN_STALL_STEPS} it needs")
     if near_chance(acc, num_classes, n_images):
-        out.append(f"test accuracy {100 * acc:.1f}% is within noise of chance ({100 / num_classes:.1f}%, "
+        out.append(f"the final accuracy, {100 * acc:.1f}%, is within noise of chance ({100 / num_classes:.1f}%, "
                    f"2 standard errors on {n_images} images): the model may have learned nothing")
     return out
