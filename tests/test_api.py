@@ -111,7 +111,7 @@ def test_train_from_a_data_spec_records_it_and_evaluates_from_it(fake_batches_di
     (lambda d: cz.fit("resnet18", data=d[:3]), r"data: got a tuple of 3 items"),
     (lambda d: cz.load_run("nowhere"), r"nowhere: not a run folder"),
     (lambda d: cz.load_study("nowhere"), r"nowhere: no study report here"),
-    (lambda d: cz.benchmark(["vgg16"], data=d, jobs=0, out="nowhere"), r"--jobs must be an integer >= 1, got 0"),
+    (lambda d: cz.benchmark(["vgg16"], data=d, jobs=0, out="nowhere"), r"--jobs must be an integer in \[1, 1024\], got 0"),
 ])
 def test_bad_calls_are_one_line_errors(fake_cifar, call, message):
     with pytest.raises(CifarzooError, match=message) as err:

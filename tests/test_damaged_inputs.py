@@ -252,9 +252,18 @@ def test_class_names_with_dollar_signs_are_drawn_literally(fake_files, tmp_path,
 @pytest.mark.parametrize("argv, expected", [
     (["data", "show", "--data", "sample", "--seed", "-1"], "--seed"),
     (["doctor", "resnet18", "--data", "sample", "--overfit-steps", "0"], "--overfit-steps"),
+    # options outside TrainConfig have upper bounds too (a huge one used to run for ever or spawn without end)
+    (["doctor", "resnet18", "--data", "sample", "--overfit-steps", "100000000"], "--overfit-steps must be an integer in [1, 100000]"),
+    (["data", "show", "--data", "sample", "--per-class", "100000"], "--per-class must be in [1, 100]"),
+    (["data", "show", "--data", "sample", "--classes", "100000"], "--classes must be in [1, 1000]"),
+    (["train", "resnet18", "--data", "sample", "--nproc-per-node", "99999"], "--nproc-per-node must be a positive integer, at most 256"),
+    (["benchmark", "--models", "vgg16", "--data", "sample", "--jobs", "99999"], "--jobs must be an integer in [1, 1024]"),
+    (["benchmark", "--models", "vgg16", "--data", "sample", "--executor", "ray", "--cpus-per-run", "1e9"],
+     "--cpus-per-run must be in (0, 1024]"),
 ])
 def test_settings_of_show_and_doctor_are_one_line(tmp_path, capsys, argv, expected):
-    err = one_line_error(capsys, argv + (["--out", str(tmp_path / "g.png")] if argv[0] == "data" else []))
+    out = {"data": ["--out", str(tmp_path / "g.png")], "benchmark": ["--out", str(tmp_path / "s")]}
+    err = one_line_error(capsys, argv + out.get(argv[0], []))
     assert expected in err
 
 
@@ -298,6 +307,7 @@ def test_an_empty_test_split_is_refused_on_load(fake_files, tmp_path):
 @pytest.mark.parametrize("name, content, use", [
     ("config.json", "[1, 2]", repr), ("config.json", '{"config": [1]}', repr),
     ("config.json", '{"data": "x"}', lambda r: r.classes),
+    ("config.json", '{"data": {}}', lambda r: r.config), ("config.json", '{"config": {"lr": "x"}}', lambda r: r.config),
     ("summary.json", '{"test_acc": "high"}', repr), ("summary.json", "[]", repr),
     ("metrics.csv", "epoch,lr\n1,0.1\n", lambda r: r.plot()),
     ("metrics.csv", "garbage\nx,y,z\n", lambda r: r.metrics),

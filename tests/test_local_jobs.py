@@ -179,7 +179,7 @@ def test_quick_and_cpu_presets_train_one_run_per_core_on_a_cpu(monkeypatch, tmp_
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--jobs", "0"], "--jobs must be an integer >= 1, got 0"),
+    (["--jobs", "0"], "--jobs must be an integer in [1, 1024], got 0"),
     (["--jobs", "2", "--executor", "ray"], "--jobs: only with --executor local"),
 ])
 def test_cli_jobs_errors_are_one_line(tmp_path, capsys, argv, message):

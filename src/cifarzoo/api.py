@@ -287,7 +287,13 @@ class Run:
         """The run's :class:`~cifarzoo.train.TrainConfig`."""
         from cifarzoo.train.config import TrainConfig
 
-        return TrainConfig.from_dict(self.info["config"])
+        info = self.info
+        if "config" not in info:
+            raise CifarzooError(f"{_files(self.run_dir).config_path}: damaged: it holds no 'config'")
+        try:
+            return TrainConfig.from_dict(info["config"])
+        except CifarzooError as exc:
+            raise CifarzooError(f"{_files(self.run_dir).config_path}: damaged: {exc}") from None
 
     @property
     def summary(self) -> dict:
@@ -347,8 +353,10 @@ class Run:
         """
         from cifarzoo.predict import Prediction, load_classifier
 
-        if not (isinstance(top_k, int) and not isinstance(top_k, bool) and top_k >= 1):
-            raise CifarzooError(f"top_k must be an integer >= 1, got {top_k!r}")
+        from cifarzoo.data.sources import MAX_CLASSES
+
+        if not (isinstance(top_k, int) and not isinstance(top_k, bool) and 1 <= top_k <= MAX_CLASSES):
+            raise CifarzooError(f"top_k must be an integer in [1, {MAX_CLASSES}], got {top_k!r}")
         names, arrays, errors = _image_inputs(images)
         results = [Prediction(n, error=e) for n, e in zip(names, errors)]
         good = [i for i, a in enumerate(arrays) if a is not None]

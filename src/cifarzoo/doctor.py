@@ -216,8 +216,8 @@ def run_doctor(model_name: str, ds: Dataset, *, width_mult: float = 1.0, seed: i
     from cifarzoo.data.loader import normalize as normalize_images
     from cifarzoo.train.config import make_config
 
-    if not (isinstance(overfit_steps, int) and overfit_steps >= 1):
-        raise CifarzooError(f"--overfit-steps must be an integer >= 1, got {overfit_steps!r}")
+    if not (isinstance(overfit_steps, int) and not isinstance(overfit_steps, bool) and 1 <= overfit_steps <= 100_000):
+        raise CifarzooError(f"--overfit-steps must be an integer in [1, 100000], got {overfit_steps!r}")
     name = models.resolve(model_name)
     config = make_config(name, width_mult=width_mult, seed=seed, normalize=normalize)
     checks = [check_normalization(ds, config.normalize), check_balance(ds)]

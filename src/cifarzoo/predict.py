@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cifarzoo.data.sources import MAX_CLASSES
 from cifarzoo.errors import CifarzooError
 
 
@@ -73,8 +74,8 @@ def predict_files(
     """Top-``top_k`` classes with probabilities for each image file, in input order."""
     from cifarzoo.data.sources import load_image_file
 
-    if not (isinstance(top_k, int) and not isinstance(top_k, bool) and top_k >= 1):
-        raise CifarzooError(f"--top-k must be an integer >= 1, got {top_k!r}")
+    if not (isinstance(top_k, int) and not isinstance(top_k, bool) and 1 <= top_k <= MAX_CLASSES):
+        raise CifarzooError(f"--top-k must be an integer in [1, {MAX_CLASSES}], got {top_k!r}")
     clf = load_classifier(source, device=device)
     k = min(top_k, len(clf.classes))
     results = [Prediction(str(p)) for p in paths]

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from cifarzoo.data.dataset import Dataset
+from cifarzoo.data.sources import MAX_CLASSES
 from cifarzoo.errors import CifarzooError
 from cifarzoo.plots import literal_text
 
@@ -30,10 +31,10 @@ def draw_class_grid(dataset: Dataset, out_path: str | os.PathLike, per_class: in
     # state or backend, so this works headless and inside other programs alike.
     from matplotlib.figure import Figure
 
-    if per_class < 1:
-        raise CifarzooError(f"--per-class must be at least 1, got {per_class}")
-    if max_classes < 1:
-        raise CifarzooError(f"--classes must be at least 1, got {max_classes}")
+    if not 1 <= per_class <= 100:  # a sheet of at most 100 columns of thumbnails
+        raise CifarzooError(f"--per-class must be in [1, 100], got {per_class}")
+    if not 1 <= max_classes <= MAX_CLASSES:
+        raise CifarzooError(f"--classes must be in [1, {MAX_CLASSES}], got {max_classes}")
     if split not in ("train", "test"):
         raise CifarzooError(f"split must be 'train' or 'test', got {split!r}")
     if not (isinstance(seed, int) and 0 <= seed < 2**32):  # numpy's seeds

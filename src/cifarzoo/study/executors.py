@@ -73,8 +73,9 @@ class LocalExecutor:
     name = "local"
 
     def __init__(self, jobs: int = 1):
-        if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-            raise CifarzooError(f"--jobs must be an integer >= 1, got {jobs!r}")
+        most = 1024  # processes side by side, each training a run: far above any machine's cores
+        if isinstance(jobs, bool) or not isinstance(jobs, int) or not 1 <= jobs <= most:
+            raise CifarzooError(f"--jobs must be an integer in [1, {most}], got {jobs!r}")
         self.jobs = jobs
 
     def run(self, jobs: Sequence[Job], *, total: int, dataset, reporter: StudyReporter,
@@ -266,10 +267,10 @@ class RayExecutor:
 
     def __init__(self, address: str | None = None, *, cpus_per_run: float = 1, gpus_per_run: float | None = None,
                  num_cpus: int | None = None, shared_fs: bool | None = None):
-        if not cpus_per_run > 0:
-            raise CifarzooError(f"--cpus-per-run must be positive, got {cpus_per_run!r}")
-        if gpus_per_run is not None and gpus_per_run < 0:
-            raise CifarzooError(f"--gpus-per-run must be 0 or more, got {gpus_per_run!r}")
+        if not 0 < cpus_per_run <= 1024:  # one run's threads (Ray's largest machines have a few hundred CPUs)
+            raise CifarzooError(f"--cpus-per-run must be in (0, 1024], got {cpus_per_run!r}")
+        if gpus_per_run is not None and not 0 <= gpus_per_run <= 64:
+            raise CifarzooError(f"--gpus-per-run must be in [0, 64], got {gpus_per_run!r}")
         if address is not None and address != "auto" and not _host_port(address):
             raise CifarzooError(f"--address {address!r}: expected auto or HOST:PORT of a Ray head (e.g. 10.0.0.5:6379)")
         self.address, self.cpus_per_run, self.gpus_per_run = address, cpus_per_run, gpus_per_run

@@ -157,8 +157,8 @@ def _execute(plan: StudyPlan, *, force: bool, reporter: StudyReporter, dataset, 
 
 def _costs(specs: Sequence[RunSpec], num_classes: int) -> dict[str, float]:
     """Each run's cost for its start order and the time left: its seconds at a measured throughput
-    where every run has one (reference_seconds: the cpu preset's study models, whose arithmetic
-    alone prices inception at a fifth of its time); else run_cost (sized once per model), the
+    where every run has one (reference_seconds: the cpu preset's study models, where time goes to
+    max-pooling, ReLU and batch norm that an arithmetic count underprices); else run_cost (sized once per model), the
     unsizable ones at the mean of the rest (or 1.0)."""
     measured = {s.name: reference_seconds(s.config) for s in specs}
     if all(v is not None for v in measured.values()):

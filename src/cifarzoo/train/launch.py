@@ -37,8 +37,9 @@ def check_nproc(nproc_per_node: int, device: str = "auto") -> str:
     On GPUs each rank needs one of its own; on CPU (gloo) any N works, though N above
     the core count only slows the run down.
     """
-    if not (isinstance(nproc_per_node, int) and nproc_per_node >= 1):
-        raise CifarzooError(f"--nproc-per-node must be a positive integer, got {nproc_per_node!r}")
+    most = 256  # processes on one machine: above any GPU count, and every CPU rank loads the whole data set
+    if not (isinstance(nproc_per_node, int) and not isinstance(nproc_per_node, bool) and 1 <= nproc_per_node <= most):
+        raise CifarzooError(f"--nproc-per-node must be a positive integer, at most {most}, got {nproc_per_node!r}")
     import torch
 
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
