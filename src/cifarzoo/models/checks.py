@@ -61,18 +61,23 @@ def outputs_problem(model: nn.Module, x: torch.Tensor) -> str | None:
     return None
 
 
-def _last_linear_input(model: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
-    """The input of the last ``nn.Linear`` the forward pass calls (None: none called)."""
-    seen: list[torch.Tensor] = []
-    hooks = [m.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
-             for m in model.modules() if isinstance(m, nn.Linear)]
+def _inputs_seen(model: nn.Module, x: torch.Tensor, modules: list[nn.Module]) -> list[tuple[nn.Module, torch.Tensor]]:
+    """(module, its input) for each call of one of ``modules`` in an eval-mode forward pass of ``x``, in call order."""
+    seen: list[tuple[nn.Module, torch.Tensor]] = []
+    hooks = [m.register_forward_pre_hook(lambda m, args: seen.append((m, args[0].clone()))) for m in modules]
     try:
         with _eval(model):
             model(x)
     finally:
         for h in hooks:
             h.remove()
-    return seen[-1] if seen else None
+    return seen
+
+
+def _last_linear_input(model: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """The input of the last ``nn.Linear`` the forward pass calls (None: none called)."""
+    seen = _inputs_seen(model, x, [m for m in model.modules() if isinstance(m, nn.Linear)])
+    return seen[-1][1] if seen else None
 
 
 def relu_bottleneck_problem(model: nn.Module, x: torch.Tensor, num_classes: int) -> str | None:
@@ -89,16 +94,8 @@ def relu_bottleneck_problem(model: nn.Module, x: torch.Tensor, num_classes: int)
 
 def crushed_map_problem(model: nn.Module, x: torch.Tensor) -> str | None:
     """Convolutions larger than 1×1 that run on a 1×1 feature map."""
-    convs: list[tuple[int, tuple[int, int]]] = []  # (kernel area, input H×W) in call order
-    hooks = [m.register_forward_pre_hook(
-        lambda m, args: convs.append((m.kernel_size[0] * m.kernel_size[1], tuple(args[0].shape[-2:]))))
-        for m in model.modules() if isinstance(m, nn.Conv2d)]
-    try:
-        with _eval(model):
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
+    seen = _inputs_seen(model, x, [m for m in model.modules() if isinstance(m, nn.Conv2d)])
+    convs = [(m.kernel_size[0] * m.kernel_size[1], tuple(t.shape[-2:])) for m, t in seen]  # (kernel area, input H×W)
     on_pixel = [i for i, (area, hw) in enumerate(convs) if area > 1 and hw == (1, 1)]
     if not on_pixel:
         return None
@@ -116,15 +113,10 @@ def shortcut_problem(model: nn.Module, x: torch.Tensor) -> str | None:
     blocks = _blocks_with_shortcut(model)
     if not blocks:
         return None
+    names = {id(m): name for name, m in blocks}
     inputs: dict[str, torch.Tensor] = {}
-    hooks = [m.register_forward_pre_hook(lambda _m, args, name=name: inputs.setdefault(name, args[0].clone()))
-             for name, m in blocks]
-    try:
-        with _eval(model):
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
+    for m, t in _inputs_seen(model, x, [m for _, m in blocks]):
+        inputs.setdefault(names[id(m)], t)  # a block's first call
     ignored = []
     with _eval(model):
         for name, block in blocks:
