@@ -378,3 +378,19 @@ def no_hang():
     yield
     signal.alarm(0)
     signal.signal(signal.SIGALRM, old)
+
+
+@pytest.fixture
+def stop_at():
+    """``stop_at(n)``: a Reporter that simulates Ctrl-C at global step ``n`` (KeyboardInterrupt from on_step)."""
+    from cifarzoo.train import Reporter
+
+    class StopAt(Reporter):
+        def __init__(self, step: int):
+            self.step = step
+
+        def on_step(self, epoch, step, steps, global_step):
+            if global_step == self.step:
+                raise KeyboardInterrupt
+
+    return StopAt

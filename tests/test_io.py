@@ -15,7 +15,7 @@ import pytest
 from cifarzoo.cli import main
 from cifarzoo.errors import CifarzooError
 from cifarzoo.io import atomic_write_bytes, save_figure, write_json
-from cifarzoo.train import Reporter, TrainConfig, fit
+from cifarzoo.train import TrainConfig, fit
 from cifarzoo.train.rundir import RunDir
 
 KINDS = {"link": "a symbolic link", "fifo": "a FIFO", "socket": "a socket", "device": "a character device"}
@@ -110,21 +110,14 @@ def test_evaluate_and_export_refuse_a_linked_out(tmp_path, capsys, sample_subset
 
 
 # --------------------------------------------------------------------------- a full disk
-class StopAt(Reporter):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step(self, epoch, step, steps, global_step):
-        if global_step == self.step:
-            raise KeyboardInterrupt
 
 
-def interrupted_run(bundled_sample, folder: Path) -> Path:
+def interrupted_run(bundled_sample, folder: Path, stop_at) -> Path:
     """A run folder with a mid-run checkpoint (2 epochs of 5 steps, stopped after step 2)."""
     config = TrainConfig(model="resnet18", width_mult=0.125, epochs=2, batch_size=20, subset=100, device="cpu",
                          precision="fp32", compile="off", allow_stall=True, data="sample", eval_batch_size=500)
     with pytest.raises(KeyboardInterrupt):
-        fit(config, dataset=bundled_sample, out_dir=folder, reporter=StopAt(2))
+        fit(config, dataset=bundled_sample, out_dir=folder, reporter=stop_at(2))
     return folder
 
 
@@ -140,11 +133,12 @@ def resume_on_a_full_disk(run: Path, capsys, name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["checkpoint.pt", "metrics.csv"])
-def test_a_full_disk_is_one_line_and_keeps_the_checkpoint(bundled_sample, tmp_path, capsys, monkeypatch, name):
+def test_a_full_disk_is_one_line_and_keeps_the_checkpoint(bundled_sample, tmp_path, capsys, monkeypatch, name,
+                                                          stop_at):
     """torch.save fails with a RuntimeError whose context is the ENOSPC; other writers with the OSError."""
     import torch
 
-    run = interrupted_run(bundled_sample, tmp_path / "run")
+    run = interrupted_run(bundled_sample, tmp_path / "run", stop_at)
     if name == "checkpoint.pt":
         def full(obj, f):
             f.write(b"PK")
@@ -180,8 +174,8 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
-def test_a_real_full_disk_is_one_line_and_keeps_the_checkpoint(bundled_sample, tmp_path, small_disk, capsys):
-    run = shutil.copytree(interrupted_run(bundled_sample, tmp_path / "run"), small_disk / "run")
+def test_a_real_full_disk_is_one_line_and_keeps_the_checkpoint(bundled_sample, tmp_path, small_disk, capsys, stop_at):
+    run = shutil.copytree(interrupted_run(bundled_sample, tmp_path / "run", stop_at), small_disk / "run")
     free = os.statvfs(small_disk)
     with open(small_disk / "filler", "wb") as f:  # leave 64 KB: metrics.csv fits, the checkpoint does not
         f.write(b"\0" * (free.f_bavail * free.f_frsize - 64 * 1024))

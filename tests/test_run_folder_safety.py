@@ -12,7 +12,7 @@ import pytest
 from cifarzoo.cli import main
 from cifarzoo.data import Dataset
 from cifarzoo.errors import CifarzooError
-from cifarzoo.train import Reporter, TrainConfig, fit
+from cifarzoo.train import TrainConfig, fit
 from cifarzoo.train.rundir import LOCK_FILE, RunDir
 
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
@@ -29,13 +29,6 @@ def config(**kw) -> TrainConfig:
     return TrainConfig(**{**base, **kw})
 
 
-class StopAt(Reporter):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step(self, epoch, step, steps, global_step):
-        if global_step == self.step:
-            raise KeyboardInterrupt
 
 
 def test_a_finished_run_is_not_overwritten_without_force(tiny, tmp_path):
@@ -51,10 +44,10 @@ def test_a_finished_run_is_not_overwritten_without_force(tiny, tmp_path):
     assert not (out / LOCK_FILE).exists()  # released at the end
 
 
-def test_an_interrupted_run_is_not_overwritten_either(tiny, tmp_path):
+def test_an_interrupted_run_is_not_overwritten_either(tiny, tmp_path, stop_at):
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        fit(config(epochs=2), dataset=tiny, out_dir=out, reporter=StopAt(2))
+        fit(config(epochs=2), dataset=tiny, out_dir=out, reporter=stop_at(2))
     assert not (out / LOCK_FILE).exists()  # released on Ctrl-C too
     with pytest.raises(CifarzooError, match="already holds a run"):
         fit(config(epochs=2), dataset=tiny, out_dir=out)
@@ -143,10 +136,10 @@ def test_ctrl_c_before_the_first_checkpoint_promises_nothing(tmp_path, capsys, m
     assert not (out / LOCK_FILE).exists()
 
 
-def test_resume_refuses_settings_it_would_ignore(tiny, tmp_path, capsys):
+def test_resume_refuses_settings_it_would_ignore(tiny, tmp_path, capsys, stop_at):
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        fit(config(epochs=2), dataset=tiny, out_dir=out, reporter=StopAt(2))
+        fit(config(epochs=2), dataset=tiny, out_dir=out, reporter=stop_at(2))
     before = (out / "checkpoint.pt").read_bytes()
     for extra in (["--epochs", "5"], ["--lr", "0.5", "--data", "sample"], ["--out", str(tmp_path / "x")],
                   ["--force"]):
@@ -168,13 +161,13 @@ def _plant(where, kind: str, victim):
 
 @pytest.mark.parametrize("kind", ["link", "fifo"])
 @pytest.mark.parametrize("command", ["train --out", "train --resume", "benchmark --out"])
-def test_a_lock_that_is_a_link_or_fifo_is_refused_and_left_alone(tiny, tmp_path, capsys, command, kind):
+def test_a_lock_that_is_a_link_or_fifo_is_refused_and_left_alone(tiny, tmp_path, capsys, command, kind, stop_at):
     victim = tmp_path / "precious.txt"
     victim.write_text("precious\n")
     folder = tmp_path / "folder"
     if command == "train --resume":
         with pytest.raises(KeyboardInterrupt):
-            fit(config(epochs=2), dataset=tiny, out_dir=folder, reporter=StopAt(2))
+            fit(config(epochs=2), dataset=tiny, out_dir=folder, reporter=stop_at(2))
     else:
         folder.mkdir()
     _plant(folder / LOCK_FILE, kind, victim)

@@ -31,15 +31,6 @@ def tiny_config(**kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
-class StopAt(Reporter):
-    """Simulates Ctrl-C at a given global step."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step(self, epoch, step, steps, global_step):
-        if global_step == self.step:
-            raise KeyboardInterrupt
 
 
 def test_run_folder_has_every_record(tiny, tmp_path):
@@ -88,11 +79,11 @@ def test_final_checkpoint_is_last_epoch_not_best(tiny, tmp_path):
 
 
 @pytest.mark.parametrize("stop_step", [15, 10])  # mid-epoch 2, and exactly the end of epoch 1 (10 steps/epoch)
-def test_resume_is_bit_for_bit(tiny, tmp_path, stop_step):
+def test_resume_is_bit_for_bit(tiny, tmp_path, stop_step, stop_at):
     config = tiny_config(epochs=2, augment="crop,flip,cutout")
     straight = fit(config, dataset=tiny, out_dir=tmp_path / "straight")
     with pytest.raises(KeyboardInterrupt):
-        fit(config, dataset=tiny, out_dir=tmp_path / "broken", reporter=StopAt(stop_step))
+        fit(config, dataset=tiny, out_dir=tmp_path / "broken", reporter=stop_at(stop_step))
     interrupted = load_checkpoint(tmp_path / "broken")
     assert interrupted["finished"] is False
     resumed = fit(resume=tmp_path / "broken", dataset=tiny)
