@@ -61,37 +61,10 @@ def load_dataset(spec: str | None, command: str, labels: str | None = "fine"):
 
 
 # --------------------------------------------------------------------------- TrainConfig as options
-# Every TrainConfig field is a `--field-name` option of `cifarzoo train` (choices from
-# config.py's tuples, type from the field's annotation), except these:
+# Every TrainConfig field is a `--field-name` option of `cifarzoo train`, made from the field's metadata
+# (help, --help group, choices; train/config.py's `setting`) and type annotation, except these:
 NOT_OPTIONS = ("model", "model_kwargs", "data", "labels")  # the positional MODEL; builder kwargs (recipes);
 # --data and --labels (add_data_argument, add_labels_argument: the same options as the other commands')
-OPTION_HELP = {
-    "optimizer": "default sgd (Nesterov momentum)",
-    "lr": "peak learning rate",
-    "weight_decay": "on conv/linear weights; never on BN or biases",
-    "normalize": "mean-std (default): the training mean/std for every split; unit: /255; study: train /225 "
-                 "and test /255, the original study's mismatch (to replay it)",
-    "augment": "comma list of crop, flip, cutout; or none (default crop,flip)",
-    "width_mult": "channel multiplier (1.0 = paper width)",
-    "subset": "first N training images, class-balanced",
-    "val_split": "hold N training images (or a fraction such as 0.1) out as the validation set",
-    "allow_stall": "do not stop a run whose loss stays at ln(C) with chance accuracy",
-    "stall_steps": "check for a stall after N steps (default: after epoch 1)",
-    "sync_bn": "SyncBatchNorm under torchrun/DDP",
-    "eval_batch_size": "images per evaluation forward pass",
-    "ema": "evaluate an exponential moving average of the weights",
-    "whiten_init": "initialize a model's whitening stem from data patches (fastnet)",
-    "lookahead": "every 5 steps pull the weights to their short average (fastnet)",
-    "bias_lr_scale": "lr multiplier for BatchNorm parameters",
-    "aux_weight": "weight of auxiliary-classifier losses (Inception)",
-    "nan_check_every": "steps between checks for a non-finite loss on GPU",
-    "eval_every": "evaluate every K epochs and after the last (0: the last only; default 1, GPU presets fewer)",
-    "checkpoint_every": "checkpoint every K epochs (0: only at the end and on Ctrl-C)",
-    "warmup": "untimed warm-up steps before the clock, state restored after (auto: when compiled or on CUDA)",
-    "threads": "torch's CPU threads (default: $OMP_NUM_THREADS if set, else the physical cores)",
-    "precision": "auto (default): bf16 on GPUs that have it and on CPUs where native bf16 was measured "
-                 "faster (AMX-BF16; AVX512-BF16 on one thread), else fp32",
-}
 
 
 def config_option_fields() -> tuple[str, ...]:
@@ -102,28 +75,30 @@ def config_option_fields() -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in NOT_OPTIONS)
 
 
-def add_config_options(parser: argparse.ArgumentParser, fields: tuple[str, ...] | None = None) -> None:
-    """Add ``--field-name`` for each TrainConfig field (default None: the recipe's value)."""
+def add_config_options(parser: argparse.ArgumentParser,
+                       fields: tuple[str, ...] | None = None) -> dict[str, argparse._ArgumentGroup]:
+    """Add ``--field-name`` for each TrainConfig field (default None: the recipe's value), each in its --help
+    group; returns the groups by title (config.GROUPS, in that order) for a command's own options."""
+    import dataclasses
     import typing
 
-    from cifarzoo.train import config as config_mod
+    from cifarzoo.train.config import GROUPS, TrainConfig
 
-    choices = {"optimizer": config_mod.OPTIMIZERS, "schedule": config_mod.SCHEDULES,
-               "precision": config_mod.PRECISIONS, "compile": config_mod.COMPILE_MODES,
-               "device": config_mod.DEVICES, "warmup": config_mod.WARMUP_MODES,
-               "normalize": config_mod.NORMALIZATIONS}
-    hints = typing.get_type_hints(config_mod.TrainConfig)
+    groups = {title: parser.add_argument_group(title) for title in GROUPS}
+    hints = typing.get_type_hints(TrainConfig)
+    by_name = {f.name: f for f in dataclasses.fields(TrainConfig)}
     for name in fields or config_option_fields():
-        flag, kind = "--" + name.replace("_", "-"), hints[name]
+        meta, flag, kind = by_name[name].metadata, "--" + name.replace("_", "-"), hints[name]
         base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)  # int | None -> int
-        help_text = OPTION_HELP.get(name)
+        group, help_text = groups[meta["group"]], meta["help"].replace("%", "%%")  # argparse formats help with %
         if base is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif name == "val_split":
-            parser.add_argument(flag, type=_count_or_fraction, default=None, metavar="N|FRACTION", help=help_text)
+            group.add_argument(flag, type=_count_or_fraction, default=None, metavar="N|FRACTION", help=help_text)
         else:  # choices are matched case-insensitively, as model names are
-            parser.add_argument(flag, type=str.lower if name in choices else base, choices=choices.get(name),
-                                default=None, help=help_text)
+            group.add_argument(flag, type=str.lower if meta["choices"] else base, choices=meta["choices"],
+                               default=None, help=help_text)
+    return groups
 
 
 def _count_or_fraction(text: str) -> int | float:

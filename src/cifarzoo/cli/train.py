@@ -15,16 +15,17 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "train", help="train one model and write a run folder",
         description="Train one model. Unset options come from the model's recipe (see cifarzoo/train/config.py).")
     p.add_argument("model", nargs="?", help="model name (see `cifarzoo models`); omit with --resume")
-    add_data_argument(p, default_help=f"{DATA_DEFAULT_HELP}; with --resume, the run's own (a run trained from "
-                                      "arrays in memory needs the same data again)")
-    add_labels_argument(p, default_help="fine; with --resume, the run's own")
+    groups = add_config_options(p)  # the settings, each in its --help group
+    add_data_argument(groups["Dataset"], default_help=f"{DATA_DEFAULT_HELP}; with --resume, the run's own (a run "
+                                                      "trained from arrays in memory needs the same data again)")
+    add_labels_argument(groups["Dataset"], default_help="fine; with --resume, the run's own")
     p.add_argument("--preset", choices=list(PRESETS), help="start from a study preset's settings for this model")
-    add_config_options(p)
-    p.add_argument("--out", help="run folder (default runs/<model>-<time>); one that already holds a run is "
-                                 "refused unless --force")
-    p.add_argument("--force", action="store_true", help="overwrite the run already in --out")
-    p.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR with its saved settings "
-                                                   "(no other training option may be given)")
+    groups["Run folder"].add_argument("--out", help="run folder (default runs/<model>-<time>); one that already "
+                                                    "holds a run is refused unless --force")
+    groups["Run folder"].add_argument("--force", action="store_true", help="overwrite the run already in --out")
+    groups["Run folder"].add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR with its "
+                                                                      "saved settings (no other training option "
+                                                                      "may be given)")
     p.add_argument("--quiet", action="store_true", help="print only the final line")
     p.add_argument("--nproc-per-node", type=int, metavar="N",
                    help="data-parallel training on N local processes (one per GPU; gloo on CPU): runs this "

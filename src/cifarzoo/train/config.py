@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from cifarzoo.errors import CifarzooError, DataError
 
@@ -30,52 +30,132 @@ MAX_SEEDS = 100  # a study's seeds 0..N-1: 100 already means 100 runs of every m
 WARMUP_STEPS = 3  # untimed warm-up steps: compile's forward and backward graphs, cuDNN's search, lazy kernels
 
 
+# --help groups of `cifarzoo train`, in the order shown (timm's argument groups); each field names its own.
+GROUPS = ("Model", "Dataset", "Training", "Optimizer parameters", "Learning-rate schedule", "Augmentation",
+          "Evaluation", "Precision and speed", "Stall and NaN checks", "Run folder")
+_MAX_IMAGES = 60_000  # a CIFAR dataset's images: the bound of every image count
+
+
+class Range(NamedTuple):
+    """A number's bounds (an end is excluded where its ``*_ok`` is False). Every number has one, far above any
+    recipe yet below what overflows or exhausts memory (docs/recipes.md, "Bounds")."""
+    lo: float
+    hi: float
+    lo_ok: bool = True
+    hi_ok: bool = True
+
+
+def setting(default: Any = dataclasses.MISSING, *, help: str, group: str, range: Range | None = None,
+            choices: tuple[str, ...] | None = None, word: bool = False, default_factory: Any = dataclasses.MISSING):
+    """A TrainConfig field described once: its --help text and group, and its range (a number) or its choices
+    (one word). ``word``: a value matched case-insensitively (any field with choices is one). `cifarzoo train`'s
+    options (cli/common.py) and validate() are made from this metadata."""
+    metadata = {"help": help, "group": group, "range": range, "choices": choices, "word": word or bool(choices)}
+    return field(default=default, default_factory=default_factory, metadata=metadata)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    model: str = "resnet18"  # registered model name (see `cifarzoo models`)
-    width_mult: float = 1.0  # channel multiplier; 1.0 is the paper's width
-    model_kwargs: dict = field(default_factory=dict)  # extra builder kwargs, e.g. {"aux_logits": True}
-    data: str | None = None  # --data spec: None (default cache), "sample", or a path
-    labels: str = "fine"  # CIFAR-100's labelling: fine (100 classes) | coarse (20 superclasses); others: fine
-    subset: int | None = None  # use only the first N training images, class-balanced
-    val_split: int | float = 0  # hold N training images (or a fraction in (0, 1) of them) out as the per-epoch evaluation set (0: evaluate on test)
-    epochs: int = 30  # full passes over the training set
-    batch_size: int | None = None  # images per optimizer step, the global batch under DDP (None: 512, smaller for small data)
-    eval_batch_size: int = 1024  # images per evaluation forward pass
-    optimizer: str = "sgd"  # sgd (Nesterov momentum) | adam | adamw | muon (Muon on conv filters, SGD on the rest)
-    lr: float = 0.2  # peak learning rate for this batch size (reached after warm-up)
-    momentum: float = 0.9  # SGD momentum / Adam beta1
-    weight_decay: float = 5e-4  # L2 on conv/linear weights only; never on BN or bias parameters
-    schedule: str = "onecycle"  # onecycle | cosine | step | constant (each after linear warm-up)
-    warmup_epochs: float = 1.0  # linear warm-up from lr/10 (onecycle: 25% of the run, see loop)
-    label_smoothing: float = 0.1  # cross-entropy label smoothing, 0..1
-    normalize: str = "mean-std"  # mean-std | unit (/255) | study (train /225, test /255: the study's bug, to replay it)
-    augment: str = "crop,flip"  # comma list of crop, flip (random) or altflip (alternating), cutout; or "none"
-    cutout_size: int = 12  # side in pixels of the cutout square
-    crop_pad: int = 4  # pixels of reflect padding for the random crop: shifts of at most this many pixels (airbench: 2)
-    aux_weight: float = 0.3  # weight of auxiliary-classifier losses (Inception), as in the paper
-    precision: str = "auto"  # auto (bf16 on capable GPUs and where the CPU's native bf16 is faster, see device.py) | fp32 | bf16 | fp16
-    channels_last: bool = True  # NHWC memory format: faster convolutions on tensor-core GPUs and with oneDNN on CPU
-    compile: str = "auto"  # torch.compile: auto (on for long GPU runs) | on | off
-    device: str = "auto"  # auto | cpu | cuda
-    threads: int | None = None  # torch's CPU threads (None: $OMP_NUM_THREADS if set, else the physical cores)
-    seed: int = 0  # seeds weights, shuffling, augmentation and dropout
-    allow_stall: bool = False  # do not stop a run whose loss stays at ln(C) with chance accuracy
-    stall_steps: int | None = None  # check for a stall after this many steps (None: end of the first epoch, >= 30 steps)
-    nan_check_every: int = 20  # steps between (cheap, batched) host checks for a non-finite loss on GPU
-    ema: bool = False  # keep an exponential moving average of weights for evaluation (fastnet recipe)
-    whiten_init: bool = False  # initialize a model's `whiten` conv from data patches (fastnet)
-    lookahead: bool = False  # every 5 steps pull weights to their short EMA; end on it (airbench; fastnet)
-    bias_lr_scale: float = 1.0  # lr multiplier for BatchNorm parameters (airbench's 64 for fastnet)
-    sync_bn: bool = False  # under DDP, convert BatchNorm to SyncBatchNorm (statistics over the global batch)
-    muon_lr: float = 0.24  # optimizer "muon": size of the orthogonalized step of conv filters kept at norm sqrt(out_channels) (per step)
-    muon_momentum: float = 0.6  # optimizer "muon": Nesterov momentum of the conv filters' Muon (the rest use `momentum`)
-    bn_bias_decay: float = 0.0  # L2 on BN shifts and the whitening bias, like weight_decay (per-step shrink lr·bias_lr_scale·this)
-    whiten_bias_epochs: int | None = None  # epochs the `whiten` conv's bias trains before it is frozen (None: all; airbench: 3)
-    eval_every: int = 1  # evaluate after every K-th epoch and always after the last (0: the last only)
-    checkpoint_every: int = 1  # checkpoint every K epochs (0: never mid-run); always at the end and on Ctrl-C
-    warmup: str = "auto"  # untimed warm-up steps, then state restored: auto (when compiled or on CUDA) | on | off
-    tta_level: int = 1  # test-time augmentation of the "TTA" result: 1 flip (2 views), 2 flip + 1-pixel shifts (6 views)
+    model: str = setting("resnet18", group="Model", help="registered model name (see `cifarzoo models`)")
+    width_mult: float = setting(1.0, group="Model", range=Range(0, 2, lo_ok=False),
+                                help="channel multiplier (1.0 = the paper's width)")
+    model_kwargs: dict = setting(default_factory=dict, group="Model",
+                                 help='extra builder kwargs, e.g. {"aux_logits": True} (set by recipes)')
+    data: str | None = setting(None, group="Dataset", help='--data spec: None (default cache), "sample", or a path')
+    labels: str = setting("fine", group="Dataset", word=True,
+                          help="CIFAR-100's labelling: fine (100 classes) | coarse (20 superclasses); others: fine")
+    subset: int | None = setting(None, group="Dataset", range=Range(1, _MAX_IMAGES),
+                                 help="use only the first N training images, class-balanced")
+    val_split: int | float = setting(0, group="Dataset", range=Range(0, _MAX_IMAGES),  # a fraction: see validate
+                                     help="hold N training images (or a fraction in (0, 1) of them, such as 0.1) out "
+                                          "as the per-epoch evaluation set (0: evaluate on test)")
+    epochs: int = setting(30, group="Training", range=Range(1, 10_000), help="full passes over the training set")
+    batch_size: int | None = setting(None, group="Training", range=Range(1, _MAX_IMAGES),
+                                     help="images per optimizer step, the global batch under DDP (default 512, "
+                                          "smaller for small data)")
+    eval_batch_size: int = setting(1024, group="Evaluation", range=Range(1, _MAX_IMAGES),
+                                   help="images per evaluation forward pass")
+    optimizer: str = setting("sgd", group="Optimizer parameters", choices=OPTIMIZERS,
+                             help="sgd (Nesterov momentum) | adam | adamw | muon (Muon on conv filters, SGD on the "
+                                  "rest)")
+    lr: float = setting(0.2, group="Optimizer parameters", range=Range(0, 10, lo_ok=False),
+                        help="peak learning rate for this batch size (reached after warm-up)")
+    momentum: float = setting(0.9, group="Optimizer parameters", range=Range(0, 1, hi_ok=False),
+                              help="SGD momentum / Adam beta1")
+    weight_decay: float = setting(5e-4, group="Optimizer parameters", range=Range(0, 1),
+                                  help="L2 on conv/linear weights only; never on BN or bias parameters")
+    schedule: str = setting("onecycle", group="Learning-rate schedule", choices=SCHEDULES,
+                            help="onecycle | cosine | step | constant (each after linear warm-up)")
+    warmup_epochs: float = setting(1.0, group="Learning-rate schedule", range=Range(0, 10_000),
+                                   help="epochs of linear warm-up from lr/10 (onecycle with 0: 25% of the run)")
+    label_smoothing: float = setting(0.1, group="Training", range=Range(0, 1, hi_ok=False),
+                                     help="cross-entropy label smoothing, in [0, 1)")
+    normalize: str = setting("mean-std", group="Dataset", choices=NORMALIZATIONS,
+                             help="mean-std: the training images' per-channel mean/std for every split | unit: /255 "
+                                  "| study: train /225 and test /255, the original study's mismatch (to replay it)")
+    augment: str = setting("crop,flip", group="Augmentation", word=True,
+                           help="comma list of crop, flip (random) or altflip (alternating), cutout; or none")
+    cutout_size: int = setting(12, group="Augmentation", range=Range(1, 32), help="side in pixels of the cutout square")
+    crop_pad: int = setting(4, group="Augmentation", range=Range(0, 15),
+                            help="pixels of reflect padding for the random crop: shifts of at most this many pixels "
+                                 "(airbench: 2)")
+    aux_weight: float = setting(0.3, group="Training", range=Range(0, 10),
+                                help="weight of auxiliary-classifier losses (Inception), as in the paper")
+    precision: str = setting("auto", group="Precision and speed", choices=PRECISIONS,
+                             help="auto: bf16 on GPUs that have it and on CPUs where native bf16 was measured faster "
+                                  "(AMX-BF16; AVX512-BF16 on one thread), else fp32 | fp32 | bf16 | fp16")
+    channels_last: bool = setting(True, group="Precision and speed",
+                                  help="NHWC memory format: faster convolutions on tensor-core GPUs and with oneDNN on "
+                                       "CPU")
+    compile: str = setting("auto", group="Precision and speed", choices=COMPILE_MODES,
+                           help="torch.compile: auto (on for long GPU runs) | on | off")
+    device: str = setting("auto", group="Precision and speed", choices=DEVICES, help="auto | cpu | cuda")
+    threads: int | None = setting(None, group="Precision and speed", range=Range(1, MAX_THREADS),
+                                  help="torch's CPU threads, at most the CPUs present (default: $OMP_NUM_THREADS if "
+                                       "set, else the physical cores)")
+    seed: int = setting(0, group="Training", range=Range(0, 2**64 - 1),  # torch's seeds are 64-bit
+                        help="seeds weights, shuffling, augmentation and dropout")
+    allow_stall: bool = setting(False, group="Stall and NaN checks",
+                                help="do not stop a run whose loss stays at ln(C) with chance accuracy")
+    stall_steps: int | None = setting(None, group="Stall and NaN checks", range=Range(1, 10**7),
+                                      help="check for a stall after N steps (default: the end of the first epoch, "
+                                           "at least 30 steps)")
+    nan_check_every: int = setting(20, group="Stall and NaN checks", range=Range(1, 10**7),
+                                   help="steps between (cheap, batched) host checks for a non-finite loss on GPU")
+    ema: bool = setting(False, group="Evaluation",
+                        help="evaluate an exponential moving average of the weights (fastnet recipe)")
+    whiten_init: bool = setting(False, group="Model",
+                                help="initialize a model's whitening stem from data patches (fastnet)")
+    lookahead: bool = setting(False, group="Optimizer parameters",
+                              help="every 5 steps pull the weights to their short EMA; end on it (airbench; fastnet)")
+    bias_lr_scale: float = setting(1.0, group="Optimizer parameters", range=Range(0, 1_000, lo_ok=False),
+                                   help="lr multiplier for BatchNorm parameters (airbench's 64 for fastnet)")
+    sync_bn: bool = setting(False, group="Precision and speed",
+                            help="under torchrun/DDP, SyncBatchNorm: statistics over the global batch")
+    muon_lr: float = setting(0.24, group="Optimizer parameters", range=Range(0, 10, lo_ok=False),
+                             help="optimizer muon: size of the orthogonalized step of conv filters kept at norm "
+                                  "sqrt(out_channels) (per step)")
+    muon_momentum: float = setting(0.6, group="Optimizer parameters", range=Range(0, 1, hi_ok=False),
+                                   help="optimizer muon: Nesterov momentum of the conv filters' Muon (the rest use "
+                                        "--momentum)")
+    bn_bias_decay: float = setting(0.0, group="Optimizer parameters", range=Range(0, 1),
+                                   help="optimizer muon: L2 on BN shifts and the whitening bias, like --weight-decay "
+                                        "(per-step shrink lr x bias_lr_scale x this)")
+    whiten_bias_epochs: int | None = setting(None, group="Optimizer parameters", range=Range(0, 10_000),
+                                             help="optimizer muon: epochs the whitening conv's bias trains before it "
+                                                  "is frozen (default: all; airbench: 3)")
+    eval_every: int = setting(1, group="Evaluation", range=Range(0, 10_000),
+                              help="evaluate after every K-th epoch and always after the last (0: the last only; "
+                                   "GPU presets: 10)")
+    checkpoint_every: int = setting(1, group="Run folder", range=Range(0, 10_000),
+                                    help="checkpoint every K epochs (0: never mid-run); always at the end and on "
+                                         "Ctrl-C")
+    warmup: str = setting("auto", group="Precision and speed", choices=WARMUP_MODES,
+                          help="untimed warm-up steps before the clock, state restored after: auto (when compiled "
+                               "or on CUDA) | on | off")
+    tta_level: int = setting(1, group="Evaluation",  # checked in validate: one of three levels
+                             help="test-time augmentation of the TTA result: 0 none, 1 flip (2 views), 2 flip and "
+                                  "1-pixel shifts (6 views)")
 
     def __post_init__(self):
         for name in _CHOICE_FIELDS:  # option values are case-insensitive, as model names are
@@ -112,9 +192,8 @@ class TrainConfig:
         return tuple(a for a in AUGMENTATIONS if a in names)
 
 
-# Fields whose value is one word from a fixed set (lower-cased before validation).
-_CHOICE_FIELDS = ("optimizer", "schedule", "precision", "compile", "device", "labels", "augment", "warmup",
-                  "normalize")
+# Fields whose value is one word (lower-cased before validation): from each field's metadata.
+_CHOICE_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["word"])
 
 # Names users bring from Keras, Lightning, fastai and timm, and what cifarzoo calls them.
 SYNONYMS = {
@@ -168,16 +247,10 @@ def validate(c: TrainConfig) -> None:
     def bad(field_name, value, expected):
         raise CifarzooError(f"invalid {field_name} {value!r}: expected {expected}")
 
-    if c.optimizer not in OPTIMIZERS:
-        bad("--optimizer", c.optimizer, " | ".join(OPTIMIZERS))
-    if c.schedule not in SCHEDULES:
-        bad("--schedule", c.schedule, " | ".join(SCHEDULES))
-    if c.precision not in PRECISIONS:
-        bad("--precision", c.precision, " | ".join(PRECISIONS))
-    if c.compile not in COMPILE_MODES:
-        bad("--compile", c.compile, " | ".join(COMPILE_MODES))
-    if c.device not in DEVICES:
-        bad("--device", c.device, " | ".join(DEVICES))
+    for f in dataclasses.fields(c):  # the fields with a fixed set of choices (their metadata)
+        choices = f.metadata["choices"]
+        if choices and getattr(c, f.name) not in choices:
+            bad(_flag(f.name), getattr(c, f.name), " | ".join(choices))
     from cifarzoo.data.sources import LABELS
 
     if c.labels not in LABELS:
@@ -197,10 +270,6 @@ def validate(c: TrainConfig) -> None:
         bad("--augment", c.augment, "flip or altflip, not both")
     if c.optimizer != "muon" and (c.bn_bias_decay or c.whiten_bias_epochs is not None):
         bad("--optimizer", c.optimizer, "muon for bn_bias_decay and whiten_bias_epochs (its optimizer applies them)")
-    if c.normalize not in NORMALIZATIONS:
-        bad("--normalize", c.normalize, " | ".join(NORMALIZATIONS))
-    if c.warmup not in WARMUP_MODES:
-        bad("--warmup", c.warmup, " | ".join(WARMUP_MODES))
     if not (isinstance(c.model_kwargs, dict) and all(isinstance(k, str) for k in c.model_kwargs)):
         bad("model_kwargs", c.model_kwargs, "a dict of the model builder's options by name")
     reserved = sorted({"num_classes", "width_mult"} & set(c.model_kwargs))
@@ -212,45 +281,37 @@ def validate(c: TrainConfig) -> None:
 
 
 
-# name: (integer?, lowest, highest, lowest allowed?, highest allowed?, None allowed?) of every
-# number TrainConfig holds; floats must also be finite. Every one has an upper bound, far above
-# any recipe yet below what overflows or exhausts memory: counts of images at most the 60,000
-# a CIFAR dataset has; 10,000 epochs (recipes use <= 60); width 2 (4x the paper's weights; the
-# checkpoint bound assumes it); lr <= 10 and muon_lr <= 10 (recipes peak at 1.5; 1e308 overflows
-# to inf in the first step); decays <= 1 (per-step shrink lr x decay: 1 already zeroes a weight
-# at lr 1; recipes use <= 1.33e-3); bias_lr_scale <= 1,000 (airbench: 64).
-_MAX_IMAGES = 60_000
-_NUMBERS: dict[str, tuple] = {
-    "width_mult": (False, 0, 2, False, True, False),
-    "subset": (True, 1, _MAX_IMAGES, True, True, True),
-    "val_split": (False, 0, _MAX_IMAGES, True, True, False),  # a count, or a fraction (checked in validate)
-    "epochs": (True, 1, 10_000, True, True, False),
-    "batch_size": (True, 1, _MAX_IMAGES, True, True, True),
-    "eval_batch_size": (True, 1, _MAX_IMAGES, True, True, False),
-    "lr": (False, 0, 10, False, True, False),
-    "momentum": (False, 0, 1, True, False, False),
-    "weight_decay": (False, 0, 1, True, True, False),
-    "warmup_epochs": (False, 0, 10_000, True, True, False),
-    "label_smoothing": (False, 0, 1, True, False, False),
-    "cutout_size": (True, 1, 32, True, True, False),
-    "crop_pad": (True, 0, 15, True, True, False),
-    "aux_weight": (False, 0, 10, True, True, False),
-    "seed": (True, 0, 2**64 - 1, True, True, False),  # torch's seeds are 64-bit
-    "stall_steps": (True, 1, 10**7, True, True, True),
-    "nan_check_every": (True, 1, 10**7, True, True, False),
-    "bias_lr_scale": (False, 0, 1_000, False, True, False),
-    "muon_lr": (False, 0, 10, False, True, False),
-    "muon_momentum": (False, 0, 1, True, False, False),
-    "bn_bias_decay": (False, 0, 1, True, True, False),
-    "whiten_bias_epochs": (True, 0, 10_000, True, True, True),
-    "eval_every": (True, 0, 10_000, True, True, False),  # 0: the last epoch only
-    "checkpoint_every": (True, 0, 10_000, True, True, False),  # 0: only at the end and on Ctrl-C
-    "threads": (True, 1, MAX_THREADS, True, True, True),  # and at most the CPUs present, when used
-}
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+class Bounds(NamedTuple):
+    """A number field's range (its metadata) with what its annotation says: an integer? None allowed?"""
+    integer: bool
+    lo: float
+    hi: float
+    lo_ok: bool
+    hi_ok: bool
+    optional: bool
+
+
+def _number_bounds() -> dict[str, Bounds]:
+    import typing
+
+    hints = typing.get_type_hints(TrainConfig)
+    bounds = {}
+    for f in dataclasses.fields(TrainConfig):
+        if f.metadata["range"] is not None:
+            kinds = typing.get_args(hints[f.name]) or (hints[f.name],)  # int | None -> (int, NoneType)
+            bounds[f.name] = Bounds(float not in kinds, *f.metadata["range"], type(None) in kinds)
+    return bounds
+
+
+_NUMBERS = _number_bounds()  # every number TrainConfig holds, by name (made from the fields' metadata)
 
 
 def _validate_numbers(c: TrainConfig, bad) -> None:
-    """Every number in range and finite (see _NUMBERS), so that a bad value is named, not diagnosed later."""
+    """Every number in range and finite (its field's ``range``), so that a bad value is named, not diagnosed later."""
     for name, (integer, lo, hi, lo_ok, hi_ok, optional) in _NUMBERS.items():
         value = getattr(c, name)
         if value is None and optional:
@@ -262,10 +323,10 @@ def _validate_numbers(c: TrainConfig, bad) -> None:
         if optional:
             expected += ", or none"
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
-            bad("--" + name.replace("_", "-"), value, expected)
+            bad(_flag(name), value, expected)
         if not math.isfinite(value) or not (value >= lo if lo_ok else value > lo) or (
                 hi is not None and not (value <= hi if hi_ok else value < hi)):
-            bad("--" + name.replace("_", "-"), value, expected)
+            bad(_flag(name), value, expected)
 
 # Per-model recipes: what `cifarzoo train MODEL` uses unless told otherwise, and the
 # base of the `standard` preset. SGD + Nesterov, one-cycle (linear warm-up from lr/10 over
@@ -411,7 +472,8 @@ def _cpu_budget(model: str) -> dict[str, Any]:
 PRESETS: dict[str, dict[str, Any]] = {
     # 2-core CPU or laptop: narrow models on the bundled 5k/1k sample, a few epochs.
     "quick": {
-        "description": "narrow widths, bundled 5,000/1,000-image sample, 9-26 epochs at batch 32-128, one run per CPU core",
+        "description": "narrow widths, bundled 5,000/1,000-image sample, 9-26 epochs at batch 32-128, one run per "
+                       "CPU core",
         "data": "sample",
         # On a CPU a study's runs train side by side, one per physical core with one thread each
         # (study/executors.py, LocalExecutor): at these widths a second thread adds little.

@@ -1,0 +1,65 @@
+"""TrainConfig's settings are described once, in each field's metadata: `cifarzoo train`'s options, their --help
+groups and the range checks are made from it."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import pytest
+
+from cifarzoo.errors import CifarzooError
+from cifarzoo.train.config import GROUPS, TrainConfig
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    from cifarzoo.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices["train"]
+
+
+def test_every_setting_has_help_and_a_group_and_every_number_a_range():
+    for f in dataclasses.fields(TrainConfig):
+        assert isinstance(f.metadata.get("help"), str) and f.metadata["help"].strip(), f.name
+        assert f.metadata.get("group") in GROUPS, f.name
+        assert (f.metadata["range"] is None) == (f.name not in _numbers() or f.name == "tta_level"), f.name
+    from cifarzoo.data.loader import AUGMENTATIONS
+
+    augment_help = TrainConfig.__dataclass_fields__["augment"].metadata["help"]
+    assert all(name in augment_help for name in AUGMENTATIONS)  # the copy in the CLI had lost altflip
+
+
+def _numbers() -> set[str]:
+    return {f.name for f in dataclasses.fields(TrainConfig) if any(t in str(f.type) for t in ("int", "float"))}
+
+
+def test_every_train_option_for_a_setting_comes_from_the_fields_metadata():
+    parser = _train_parser()
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    group_of = {id(action): group.title for group in parser._action_groups for action in group._group_actions}
+    settings = [a for a in parser._actions if a.dest in fields and a.option_strings]
+    assert {a.dest for a in settings} == set(fields) - {"model", "model_kwargs"}  # MODEL is the positional
+    for action in settings:
+        meta = fields[action.dest].metadata
+        assert action.option_strings[0] == "--" + action.dest.replace("_", "-")
+        assert group_of[id(action)] == meta["group"], action.dest
+        if action.dest not in ("data", "labels"):  # the options every data-reading command shares
+            assert action.help == meta["help"].replace("%", "%%"), action.dest
+            assert tuple(action.choices or ()) == tuple(meta["choices"] or ()), action.dest
+    help_text = parser.format_help()
+    assert [title for title in GROUPS if f"\n{title}:\n" in help_text] == list(GROUPS)
+    assert "25% of the run" in help_text  # a % in a field's help is printed, not taken for a format
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("lr", 0, "invalid --lr 0: expected a number in (0, 10]"),
+    ("momentum", 1.0, "invalid --momentum 1.0: expected a number in [0, 1)"),
+    ("subset", 0, "invalid --subset 0: expected an integer in [1, 60000], or none"),
+    ("optimizer", "lion", "invalid --optimizer 'lion': expected sgd | adam | adamw | muon"),
+    ("warmup", "maybe", "invalid --warmup 'maybe': expected auto | on | off"),
+])
+def test_range_and_choice_checks_come_from_the_metadata(name, value, message):
+    with pytest.raises(CifarzooError) as error:
+        TrainConfig(**{name: value})
+    assert str(error.value) == message
+    assert TrainConfig(optimizer="AdamW").optimizer == "adamw"  # a word is matched case-insensitively
