@@ -18,6 +18,7 @@ install: $(PY)
 	$(PY) -m pip install -q -e ".[dev]"
 
 test: install
+	$(PY) -m ruff check .
 	$(PY) -m pytest
 
 demo: install

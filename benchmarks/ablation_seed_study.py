@@ -8,7 +8,8 @@ Every variant trains through ``cifarzoo.train.fit`` under the seed preset's sett
 lr 1e-3, batch 32, constant lr, no augmentation, no label smoothing or weight decay) on
 the bundled sample, with the same short budget (``--subset`` training images, ``--epochs``)
 and ``allow_stall`` (the failing variants run the whole budget too), in fp32 as Keras
-trained, BN's running averages at PyTorch's default momentum (BN_MOMENTUM). "as written" is the network of ``models/as_written.py`` with the study's
+trained, BN's running averages at PyTorch's default momentum (BN_MOMENTUM). "as written" is the network of
+``models/as_written.py`` with the study's
 /225-train, /255-test normalization; each other row changes one thing; "all fixes" changes
 them all. Reported: final-epoch test accuracy on the sample's 1,000 test images per seed,
 their mean and sample std, and the last epoch's mean training loss (in the variant's own

@@ -28,9 +28,9 @@ import numpy as np
 
 from cifarzoo.data import Dataset, build_dataset, load
 from cifarzoo.data.sources import CIFAR10, IMAGE_EXTENSIONS, decode_image
+from cifarzoo.errors import CifarzooError
 
 BATCHES_DIR, META, TEST_BATCH, TRAIN_BATCHES = CIFAR10.folder, CIFAR10.meta, CIFAR10.test, CIFAR10.train
-from cifarzoo.errors import CifarzooError
 
 
 def _image_members(path: Path) -> list[tuple[str, str, str, bytes]] | None:

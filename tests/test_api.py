@@ -111,7 +111,8 @@ def test_train_from_a_data_spec_records_it_and_evaluates_from_it(fake_batches_di
     (lambda d: cz.fit("resnet18", data=d[:3]), r"data: got a tuple of 3 items"),
     (lambda d: cz.load_run("nowhere"), r"nowhere: not a run folder"),
     (lambda d: cz.load_study("nowhere"), r"nowhere: no study report here"),
-    (lambda d: cz.benchmark(["vgg16"], data=d, jobs=0, out="nowhere"), r"--jobs must be an integer in \[1, 1024\], got 0"),
+    (lambda d: cz.benchmark(["vgg16"], data=d, jobs=0, out="nowhere"),
+     r"--jobs must be an integer in \[1, 1024\], got 0"),
 ])
 def test_bad_calls_are_one_line_errors(fake_cifar, call, message):
     with pytest.raises(CifarzooError, match=message) as err:
@@ -167,7 +168,8 @@ def test_option_values_are_case_insensitive_and_val_split_takes_a_fraction(fake_
     from cifarzoo.train import make_config
 
     c = make_config("VGG16", optimizer="Adam", schedule="OneCycle", augment="Crop,Flip", val_split=0.25)
-    assert (c.model, c.optimizer, c.schedule, c.augment, c.val_split) == ("vgg16", "adam", "onecycle", "crop,flip", 0.25)
+    assert (c.model, c.optimizer, c.schedule, c.augment, c.val_split) == (
+        "vgg16", "adam", "onecycle", "crop,flip", 0.25)
     for bad in (1.0, 1.5, -0.1, True, "10"):
         with pytest.raises(CifarzooError, match="invalid --val-split"):
             make_config("vgg16", val_split=bad)

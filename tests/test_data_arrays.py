@@ -65,7 +65,8 @@ CASES = {
     "strings": (_set(0, lambda x: np.full(x.shape, "a")), "x_train: expected uint8 pixels in 0..255, got dtype <U1"),
     "one-hot": (_set(1, lambda y: np.eye(10, dtype=np.uint8)[y]),
                 "y_train: expected class indices of shape (60,) or (60, 1), got (60, 10) (one-hot? use y.argmax(1))"),
-    "3-d labels": (_set(3, lambda y: y[:, None, None]), "y_test: expected class indices of shape (N,) or (N, 1), got (20, 1, 1)"),
+    "3-d labels": (_set(3, lambda y: y[:, None, None]),
+                   "y_test: expected class indices of shape (N,) or (N, 1), got (20, 1, 1)"),
     "label count": (_set(1, lambda y: y[:-1]), "y_train: 59 labels for the 60 images of x_train"),
     "float labels": (_set(3, lambda y: y.astype(np.float64)),
                      "y_test: expected integer class indices, got float64 (convert with y.astype(int))"),
@@ -99,8 +100,9 @@ def test_class_names_are_checked_against_the_labels(fake_cifar, classes, message
 
 
 @pytest.mark.parametrize("data, message", [
-    (lambda d: tuple(d[:3]), "data: got a tuple of 3 items (array (60, 32, 32, 3), array (60,), array (20, 32, 32, 3)); "
-                             "give (x_train, y_train, x_test, y_test) or ((x_train, y_train), (x_test, y_test))"),
+    (lambda d: tuple(d[:3]), "data: got a tuple of 3 items (array (60, 32, 32, 3), array (60,), "
+                             "array (20, 32, 32, 3)); give (x_train, y_train, x_test, y_test) or "
+                             "((x_train, y_train), (x_test, y_test))"),
     (lambda d: (d[0], d[1]), "data: got a tuple of 2 items"),
     (lambda d: "sample", "data: expected arrays, got str"),
 ])

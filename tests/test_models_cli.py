@@ -12,7 +12,8 @@ def test_models_json_lists_every_model_with_params_and_macs(capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["width_mult"] == 1.0 and out["num_classes"] == 10
     rows = {r["name"]: r for r in out["models"]}
-    assert sorted(rows) == list_models() == ["fastnet", "inception", "resnet18", "resnet50", "vgg16", "vgg19", "xception"]
+    assert sorted(rows) == list_models() == ["fastnet", "inception", "resnet18", "resnet50", "vgg16", "vgg19",
+                                             "xception"]
     for r in rows.values():
         assert r["params"] > 1_000_000 and r["macs"] > 100_000_000 and r["paper"]
     assert rows["resnet18"]["params"] == 11_173_962

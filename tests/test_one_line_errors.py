@@ -150,7 +150,8 @@ def test_option_values_are_case_insensitive_and_val_split_takes_a_count_or_a_fra
              "--precision", "FP32", "--optimizer", "SGD", "--allow-stall"]
     assert main(TRAIN + small + ["--val-split", "0.2", "--out", str(tmp_path / "run")]) == 0
     info = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert (info["config"]["val_split"], info["config"]["optimizer"], info["config"]["precision"]) == (0.2, "sgd", "fp32")
+    assert (info["config"]["val_split"], info["config"]["optimizer"], info["config"]["precision"]) == (
+        0.2, "sgd", "fp32")
     assert info["data"]["eval_split"] == "val" and info["data"]["eval_images"] == 20
     capsys.readouterr()
     with pytest.raises(SystemExit) as parse_error:  # argparse's usage, then the reason on its last line

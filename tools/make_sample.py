@@ -2,7 +2,8 @@
 """Build the CIFAR-10 sample bundled with cifarzoo (``--data sample``).
 
 Usage: python tools/make_sample.py ARCHIVE [OUT]
-  ARCHIVE  the JPEG copy of CIFAR-10 (cifar10-jpeg.tar.gz), laid out as train/<class>/NNNN.jpg (5,000 per class), test/<class>/NNNN.jpg (1,000)
+  ARCHIVE  the JPEG copy of CIFAR-10 (cifar10-jpeg.tar.gz), laid out as train/<class>/NNNN.jpg (5,000 per class),
+           test/<class>/NNNN.jpg (1,000)
   OUT      default src/cifarzoo/data/sample/cifar10_sample.npz beside this script
 
 Takes 500 training and 100 test images per class, chosen with a fixed seed, and stores

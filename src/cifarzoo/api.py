@@ -200,7 +200,8 @@ def fit(
     invalid ones raise CifarzooError. ``out`` is the run folder (default
     ``runs_root/<model>-<time>``); one that holds another run is refused unless
     ``force=True``, except that a finished run made with the same settings and data is
-    returned as it is (so re-running a notebook cell does not train again). ``resume=FOLDER`` continues an interrupted run with its
+    returned as it is (so re-running a notebook cell does not train again). ``resume=FOLDER`` continues an
+    interrupted run with its
     saved settings (a run trained from arrays needs ``data=`` again). On Ctrl-C / a kernel
     interrupt, KeyboardInterrupt propagates after a resumable checkpoint is written.
     """
@@ -320,7 +321,8 @@ class Run:
     def __repr__(self) -> str:
         s = self.summary
         acc = f", test accuracy {100 * s['test_acc']:.2f}%" if s.get("test_acc") is not None else ""
-        return f"Run({str(self.run_dir)!r}: {self.info.get('config', {}).get('model')}, {s.get('status', 'unfinished')}{acc})"
+        model = self.info.get("config", {}).get("model")
+        return f"Run({str(self.run_dir)!r}: {model}, {s.get('status', 'unfinished')}{acc})"
 
     # ---- using the model
     def evaluate(self, data: Any = None, *, classes: Iterable[str] | None = None, labels: str | None = None,

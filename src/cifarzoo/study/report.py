@@ -117,7 +117,8 @@ def collect_runs(plan: StudyPlan) -> list[RunRecord]:
             "epochs_completed": len(metrics),
         })
         for k in ("test_acc", "test_acc_tta", "test_loss", "test_loss_tta", "train_seconds", "warmup_seconds",
-                  "compile_seconds", "tta_level", "test_acc_tta_level", "images_per_second", "peak_memory_bytes", "peak_memory_kind", "parameters", "macs", "precision", "device", "stall_check", "warnings"):
+                  "compile_seconds", "tta_level", "test_acc_tta_level", "images_per_second", "peak_memory_bytes",
+                  "peak_memory_kind", "parameters", "macs", "precision", "device", "stall_check", "warnings"):
             if k in summary:
                 row[k] = summary[k]
         if status == FAILED:

@@ -170,7 +170,7 @@ def evaluate_for_report(spec: RunSpec, dataset, logits=None) -> dict:
     is loaded and evaluated.
     """
     from cifarzoo.evaluate import eval_result, evaluate, save_eval_result
-    
+
     try:
         if logits is None:
             r = evaluate(spec.run_dir, dataset=dataset, device=spec.config.device,
