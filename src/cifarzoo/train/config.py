@@ -328,41 +328,10 @@ def _validate_numbers(c: TrainConfig, bad) -> None:
                 hi is not None and not (value <= hi if hi_ok else value < hi)):
             bad(_flag(name), value, expected)
 
-# Per-model recipes: what `cifarzoo train MODEL` uses unless told otherwise, and the
-# base of the `standard` preset. SGD + Nesterov, one-cycle (linear warm-up from lr/10 over
-# ~20% of the run, then linear decay to 0: the shape that reaches the best accuracy in a
-# fixed, short budget, Smith & Topin 2017; Page's 24-epoch DAWNBench ResNet warmed up for
-# 5 epochs, 21%), label smoothing 0.1 (Szegedy et al. 2016),
-# crop+flip, batch 512 (auto_batch_size on the full training set: 97 steps per epoch), bf16
-# on GPU. The starting point, a simple recipe measured at VGG16 89.1%, ResNet18 90.7%,
-# ResNet50 88.8% on a JPEG copy of CIFAR-10, keeps its peak lr per model (0.1 VGG,
-# Inception, Xception; 0.2 ResNets) and weight decay 5e-4.
-#
-# Epochs fit each model's time target on one H100: epochs x 50,000 / throughput <= 90% of
-# the target, with the reference eager bf16 training throughputs (img/s; compile is
-# expected to be faster, so these are upper bounds on the time). Unmeasured with this code
-# (benchmarks/RESULTS.md lists them as such); tune on --val-split only, never on test.
-#   vgg16     77.6k img/s: 0.644 s/epoch; 90% of 45 s  = 40.5 s -> at most 62.8 epochs: 60 (38.7 s)
-#   vgg19     55.6k img/s: 0.899 s/epoch; 90% of 60 s  = 54.0 s -> at most 60.0 epochs: 58 (52.2 s)
-#   resnet18  48.6k img/s: 1.029 s/epoch; 90% of 50 s  = 45.0 s -> at most 43.7 epochs: 42 (43.2 s)
-#   resnet50  13.2k img/s: 3.788 s/epoch; 90% of 120 s = 108 s  -> at most 28.5 epochs: 28 (106.1 s)
-#   inception  6.7k img/s: 7.463 s/epoch; 90% of 150 s = 135 s  -> at most 18.1 epochs: 17 (126.9 s)
-#   xception  an ESTIMATE, 13.2k x 1.30/1.36 GMACs (ResNet50's/Xception's) = 12.6k img/s:
-#             3.963 s/epoch; 90% of 120 s = 108 s -> at most 27.3 epochs: 24 (95.1 s), the
-#             margin because depthwise convolutions run below ResNet50's img/s per MAC.
-# Lookahead (airbench's, from hlb-CIFAR10; see optim.Lookahead) for every model: the run
-# ends on an average of its last few tens of weights, which one-cycle's decay to 0 makes
-# a small, safe gain, at the cost of a few fused ops every 5 steps and no evaluation copy
-# (an EMA with decay 0.999 would average over ~10 epochs of a 17-60 epoch run, weights
-# from a much higher lr). VGG's head: no dropout. The paper's 0.5 regularized 4096-wide
-# ImageNet layers over 74 epochs; here the head is 512 wide behind batch norm, and with
-# crop+flip, label smoothing and weight decay a 60-epoch run underfits rather than
-# overfits (CIFAR VGG references with BN use no dropout in the head).
-#
-# EXPECTED test accuracy of each `standard` recipe on the JPEG copy (NOT measured: read from the
-# literature against the epochs each recipe affords; one line beside each recipe, "expect").
-# Until a GPU tunes them (on --val-split only, never the test set), the gap to each target is
-# where tuning starts; a CPU proxy (the recipe at small width on a subset) may order choices.
+# Per-model recipes: what `cifarzoo train MODEL` uses unless told otherwise, and the base of the `standard`
+# preset: SGD + Nesterov, one-cycle with ~20% warm-up, label smoothing 0.1, crop + flip, lookahead; epochs
+# sized to each model's time target on one H100; "expect" is read from the literature, NOT measured.
+# Why each number: docs/recipes.md, "The per-model recipes".
 
 # The original study's settings (Adam 1e-3, batch 32, no augmentation, 50 epochs, nothing else): the
 # seed preset's, and the recipe of its networks as written (models/as_written.py), which also keep
@@ -386,11 +355,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "inception": dict(epochs=17, warmup_epochs=3.5, lr=0.1, lookahead=True, model_kwargs={"aux_logits": True}),
     # expect 87.5-89% (target 91.5)
     "xception": dict(epochs=24, warmup_epochs=5, lr=0.1, lookahead=True),
-    # airbench94's hyperparameters in this trainer's units (mean loss, lr per batch): its
-    # lr 11.5 and wd 0.0153 "per 1024 examples" with momentum 0.85 are lr 1.5 and L2 1.33e-3
-    # here; BN shifts at 64x lr; warm-up over 23% of the run; lookahead; whitened frozen stem.
-    # expect 2.5-4 s of training per run on one GPU (480 eager steps; the `airbench` preset is
-    # the one to compare with airbench94's 2.1 s)
+    # airbench94's hyperparameters in this trainer's units (docs/recipes.md, "fastnet's SGD recipe");
+    # expect 2.5-4 s of training per run on one GPU (not measured)
     "fastnet": dict(epochs=10, lr=1.5, batch_size=1024, momentum=0.85, weight_decay=1.33e-3,
                     label_smoothing=0.2, bias_lr_scale=64.0, lookahead=True, whiten_init=True,
                     warmup_epochs=2.3),
@@ -398,46 +364,27 @@ RECIPES: dict[str, dict[str, Any]] = {
                                             "as_written_xception")},
 }
 
-# airbench94_muon's recipe (94.01% mean of 200 runs in its paper's setting) in this trainer's
-# units, for the `airbench` preset. Muon (lr 0.24, momentum 0.6, Nesterov) on the conv
-# filters; Nesterov SGD (momentum 0.85) on the head at lr 1.5 and BN shifts + whitening bias at
-# 64x (96): airbench's head lr 0.67 and bias lr 0.053 are per summed loss over a batch of 2000
-# with a head of unit-std weights scaled by 1/256, i.e. 1.7 and 106 for this mean loss and
-# this head (default init, x1/9), within 10% of the SGD recipe's 1.5 and 96, so those are
-# kept. Its decoupled decay of 0.004 per step on head and biases is L2 4e-3/1.5 = 2.67e-3 on
-# the head and 4e-3/96 = 4.2e-5 on the biases. 8 epochs of 25 steps at batch 2000, linear
-# decay to 0 (warm-up 0.04 epochs = 1 step: a zero warm-up would get onecycle's default 25%),
-# label smoothing 0.2, 2-pixel translations, alternating flip, the whitening bias trained for
-# 3 epochs, no lookahead, 6-view TTA. Needs the loop to build the "muon" optimizer (train/muon.py).
+# airbench94_muon's recipe (94.01% mean of 200 runs in its paper's setting) in this trainer's units, for the
+# `airbench` and `cpu` presets; the conversion of each number: docs/recipes.md, "fastnet with airbench94_muon's
+# recipe". Needs the loop to build the "muon" optimizer (train/muon.py).
 FASTNET_MUON: dict[str, Any] = dict(
     epochs=8, batch_size=2000, optimizer="muon", lr=1.5, momentum=0.85, muon_lr=0.24, muon_momentum=0.6,
     weight_decay=2.67e-3, bn_bias_decay=4.2e-5, bias_lr_scale=64.0, label_smoothing=0.2, warmup_epochs=0.04,
     augment="crop,altflip", crop_pad=2, whiten_init=True, whiten_bias_epochs=3, lookahead=False, tta_level=2,
 )
 
-# On a GPU an epoch takes about a second, so evaluating and checkpointing every epoch
-# would cost a study more wall time than a good part of its training: the GPU presets
-# evaluate every 10th epoch and the last (2-6 evaluations per run, the learning curves'
-# points), and checkpoint only at the end and on Ctrl-C (a crash reruns the run). The CPU
-# presets checkpoint every epoch, where an epoch takes minutes; quick evaluates every epoch, cpu's
-# study models about four times per run (_cpu_budget).
+# GPU presets: an epoch takes about a second, so evaluate every 10th epoch and the last, checkpoint only at the
+# end and on Ctrl-C (docs/recipes.md, "Evaluation and checkpoint cadence").
 GPU_CADENCE: dict[str, Any] = dict(eval_every=10, checkpoint_every=0)
 
-# The cpu preset's equal budget: every study model trains for CPU_CORE_MINUTES of one core at its
-# own width and batch, i.e. for the epochs that its training throughput (fit's img/s, data loading
-# and augmentation included; one thread, bf16 + channels_last) measured on one core of the
-# reference CPU (CPU_REFERENCE) fills: epochs = floor(minutes x 60 x img/s / 50,000 images).
-# 20 minutes, not 24 (a fifth of two cores' hour): five equal runs on two cores are two rounds of
-# two, then one run alone, which trains on both cores (study/schedule.py) but narrow models gain
-# little from a second thread (the study lasts 2 x 20 + 20 / speed-up + evaluation <= 60 min).
+# The cpu preset's equal budget: every study model trains for CPU_CORE_MINUTES of one core at its own width
+# and batch, for the epochs its measured img/s on one reference core fills (budget_epochs). 20 minutes, not
+# 24: five runs on two cores are two rounds of two, then one alone (docs/recipes.md, "The `cpu` preset").
 CPU_CORE_MINUTES = 20
 CPU_REFERENCE = "one core of an AMD EPYC (Zen 4, AVX512-BF16)"
-# model: (width, batch, peak lr, training img/s on one reference core: fit's own "trained at" figure
-# of a 2-epoch run on 45,000 images with the other core busy, so a quiet core fills a little more).
-# Batch 128, not the recipes' 512: 4x the steps per epoch at a higher img/s (resnet50: 62.0% vs
-# 43.6% on the validation split after 2 epochs, 484 vs 396 img/s); batch 64 no better per second
-# (63.3% at 438 img/s). The VGGs at lr 0.05 (the quick preset's for batch 128), the others at
-# their recipes' lr. See benchmarks/RESULTS.md, "Tuning the cpu preset".
+# model: (width, batch, peak lr, fit's training img/s of a 2-epoch run on one reference core with the other
+# busy). Batch 128: more steps per second than 512 or 64; VGGs at the quick preset's lr 0.05, the others at their
+# recipes'. Measured in benchmarks/RESULTS.md, "Tuning the cpu preset".
 # -> epochs: vgg16 28, vgg19 23, resnet50 11, inception 5, xception 10.
 CPU_BUDGET: dict[str, tuple[float, int, float, float]] = {
     "vgg16": (0.25, 128, 0.05, 1185.0),
@@ -455,13 +402,8 @@ def budget_epochs(img_s: float, minutes: float = CPU_CORE_MINUTES, images: int =
 
 
 def _cpu_budget(model: str) -> dict[str, Any]:
-    """The cpu preset's settings of a study model under the equal budget; warm-up 20% of the run.
-
-    Evaluated about four times per run (every ceil(epochs / 4)-th epoch and the last), not every
-    epoch: one pass over the 10,000 test images took inception ~12 s and vgg16 ~3 s of one core
-    (the run's wall time less its training time, 2-epoch runs), i.e. a minute or more per run at
-    every epoch, time the budget does not count.
-    """
+    """The cpu preset's settings of a study model under the equal budget; warm-up 20% of the run. Evaluated
+    about four times per run, not every epoch: evaluation is time the budget does not count (docs/recipes.md)."""
     width, batch, lr, img_s = CPU_BUDGET[model]
     epochs = budget_epochs(img_s)
     return dict(width_mult=width, batch_size=batch, lr=lr, epochs=epochs, warmup_epochs=round(0.2 * epochs, 1),
@@ -475,49 +417,24 @@ PRESETS: dict[str, dict[str, Any]] = {
         "description": "narrow widths, bundled 5,000/1,000-image sample, 9-26 epochs at batch 32-128, one run per "
                        "CPU core",
         "data": "sample",
-        # On a CPU a study's runs train side by side, one per physical core with one thread each
-        # (study/executors.py, LocalExecutor): at these widths a second thread adds little.
+        # One run per physical core, one thread each (study/executors.py): a second thread adds little here.
         "one_run_per_core": True,
-        # channels_last: oneDNN's NHWC convolutions halve CPU training time here (measured:
-        # inception 11.1 -> 5.0 ms/image, resnet50 5.4 -> 3.1, one thread). precision auto: bf16
-        # where the CPU multiplies bf16 natively (device.py; one thread at these widths: 1.3-2.4x
-        # fp32 + channels_last on AVX512-BF16). eval_batch_size 128: on CPU a 1,024-image batch
-        # evaluates 2.4x slower (resnet50). compile off: no faster on CPU and minutes to compile
-        # (benchmarks/RESULTS.md).
-        # Tuned on --val-split 1000 (4,000 training images, one thread per run, bf16; the test set
-        # not looked at; benchmarks/RESULTS.md). Crop + flip: with 10-30 epochs the models overfit
-        # flips alone (resnet50 12 epochs 57.6% vs 55.9%, xception 59.2% vs 53.2%). Batch 32 (lr
-        # 0.05, resnet50 0.1) for resnet50, inception and xception: 4x the steps of batch 128 in
-        # the same time, worth 7 points on resnet50 at 3 epochs. The VGGs at batch 128, lr 0.05,
-        # without dropout in the head as in their recipes (vgg19 with dropout 0.5: 55.9% flips
-        # only, stalls with crops; without: 64.3% at epoch 26 of 30). Epochs share the 10-minute
-        # budget of two one-thread runs side by side (one_run_per_core) by each model's cost.
-        # lookahead off: as tuned, whatever the GPU recipes (RECIPES) say.
-        # The whole study rehearsed on the validation split (vgg16/vgg19 30, resnet50 14, inception
-        # 10, xception 13 epochs): 65.8, 65.0, 61.4, 60.1, 62.3% in 497 s wall, i.e. ~10 minutes on
-        # 5,000 images: the epochs below are ~15% fewer, for the 10-minute budget.
+        # channels_last, precision auto, eval batch 128, compile off: the CPU's fastest (measured); batch 32 for
+        # the narrow models, crop + flip, no lookahead: tuned on --val-split 1000 (docs/recipes.md, "The `quick`
+        # preset"); epochs fill a 10-minute budget of two one-thread runs side by side.
         "all": dict(width_mult=0.125, epochs=12, batch_size=32, lr=0.05, warmup_epochs=1.0,
                     precision="auto", compile="off", channels_last=True,
                     eval_batch_size=128, lookahead=False),
         "vgg16": dict(width_mult=0.25, epochs=26, batch_size=128),
         "vgg19": dict(width_mult=0.25, epochs=26, batch_size=128),
         "resnet50": dict(lr=0.1), "inception": dict(epochs=9), "xception": dict(epochs=11),
-        # fastnet keeps its recipe at half width, batch and lr scaled to 128 (390 steps on the
-        # sample), flips only: 66.5% (68.7% flip TTA) in 108 s of one CPU thread, past
-        # 50% at 33 s (resnet18 here: 48.1% in 26 s); 67.4% in 110 s with --precision bf16 on
-        # AVX512-BF16 under load where fp32 took 161 s (benchmarks/RESULTS.md).
+        # fastnet: its recipe at half width, batch and lr scaled to 128, flips only (docs/recipes.md).
         "fastnet": dict(width_mult=0.5, epochs=10, batch_size=128, lr=0.1875, warmup_epochs=2.3, lookahead=True,
                         augment="flip"),
     },
-    # Full CIFAR-10 on a laptop or desktop CPU: minutes per model. fastnet runs airbench94_muon's
-    # recipe (FASTNET_MUON) at full width: 8 epochs = 400,000 training images; at the 1,086 img/s
-    # measured for fastnet in bf16 on 2 AMX-BF16 cores about 6 minutes; measured on 2 Zen 4 cores
-    # (AVX512-BF16, no AMX): 377 img/s, 1,061 s, 90.51% flip TTA (benchmarks/RESULTS.md). The study
-    # models train side by side (one_run_per_core) under one equal budget: CPU_CORE_MINUTES of one
-    # reference core each, at the width, batch and lr of CPU_BUDGET (the epochs from each model's
-    # measured img/s), with ~20% warm-up. Validation-split accuracy at these settings and the
-    # estimate for the whole study: benchmarks/RESULTS.md.
-    # precision auto: bf16 where the CPU multiplies bf16 natively (device.py).
+    # Full CIFAR-10 on a laptop or desktop CPU: fastnet with airbench94_muon's recipe (FASTNET_MUON) at full
+    # width; the study models side by side under one equal budget (CPU_BUDGET; docs/recipes.md, "The `cpu`
+    # preset"). precision auto: bf16 where the CPU multiplies bf16 natively (device.py).
     "cpu": {
         "description": "full CIFAR-10 on a CPU in minutes: fastnet with airbench94_muon's recipe (~6 min on 2 "
                        "AMX cores, 18 on 2 Zen 4 cores), the study models side by side, each for the same "
