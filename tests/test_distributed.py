@@ -245,7 +245,7 @@ def test_cli_resumes_an_interrupted_run_on_two_ranks(fake_data, tmp_path, one_th
 
 def test_two_nodes_with_torchrun_c10d_write_one_run_that_matches_one_process(fake_data, tmp_path, one_thread):
     """Two "machines" (two torchrun launches, --nnodes 2, one process each) meet at a c10d
-    rendezvous on 127.0.0.1, and train one run as the README's two-machine command does.
+    rendezvous on 127.0.0.1, and train one run as docs/guide.md's two-machine command does.
 
     Global rank 0 names and writes the one run folder; the other node writes nothing and
     prints nothing. resnet18's BatchNorm is not synced, so the losses match one process

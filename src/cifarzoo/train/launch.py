@@ -5,7 +5,7 @@
 ``--nproc-per-node``): PyTorch's elastic launcher starts the N ranks, and stops them all
 when one fails. This is exactly what the user would get by typing ``torchrun``
 themselves; see :func:`torchrun_command`. Several machines are torchrun's own business
-(``--nnodes``, ``--rdzv-endpoint``; see the README), with nothing of cifarzoo in between.
+(``--nnodes``, ``--rdzv-endpoint``; see docs/guide.md), with nothing of cifarzoo in between.
 
 A study's independent runs on several GPUs or machines go through Ray instead
 (``cifarzoo.study.executors``).
