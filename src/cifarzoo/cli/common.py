@@ -90,13 +90,14 @@ def add_config_options(parser: argparse.ArgumentParser,
     for name in fields or config_option_fields():
         meta, flag, kind = by_name[name].metadata, "--" + name.replace("_", "-"), hints[name]
         base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)  # int | None -> int
-        group, help_text = groups[meta["group"]], meta["help"].replace("%", "%%")  # argparse formats help with %
+        # a field not yet described with setting() still gets its option (tests/test_config.py names it)
+        group, help_text = groups.get(meta.get("group"), parser), (meta.get("help") or "").replace("%", "%%")
         if base is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif name == "val_split":
             group.add_argument(flag, type=_count_or_fraction, default=None, metavar="N|FRACTION", help=help_text)
         else:  # choices are matched case-insensitively, as model names are
-            group.add_argument(flag, type=str.lower if meta["choices"] else base, choices=meta["choices"],
+            group.add_argument(flag, type=str.lower if meta.get("choices") else base, choices=meta.get("choices"),
                                default=None, help=help_text)
     return groups
 

@@ -193,7 +193,7 @@ class TrainConfig:
 
 
 # Fields whose value is one word (lower-cased before validation): from each field's metadata.
-_CHOICE_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["word"])
+_CHOICE_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("word"))
 
 # Names users bring from Keras, Lightning, fastai and timm, and what cifarzoo calls them.
 SYNONYMS = {
@@ -248,7 +248,7 @@ def validate(c: TrainConfig) -> None:
         raise CifarzooError(f"invalid {field_name} {value!r}: expected {expected}")
 
     for f in dataclasses.fields(c):  # the fields with a fixed set of choices (their metadata)
-        choices = f.metadata["choices"]
+        choices = f.metadata.get("choices")
         if choices and getattr(c, f.name) not in choices:
             bad(_flag(f.name), getattr(c, f.name), " | ".join(choices))
     from cifarzoo.data.sources import LABELS
@@ -301,7 +301,7 @@ def _number_bounds() -> dict[str, Bounds]:
     hints = typing.get_type_hints(TrainConfig)
     bounds = {}
     for f in dataclasses.fields(TrainConfig):
-        if f.metadata["range"] is not None:
+        if f.metadata.get("range") is not None:
             kinds = typing.get_args(hints[f.name]) or (hints[f.name],)  # int | None -> (int, NoneType)
             bounds[f.name] = Bounds(float not in kinds, *f.metadata["range"], type(None) in kinds)
     return bounds
