@@ -98,7 +98,7 @@ def test_the_setting_accepts_registered_names_and_suggests_for_unknown_ones(gain
 def test_registration_refuses_bad_names_twice_and_unknown_exclusions(gain):
     with pytest.raises(CifarzooError, match="'gain' is registered twice"):
         register_augmentation("gain")(_gain)
-    for bad in ("Gain2", "a,b", "none", ""):
+    for bad in ("Gain2", "a,b", "a b", "none", "", None):
         with pytest.raises(CifarzooError, match="must be one lower-case word"):
             register_augmentation(bad)(_gain)
     with pytest.raises(CifarzooError, match="excludes unknown augmentation"):

@@ -28,6 +28,7 @@ Registered augmentations run after the built-ins, in registration order.
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -64,24 +65,25 @@ def register_augmentation(name: str, *, draw: DrawFn | None = None, excludes: Se
     ``draw`` the function gets ``params=None``. ``excludes`` names registered augmentations it
     cannot be combined with (``reason`` says why).
     """
-    key = name.strip().lower() if isinstance(name, str) else ""
-    if not key or key != name or "," in key or key == "none":
+    # A word of the comma list ``augment``, as parse_augment lower-cases and strips it.
+    if not (isinstance(name, str) and re.fullmatch(r"[a-z][a-z0-9_-]*", name)) or name == "none":
         raise CifarzooError(f"augmentation name {name!r} must be one lower-case word other than 'none'")
-    if key in _REGISTRY:
-        raise CifarzooError(f"augmentation {key!r} is registered twice; known: {', '.join(AUGMENTATIONS)}")
+    if name in _REGISTRY:
+        raise CifarzooError(f"augmentation {name!r} is registered twice; known: {', '.join(AUGMENTATIONS)}")
     unknown = [e for e in excludes if e not in _REGISTRY]
     if unknown:
-        raise CifarzooError(f"augmentation {key!r} excludes unknown augmentation(s) {', '.join(unknown)}")
+        raise CifarzooError(f"augmentation {name!r} excludes unknown augmentation(s) {', '.join(unknown)}")
 
     def deco(fn: ApplyFn) -> ApplyFn:
-        _REGISTRY[key] = Augmentation(key, fn, draw, tuple(excludes), reason)
+        _REGISTRY[name] = Augmentation(name, fn, draw, tuple(excludes), reason)
         return fn
 
     return deco
 
 
-def get_augmentation(name: str) -> Augmentation:
-    return _REGISTRY[name]
+def registered_among(names: frozenset[str]) -> tuple[Augmentation, ...]:
+    """The registered (not built-in) augmentations among ``names``, in registration order: the order they run."""
+    return tuple(a for a in _REGISTRY.values() if a.name in names and a.apply is not None)
 
 
 def parse_augment(augment: str | Sequence[str] | None) -> frozenset[str]:

@@ -47,7 +47,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from cifarzoo.data.augment import AUGMENTATIONS, get_augmentation, parse_augment
+from cifarzoo.data.augment import parse_augment, registered_among
 from cifarzoo.data.dataset import Dataset
 from cifarzoo.errors import CifarzooError, DataError
 
@@ -238,21 +238,12 @@ class DeviceLoader:
         self.num_classes = int(labels_np.max()) + 1 if num_classes is None and len(labels_np) else num_classes
         self.epoch = 0
 
-        # One host-to-device copy of the whole split; every batch is made from it.
-        self.images = _from_numpy(images_np).to(self.device)  # (N, H, W, 3) uint8
-        self.labels = torch.from_numpy(labels_np.astype(np.int64)).to(self.device)  # (N,) int64
-        self.mean = torch.tensor(list(mean), dtype=torch.float32, device=self.device)  # (3,), [0, 255]
-        self.std = torch.tensor(list(std), dtype=torch.float32, device=self.device)
         self.prenormalize = prenormalize
-        if prenormalize:
-            # (N, H, W, 3) in ``dtype``, normalized once, in chunks so the float32 temporary stays small.
-            self.images = torch.cat([normalize(chunk, self.mean, self.std, dtype=dtype).permute(0, 2, 3, 1)
-                                     for chunk in self.images.split(4096)]).contiguous()
+        self.images, self.labels, self.mean, self.std = _on_device(
+            images_np, labels_np, mean, std, self.device, dtype if prenormalize else None)
         self._flip_mask = (alternating_flip_mask(len(images_np), seed)
                            if "altflip" in self.augment else None)  # (N,) int64 on the CPU
-        # Registered (not built-in) augmentations turned on, in registration order.
-        self._registered = tuple(get_augmentation(a) for a in AUGMENTATIONS
-                                 if a in self.augment and get_augmentation(a).apply is not None)
+        self._registered = registered_among(self.augment)
 
         n = len(images_np)
         self.num_batches = n // batch_size if self.drop_last else math.ceil(n / batch_size)
@@ -389,6 +380,22 @@ class DeviceLoader:
             for aug in self._registered:
                 x = aug.apply(x, params[aug.name][a:b] if aug.name in params else None)
             yield x, y
+
+
+def _on_device(images: np.ndarray, labels: np.ndarray, mean: Sequence[float], std: Sequence[float],
+               device: torch.device, prenormalized: torch.dtype | None) -> tuple[torch.Tensor, ...]:
+    """One host-to-device copy of the whole split, which every batch is made from: images (N, H, W, 3)
+    uint8, or normalized once in ``prenormalized`` dtype; labels (N,) int64; mean, std (3,) float32
+    in [0, 255] units."""
+    x = _from_numpy(images).to(device)
+    y = torch.from_numpy(labels.astype(np.int64)).to(device)
+    mean_t = torch.tensor(list(mean), dtype=torch.float32, device=device)
+    std_t = torch.tensor(list(std), dtype=torch.float32, device=device)
+    if prenormalized is not None:
+        # In chunks, so the float32 temporary stays small.
+        x = torch.cat([normalize(chunk, mean_t, std_t, dtype=prenormalized).permute(0, 2, 3, 1)
+                       for chunk in x.split(4096)]).contiguous()
+    return x, y, mean_t, std_t
 
 
 def _check_inputs(images, labels, *, batch_size: int, rank: int, world_size: int, seed: int,

@@ -106,7 +106,7 @@ class TrainConfig:
     @property
     def augmentations(self) -> tuple[str, ...]:
         """The augmentations ``augment`` names, in the loader's order (parsed by the loader's own parser)."""
-        from cifarzoo.data.loader import AUGMENTATIONS, parse_augment
+        from cifarzoo.data.augment import AUGMENTATIONS, parse_augment
 
         names = parse_augment(self.augment)
         return tuple(a for a in AUGMENTATIONS if a in names)
