@@ -78,6 +78,36 @@ def header(device, argv: list[str] | None = None) -> dict:
     }
 
 
+def start_result(benchmark: str, device, argv: list[str] | None) -> dict:
+    """A results record's head: the benchmark's name, then :func:`header` with the command as typed
+    (``argv``: the script's arguments; None: this process's)."""
+    args = sys.argv[1:] if argv is None else argv
+    return {"benchmark": benchmark, **header(device, [f"benchmarks/{benchmark}.py", *args])}
+
+
+def markdown_head(title: str, result: dict, *, device_note: str = "", note: str = "") -> list[str]:
+    """The lines every markdown report starts with: what, on which device, when, which commit and the command."""
+    m = result["machine"]
+    return [f"{title} on {m['device_name']}{device_note} — {result['date']}, commit {result['commit']}, "
+            f"torch {m['torch']}{note}", "", f"`{result['command']}`", ""]
+
+
+def fmt(value, spec: str) -> str:
+    """``format(value, spec)``, or "-" for a value that was not measured (None)."""
+    return "-" if value is None else format(value, spec)
+
+
+def comma_list(text: str) -> list[str]:
+    """``"vgg16, resnet18,"`` -> ["vgg16", "resnet18"]."""
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def add_output_options(parser, every: str) -> None:
+    """--json and --markdown, both rewritten after ``every`` measured item (see :func:`save`)."""
+    parser.add_argument("--json", metavar="OUT", help=f"write the results here (rewritten after every {every})")
+    parser.add_argument("--markdown", metavar="OUT", help="write the tables here as markdown")
+
+
 def write_json(path, obj) -> None:
     """Write atomically, so a run killed by a time cap leaves the last complete file."""
     from cifarzoo.io import atomic_write_bytes
@@ -110,6 +140,22 @@ def failure(exc: BaseException) -> dict:
     first = (str(exc).strip().splitlines() or [""])[0]
     reason = first if isinstance(exc, CifarzooError) else f"{type(exc).__name__}: {first}"
     return {"status": "failed", "reason": reason[:300]}
+
+
+def attempt(measure, device, *args) -> dict:
+    """``measure(*args)``'s record, or, if it raises, :func:`failure`'s after freeing the device's memory:
+    one model's or run's failure is its result, and the next one is measured."""
+    try:
+        return measure(*args)
+    except Exception as exc:  # noqa: BLE001  a stall, a non-finite loss, out of memory, any crash
+        free_device_memory(device)
+        return failure(exc)
+
+
+def finish(result: dict, items: str, markdown) -> int:
+    """Print the markdown report; the exit status: 0 when every one of ``result[items]`` finished, else 1."""
+    print(markdown(result))
+    return 0 if all(r["status"] == "finished" for r in result[items]) else 1
 
 
 def free_device_memory(device) -> None:

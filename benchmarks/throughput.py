@@ -51,7 +51,9 @@ import cifarzoo  # noqa: F401  first: it sets OMP_WAIT_POLICY before torch loads
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import failure, free_device_memory, header, save  # noqa: E402
+from _common import (  # noqa: E402
+    add_output_options, attempt, comma_list, finish, fmt, markdown_head, save, start_result,
+)
 from cifarzoo.train.config import DEVICES  # noqa: E402
 
 DEFAULT_MODELS = "vgg16,vgg19,resnet18,resnet50,inception,xception,fastnet"
@@ -225,10 +227,9 @@ def bench_model(config, variants: list[Variant], device, args, baseline: dict | 
 def markdown(result: dict) -> str:
     m = result["machine"]
     cpu = m["device"] == "cpu"
-    num = lambda v, f=",.0f": "-" if v is None else format(v, f)  # noqa: E731
+    num = lambda v, f=",.0f": fmt(v, f)  # noqa: E731
     bf16 = f", native bf16: {m.get('cpu_bf16') or 'none'}" if cpu else ""
-    lines = [f"Throughput on {m['device_name']}{bf16} — {result['date']}, commit {result['commit']}, "
-             f"torch {m['torch']}", "", f"`{result['command']}`", "",
+    lines = [*markdown_head("Throughput", result, device_note=bf16),
              "| model | width | batch | variant | precision | channels_last | compile | train img/s | ×fp32 "
              + ("| train img/CPU-s | ×fp32 " if cpu else "") + "| infer img/s | ×fp32 | compile s |",
              "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if cpu else "") + "---|---|---|"]
@@ -274,8 +275,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "batch, device kind) instead of measuring it again; models it lacks are measured")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads on CPU (default as in training: $OMP_NUM_THREADS, else the physical cores)")
-    p.add_argument("--json", metavar="OUT", help="write the results here (rewritten after every model)")
-    p.add_argument("--markdown", metavar="OUT", help="write the table here as markdown")
+    add_output_options(p, "model")
     return p.parse_args(argv)
 
 
@@ -334,19 +334,15 @@ def main(argv=None) -> int:
     args.steps = args.steps or (20 if gpu else 5)
     args.warmup = args.warmup if args.warmup is not None else (5 if gpu else 2)
     args.inference_batch_size = args.inference_batch_size or (1024 if gpu else 256)
-    names = ALL_CPU_VARIANTS.split(",") if args.variants == "all" else [v.strip() for v in args.variants.split(",")]
+    names = comma_list(ALL_CPU_VARIANTS if args.variants == "all" else args.variants)
     if "fp32" not in names:
         names.insert(0, "fp32")  # the baseline every ratio is against
     baselines = earlier_baselines(args.baseline_from, device)
 
-    result = {"benchmark": "throughput", **header(device, ["benchmarks/throughput.py", *(argv or sys.argv[1:])]),
-              "preset": preset, "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "models": []}
-    for name in [m.strip() for m in args.models.split(",") if m.strip()]:
-        try:
-            rec = measure(name, preset, names, device, args, baselines)
-        except Exception as exc:  # noqa: BLE001  one model's failure is its result; the next is measured
-            rec = {"model": name, **failure(exc)}
-            free_device_memory(device)
+    result = {**start_result("throughput", device, argv), "preset": preset, "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "models": []}
+    for name in comma_list(args.models):
+        rec = {"model": name, **attempt(measure, device, name, preset, names, device, args, baselines)}
+        if rec["status"] != "finished":
             print(f"{name:<10} failed: {rec['reason']}", flush=True)
         else:
             pr = rec["variants"].get("project", {})
@@ -355,8 +351,7 @@ def main(argv=None) -> int:
                   + (f"  project/fp32 train x{pr['train_ratio']:.2f}" if "train_ratio" in pr else ""), flush=True)
         result["models"].append(rec)
         save(args, result, markdown)
-    print(markdown(result))
-    return 0 if all(m["status"] == "finished" for m in result["models"]) else 1
+    return finish(result, "models", markdown)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,9 @@ from pathlib import Path
 import cifarzoo  # noqa: F401,E402  first: it sets OMP_WAIT_POLICY before torch loads OpenMP, as the CLI does
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import failure, free_device_memory, header, save  # noqa: E402
+from _common import (  # noqa: E402
+    add_output_options, attempt, comma_list, finish, fmt, markdown_head, save, start_result,
+)
 from cifarzoo.train.config import COMPILE_MODES, DEVICES, PRECISIONS, PRESETS  # noqa: E402
 
 
@@ -85,15 +87,13 @@ def summarize(runs: list[dict], thresholds: list[float]) -> list[dict]:
 
 
 def markdown(result: dict) -> str:
-    m = result["machine"]
     th = result["thresholds"]
     pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"  # noqa: E731
-    secs = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
-    lines = [f"Time to accuracy on {m['device_name']} — {result['date']}, commit {result['commit']}, "
-             f"torch {m['torch']}, preset {result['preset']}, data {result['data_source']}"
-             + (", schedules truncated to --epochs (warm-up scaled): accuracies show early learning, not the "
-                "recipes' results" if result.get("schedule") == "truncated" else ""), "",
-             f"`{result['command']}`", "",
+    secs = lambda v: fmt(v, ".1f")  # noqa: E731
+    note = f", preset {result['preset']}, data {result['data_source']}" + (
+        ", schedules truncated to --epochs (warm-up scaled): accuracies show early learning, not the "
+        "recipes' results" if result.get("schedule") == "truncated" else "")
+    lines = [*markdown_head("Time to accuracy", result, note=note),
              "| model | seed | " + " | ".join(f"s to {100 * t:g}%" for t in th)
              + " | test acc | flip TTA | train s | compile s | epochs |",
              "|---|---|" + "---|" * len(th) + "---|---|---|---|---|"]
@@ -143,8 +143,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="any other TrainConfig field, e.g. --set lookahead=False --set lr=0.75 (repeatable)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--out", default="runs/time_to_accuracy", help="folder of the run folders")
-    p.add_argument("--json", metavar="OUT", help="write the results here (rewritten after every run)")
-    p.add_argument("--markdown", metavar="OUT", help="write the tables here as markdown")
+    add_output_options(p, "run")
     return p.parse_args(argv)
 
 
@@ -193,6 +192,13 @@ def train_one(config, dataset, run_dir: Path, thresholds: list[float]) -> dict:
         config=config.to_dict())
 
 
+def run_and_record(rec: dict, args, overrides: dict, dataset, thresholds: list[float]) -> dict:
+    """Train ``rec``'s model and seed: ``rec`` gets the config's model name and epochs, the result the rest."""
+    config = run_config(rec["model"], rec["seed"], args, overrides)
+    rec.update(model=config.model, epochs=config.epochs)
+    return train_one(config, dataset, Path(rec["run_dir"]), thresholds)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
@@ -203,10 +209,10 @@ def main(argv=None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    thresholds = [float(t) for t in args.thresholds.split(",") if t.strip()]
+    thresholds = [float(t) for t in comma_list(args.thresholds)]
     if not all(0 < t <= 1 for t in thresholds):
         raise SystemExit("time_to_accuracy.py: --thresholds are accuracies in (0, 1], e.g. 0.5,0.8,0.9")
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    models = comma_list(args.models)
     # eval_every 1 unless --set says otherwise: a time to accuracy needs every epoch's evaluation.
     overrides = {"eval_every": 1, **dict(epochs=args.epochs, subset=args.subset, width_mult=args.width_mult,
                                          batch_size=args.batch_size, compile=args.compile, precision=args.precision,
@@ -214,22 +220,14 @@ def main(argv=None) -> int:
     first = make_config(models[0], preset=args.preset, data=args.data)
     dataset = data_mod.load(first.data if args.data is None else args.data)
     device = resolve_device(args.device or first.device)
-    result = {"benchmark": "time_to_accuracy",
-              **header(device, ["benchmarks/time_to_accuracy.py", *(argv if argv is not None else sys.argv[1:])]),
-              "preset": args.preset, "data_source": dataset.source, "thresholds": thresholds,
+    result = {**start_result("time_to_accuracy", device, argv), "preset": args.preset, "data_source": dataset.source, "thresholds": thresholds,
               "schedule": "truncated" if args.truncate_schedule and args.epochs else "recipe", "runs": []}
     for model in models:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             run_dir = Path(args.out) / f"{model}-seed{seed}"
             rec = {"model": model, "seed": seed, "run_dir": str(run_dir)}
             t0 = time.perf_counter()
-            try:
-                config = run_config(model, seed, args, overrides)
-                rec.update(model=config.model, epochs=config.epochs)
-                rec.update(train_one(config, dataset, run_dir, thresholds))
-            except Exception as exc:  # noqa: BLE001  a stalled, diverged or crashed run is a result too
-                rec.update(failure(exc))
-                free_device_memory(device)
+            rec.update(attempt(run_and_record, device, rec, args, overrides, dataset, thresholds))
             rec["wall_seconds"] = time.perf_counter() - t0
             result["runs"].append(rec)
             result["summary"] = summarize(result["runs"], thresholds)
@@ -237,8 +235,7 @@ def main(argv=None) -> int:
                   f"in {rec['train_seconds']:.1f}s" if rec["status"] == "finished" else f"failed: {rec['reason']}"
             print(f"{rec['model']} seed {seed}: {acc}", flush=True)
             save(args, result, markdown)
-    print(markdown(result))
-    return 0 if all(r["status"] == "finished" for r in result["runs"]) else 1
+    return finish(result, "runs", markdown)
 
 
 if __name__ == "__main__":

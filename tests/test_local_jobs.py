@@ -224,3 +224,26 @@ def test_a_run_left_alone_is_told_to_take_every_core(monkeypatch):
     mine.threads = 1
     pool._share_cores()
     assert own.threads == 1 and mine.threads == 1 and not worker_end.poll(0.2)
+
+
+def test_every_executor_tallies_ended_runs_one_way():
+    """Only a run trained from scratch prices the time left (a resumed run's wall time covers only its
+    rest); the reporter hears of each end after it is counted, with the time left over the free slots."""
+    from types import SimpleNamespace
+
+    from cifarzoo.study.training import RunOutcome
+
+    heard = []
+
+    class Ends(StudyReporter):
+        def on_run_end(self, index, total, outcome, eta_seconds):
+            heard.append((index, total, outcome.spec.name, eta_seconds))
+
+    tally = executors._Tally(Ends(), 4, {"a": 1.0, "b": 2.0, "c": 1.0})
+    spec = {n: SimpleNamespace(name=n) for n in "abc"}
+    tally.end(1, RunOutcome(spec["c"], "finished", "resumed", {}, 5.0), lambda: tally.seconds_left([2.0]))
+    tally.end(2, RunOutcome(spec["a"], "finished", "trained", {}, 10.0), lambda: tally.seconds_left([2.0, 1.0], 2))
+    tally.end(3, RunOutcome(spec["b"], "failed", "trained", {}, 3.0), lambda: tally.seconds_left([]))
+    assert tally.finished == [(10.0, 1.0)]
+    assert [o.spec.name for o in tally.outcomes] == ["c", "a", "b"]
+    assert heard == [(1, 4, "c", None), (2, 4, "a", 15.0), (3, 4, "b", 0.0)]

@@ -23,7 +23,7 @@ from cifarzoo.errors import CifarzooError  # noqa: E402
 
 _API = ("fit", "load_run", "load_data", "benchmark", "load_study", "Run", "Study")
 
-__all__ = ["CifarzooError", "__version__", *_API]
+__all__ = ["CifarzooError", "__version__", "register_augmentation", *_API]
 
 
 def __getattr__(name: str):
@@ -31,8 +31,12 @@ def __getattr__(name: str):
         from cifarzoo import api
 
         return getattr(api, name)
+    if name == "register_augmentation":
+        from cifarzoo.data.augment import register_augmentation
+
+        return register_augmentation
     raise AttributeError(f"module 'cifarzoo' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_API))
+    return sorted(set(globals()) | set(_API) | {"register_augmentation"})

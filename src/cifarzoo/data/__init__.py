@@ -3,13 +3,15 @@
 ``load(spec, labels="fine")`` reads any supported source, CIFAR-10 or CIFAR-100 (see
 :mod:`cifarzoo.data.sources`);
 :class:`DeviceLoader` keeps a split on the device and makes augmented, normalized
-batches there; :func:`normalize` is the one transform shared by train, evaluate,
-predict and export.
+batches there (:func:`register_augmentation` adds an augmentation); :func:`normalize`
+is the one transform shared by train, evaluate, predict and export.
 """
+from cifarzoo.data.augment import register_augmentation
 from cifarzoo.data.dataset import Dataset
 from cifarzoo.data.sources import build_dataset, channel_stats, load, load_image_file
 
-__all__ = ["Dataset", "DeviceLoader", "build_dataset", "channel_stats", "load", "load_image_file", "normalize"]
+__all__ = ["Dataset", "DeviceLoader", "build_dataset", "channel_stats", "load", "load_image_file", "normalize",
+           "register_augmentation"]
 
 
 def __getattr__(name: str):

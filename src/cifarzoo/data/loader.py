@@ -14,6 +14,8 @@ epoch's batches are the same on any device, any rank and after a restart, and
 :meth:`DeviceLoader.iter_from` can resume mid-epoch by just skipping batches. The
 parameters are drawn per *position* in the epoch (not per image) and always in the
 same order, so turning cutout on does not change which crops and flips are used.
+Augmentations registered with :func:`cifarzoo.data.augment.register_augmentation` each draw
+from a stream of their own (see that module), so adding one changes none of these numbers.
 
 Alternating flip (``altflip``, the derandomized flip of airbench, Jordan 2024).
 Random flipping gives an image the same orientation in two consecutive epochs half
@@ -45,10 +47,10 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
+from cifarzoo.data.augment import parse_augment, registered_among
 from cifarzoo.data.dataset import Dataset
-from cifarzoo.errors import DataError
+from cifarzoo.errors import CifarzooError, DataError
 
-AUGMENTATIONS = ("crop", "flip", "altflip", "cutout")
 PAD = 4  # default pixels of reflect padding for the random crop (the standard CIFAR recipe; airbench: 2)
 
 # Columns of the per-epoch plan tensor, one row per position in the epoch.
@@ -112,26 +114,18 @@ def _cached_stats(mean: tuple[float, ...], std: tuple[float, ...], device: torch
             torch.tensor(std, dtype=torch.float32, device=device))
 
 
-def parse_augment(augment: str | Sequence[str] | None) -> frozenset[str]:
-    """``"crop,flip"`` -> {"crop", "flip"}; ``"none"``, ``""`` or None -> empty set."""
-    if augment is None:
-        return frozenset()
-    parts = augment.split(",") if isinstance(augment, str) else list(augment)
-    names = {p.strip().lower() for p in parts if p.strip()} - {"none"}
-    unknown = names - set(AUGMENTATIONS)
-    if unknown:
-        raise DataError(f"unknown augmentation {', '.join(sorted(unknown))}; "
-                        f"use a comma list of {', '.join(AUGMENTATIONS)}, or none")
-    if {"flip", "altflip"} <= names:
-        raise DataError("augmentations flip and altflip exclude each other: choose random (flip) "
-                        "or alternating (altflip) flipping")
-    return frozenset(names)
-
-
 def _epoch_seed(seed: int, epoch: int) -> int:
     # SeedSequence mixes the pair well: (seed, epoch) and (seed, epoch+1) give
     # unrelated streams, and (1, 0) differs from (0, 1).
     hi, lo = np.random.SeedSequence([seed, epoch]).generate_state(2, np.uint32).tolist()
+    return ((hi << 32) | lo) & ((1 << 63) - 1)
+
+
+def _augment_seed(seed: int, epoch: int, name: str) -> int:
+    # A registered augmentation's own stream: a spawned child of (seed, epoch) keyed by its name, so
+    # it is unrelated to the built-ins' stream and to every other augmentation's.
+    key = (2, *name.encode())
+    hi, lo = np.random.SeedSequence([seed, epoch], spawn_key=key).generate_state(2, np.uint32).tolist()
     return ((hi << 32) | lo) & ((1 << 63) - 1)
 
 
@@ -193,7 +187,8 @@ class DeviceLoader:
     ranks gets ``batch_size // world_size`` images of it.
 
     ``train=True`` turns on augmentation (``augment``: comma list of crop, flip or
-    altflip, cutout, or "none"; a crop is taken from a ``crop_pad``-pixel reflect-padded
+    altflip, cutout, any augmentation registered with
+    :func:`~cifarzoo.data.augment.register_augmentation`, or "none"; a crop is taken from a ``crop_pad``-pixel reflect-padded
     frame, a shift of at most ``crop_pad`` pixels each way), and by default shuffling
     and dropping the last incomplete global batch. ``train=False`` never augments and by default keeps the data order
     and every image. Call :meth:`set_epoch` before each epoch, as with
@@ -243,18 +238,12 @@ class DeviceLoader:
         self.num_classes = int(labels_np.max()) + 1 if num_classes is None and len(labels_np) else num_classes
         self.epoch = 0
 
-        # One host-to-device copy of the whole split; every batch is made from it.
-        self.images = _from_numpy(images_np).to(self.device)  # (N, H, W, 3) uint8
-        self.labels = torch.from_numpy(labels_np.astype(np.int64)).to(self.device)  # (N,) int64
-        self.mean = torch.tensor(list(mean), dtype=torch.float32, device=self.device)  # (3,), [0, 255]
-        self.std = torch.tensor(list(std), dtype=torch.float32, device=self.device)
         self.prenormalize = prenormalize
-        if prenormalize:
-            # (N, H, W, 3) in ``dtype``, normalized once, in chunks so the float32 temporary stays small.
-            self.images = torch.cat([normalize(chunk, self.mean, self.std, dtype=dtype).permute(0, 2, 3, 1)
-                                     for chunk in self.images.split(4096)]).contiguous()
+        self.images, self.labels, self.mean, self.std = _on_device(
+            images_np, labels_np, mean, std, self.device, dtype if prenormalize else None)
         self._flip_mask = (alternating_flip_mask(len(images_np), seed)
                            if "altflip" in self.augment else None)  # (N,) int64 on the CPU
+        self._registered = registered_among(self.augment)
 
         n = len(images_np)
         self.num_batches = n // batch_size if self.drop_last else math.ceil(n / batch_size)
@@ -265,6 +254,7 @@ class DeviceLoader:
         self._plan_key: tuple[int, int] | None = None
         self._plan_host: torch.Tensor | None = None
         self._plan: torch.Tensor | None = None
+        self._params: dict[str, torch.Tensor] = {}  # registered augmentations' parameters, on the device
 
     # ------------------------------------------------------------------ epoch plan
 
@@ -301,10 +291,26 @@ class DeviceLoader:
             plan[:, _CY:_CX + 1] = centre
         return plan[self._positions]
 
-    def _device_plan(self) -> torch.Tensor:
+    def _host_params(self, epoch: int) -> dict[str, torch.Tensor]:
+        """Each registered augmentation's (num_samples, k) parameters for ``epoch``, from its own stream."""
+        n, (_, h, w, _) = len(self.images), self.images.shape
+        params = {}
+        for aug in self._registered:
+            if aug.draw is None:
+                continue
+            g = torch.Generator().manual_seed(_augment_seed(self.seed, epoch, aug.name))
+            drawn = torch.as_tensor(aug.draw(g, n, (h, w)))
+            if drawn.ndim != 2 or drawn.shape[0] != n:
+                raise CifarzooError(f"augmentation {aug.name!r}: draw returned shape {tuple(drawn.shape)}, "
+                                    f"expected ({n}, k): k parameters for each of the epoch's {n} positions")
+            params[aug.name] = drawn[self._positions]
+        return params
+
+    def _device_plan(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         key = (self.seed, self.epoch)
         if self._plan_key != key:
             host = self._host_plan(self.epoch)
+            self._params = {k: v.to(self.device) for k, v in self._host_params(self.epoch).items()}
             if self.device.type == "cuda":
                 # Pinned + non_blocking: the once-per-epoch copy does not stall the host. No CPU
                 # stand-in (pin_memory needs a CUDA device): run by every fit stage of the GPU script.
@@ -313,7 +319,7 @@ class DeviceLoader:
             else:
                 self._plan = host.to(self.device)
             self._plan_host, self._plan_key = host, key  # keep the pinned source alive
-        return self._plan
+        return self._plan, self._params
 
     def epoch_indices(self, epoch: int | None = None) -> torch.Tensor:
         """This rank's image indices for ``epoch`` (default: the current one), in yield order.
@@ -326,11 +332,13 @@ class DeviceLoader:
         """This rank's augmentation parameters, aligned with :meth:`epoch_indices`.
 
         int64 (num_samples,) CPU tensors: crop_y, crop_x (crop offset in the padded
-        frame, 0..2*crop_pad; crop_pad = no shift), flip (0/1), cutout_y, cutout_x (square centre).
+        frame, 0..2*crop_pad; crop_pad = no shift), flip (0/1), cutout_y, cutout_x (square centre);
+        and under its name each registered augmentation's (num_samples, k) parameters, if it draws any.
         """
-        plan = self._host_plan(self.epoch if epoch is None else epoch)
+        epoch = self.epoch if epoch is None else epoch
+        plan = self._host_plan(epoch)
         names = ("index", "crop_y", "crop_x", "flip", "cutout_y", "cutout_x")
-        return {k: plan[:, i].clone() for i, k in enumerate(names)}
+        return {**{k: plan[:, i].clone() for i, k in enumerate(names)}, **self._host_params(epoch)}
 
     # ------------------------------------------------------------------ iteration
 
@@ -347,7 +355,7 @@ class DeviceLoader:
         return self._batches(start_batch)
 
     def _batches(self, start_batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        plan = self._device_plan()
+        plan, params = self._device_plan()
         in_order = not self.shuffle and self.world_size == 1 and not self.augment
         for k in range(start_batch, self.num_batches):
             a, b = self._bounds[k], self._bounds[k + 1]
@@ -369,7 +377,25 @@ class DeviceLoader:
                 x = normalize(x, self.mean, self.std, dtype=self.dtype, channels_last=self.channels_last)
             if "cutout" in self.augment:
                 x = cutout_(x, p[:, _CY], p[:, _CX], self.cutout_size)
+            for aug in self._registered:
+                x = aug.apply(x, params[aug.name][a:b] if aug.name in params else None)
             yield x, y
+
+
+def _on_device(images: np.ndarray, labels: np.ndarray, mean: Sequence[float], std: Sequence[float],
+               device: torch.device, prenormalized: torch.dtype | None) -> tuple[torch.Tensor, ...]:
+    """One host-to-device copy of the whole split, which every batch is made from: images (N, H, W, 3)
+    uint8, or normalized once in ``prenormalized`` dtype; labels (N,) int64; mean, std (3,) float32
+    in [0, 255] units."""
+    x = _from_numpy(images).to(device)
+    y = torch.from_numpy(labels.astype(np.int64)).to(device)
+    mean_t = torch.tensor(list(mean), dtype=torch.float32, device=device)
+    std_t = torch.tensor(list(std), dtype=torch.float32, device=device)
+    if prenormalized is not None:
+        # In chunks, so the float32 temporary stays small.
+        x = torch.cat([normalize(chunk, mean_t, std_t, dtype=prenormalized).permute(0, 2, 3, 1)
+                       for chunk in x.split(4096)]).contiguous()
+    return x, y, mean_t, std_t
 
 
 def _check_inputs(images, labels, *, batch_size: int, rank: int, world_size: int, seed: int,

@@ -35,11 +35,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from functools import partial
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from cifarzoo.device import physical_cores
 from cifarzoo.errors import CifarzooError
@@ -54,6 +55,31 @@ Job = tuple[int, RunSpec, str]
 # Ray makes a loopback-only instance when this is 0 (its default on macOS and Windows):
 # every process binds to and advertises 127.0.0.1. Read when ray is imported.
 RAY_LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@dataclass
+class _Tally:
+    """The runs an executor has ended, kept in one place by every executor: the outcomes, the
+    ``(wall seconds, cost)`` of the runs trained from scratch that price the study's time left, and
+    the reporter told of each end."""
+
+    reporter: StudyReporter
+    total: int
+    costs: dict[str, float]
+    finished: list[tuple[float, float]] = field(default_factory=list)
+    outcomes: list[RunOutcome] = field(default_factory=list)
+
+    def end(self, index: int, outcome: RunOutcome, eta: Callable[[], float | None]) -> None:
+        """Record ``outcome`` (run ``index`` of the plan), then report it with ``eta()`` seconds left."""
+        if outcome.status == "finished" and outcome.action == "trained":  # a resumed run's time covers only its rest
+            self.finished.append((outcome.wall_seconds, self.costs[outcome.spec.name]))
+        self.outcomes.append(outcome)
+        self.reporter.on_run_end(index, self.total, outcome, eta())
+
+    def seconds_left(self, upcoming: Sequence[float], slots: int = 1) -> float | None:
+        """The ``upcoming`` runs' time left at the pace of the finished ones, ``slots`` of them at a time."""
+        eta = estimate_seconds_left(self.finished, upcoming)
+        return None if eta is None else eta / max(1, min(slots, len(upcoming)))
 
 
 class LocalExecutor:
@@ -82,23 +108,18 @@ class LocalExecutor:
             costs: dict[str, float]) -> list[RunOutcome]:
         if min(self.jobs, len(jobs)) > 1 and os.name == "posix":
             return _Workers(jobs, min(self.jobs, len(jobs)), total, dataset, reporter, costs).run()
-        finished: list[tuple[float, float]] = []  # (wall seconds, cost) of the runs trained now
-        outcomes = []
+        tally = _Tally(reporter, total, costs)
         for pos, (index, spec, action) in enumerate(jobs):
             upcoming = [costs[s.name] for _, s, _ in jobs[pos + 1:]]
             cost = costs[spec.name]
-            reporter.on_run_start(index, total, spec, action,
-                                  estimate_seconds_left(finished, upcoming, (0, spec.config.epochs, 0.0, cost)))
-            progress = RunProgress(reporter, index, total, spec, finished, upcoming, cost)
+            reporter.on_run_start(index, total, spec, action, estimate_seconds_left(
+                tally.finished, upcoming, (0, spec.config.epochs, 0.0, cost)))
+            progress = RunProgress(reporter, index, total, spec, tally.finished, upcoming, cost)
             t0 = time.perf_counter()
             status, summary = train_one(spec, dataset, action=action, reporter=progress)
-            wall = time.perf_counter() - t0
-            if status == "finished" and action == "trained":  # a resumed run's wall time covers only its rest
-                finished.append((wall, cost))
-            outcome = RunOutcome(spec, status, action, summary, wall)
-            outcomes.append(outcome)
-            reporter.on_run_end(index, total, outcome, estimate_seconds_left(finished, upcoming))
-        return outcomes
+            outcome = RunOutcome(spec, status, action, summary, time.perf_counter() - t0)
+            tally.end(index, outcome, partial(tally.seconds_left, upcoming))
+        return tally.outcomes
 
 
 def default_jobs(plan) -> int:
@@ -139,8 +160,7 @@ class _Workers:
         self.slots, self.total, self.dataset, self.reporter, self.costs = slots, total, dataset, reporter, costs
         self.threads = max(1, physical_cores() // slots)
         self.running: dict[Connection, _Running] = {}
-        self.finished: list[tuple[float, float]] = []
-        self.outcomes: list[RunOutcome] = []
+        self.tally = _Tally(reporter, total, costs)
 
     def run(self) -> list[RunOutcome]:
         try:
@@ -152,7 +172,7 @@ class _Workers:
         except BaseException:  # Ctrl-C (or a worker's error): every worker saves a checkpoint and stops
             self._stop_all()
             raise
-        return self.outcomes
+        return self.tally.outcomes
 
     def _start(self, index: int, spec: RunSpec, action: str) -> None:
         threads = spec.config.threads or self.threads
@@ -195,12 +215,8 @@ class _Workers:
         else:
             status, summary = "failed", _record_killed(
                 r.spec, f"its worker process ended with exit status {code} before the run finished", "")
-        if status == "finished" and r.action == "trained":
-            self.finished.append((wall, self.costs[r.spec.name]))
-        outcome = RunOutcome(r.spec, status, r.action, summary, wall)
-        self.outcomes.append(outcome)
         self._share_cores()
-        self.reporter.on_run_end(r.index, self.total, outcome, self._eta())
+        self.tally.end(r.index, RunOutcome(r.spec, status, r.action, summary, wall), self._eta)
 
     def _share_cores(self) -> None:
         """No idle core: once no run waits, the runs still training (without threads of their own)
@@ -222,7 +238,7 @@ class _Workers:
         running = [(r.epochs_done, r.spec.config.epochs, r.last_epoch_seconds,
                     now - r.last_epoch_at if r.epochs_done else 0.0, now - r.t0, self.costs[r.spec.name])
                    for r in self.running.values()]
-        return seconds_left(self.finished, running, [self.costs[s.name] for _, s, _ in self.waiting], self.slots)
+        return seconds_left(self.tally.finished, running, [self.costs[s.name] for _, s, _ in self.waiting], self.slots)
 
     def _stop_all(self) -> None:
         """One Ctrl-C to every worker; wait while they save their checkpoints (a minute at most)."""
@@ -329,8 +345,7 @@ class RayExecutor:
         study_file = jobs[0][1].run_dir.parent.parent / STUDY_FILE
         token = None if self.shared_fs is False else _file_token(study_file)
         pending = {}
-        finished: list[tuple[float, float]] = []
-        outcomes = []
+        tally = _Tally(reporter, total, costs)
         try:
             for index, spec, action in jobs:
                 files = _read_files(spec.run_dir) if action == "resumed" else {}
@@ -341,13 +356,8 @@ class RayExecutor:
                 done, _ = ray.wait(list(pending), num_returns=1)
                 index, spec, action, t0 = pending.pop(done[0])
                 outcome = self._collect(ray, done[0], spec, action, time.perf_counter() - t0)
-                if outcome.status == "finished" and action == "trained":
-                    finished.append((outcome.wall_seconds, costs[spec.name]))
-                outcomes.append(outcome)
                 left = [costs[p[1].name] for p in pending.values()]
-                eta = estimate_seconds_left(finished, left)
-                reporter.on_run_end(index, total, outcome,
-                                    None if eta is None else eta / max(1, min(slots, len(left))))
+                tally.end(index, outcome, partial(tally.seconds_left, left, slots))
         except KeyboardInterrupt:
             # The tasks get a KeyboardInterrupt too: fit saves a resumable checkpoint
             # (in place where the study folder is shared). Give them a moment to do so.
@@ -355,7 +365,7 @@ class RayExecutor:
                 ray.cancel(ref)
             ray.wait(list(pending), num_returns=len(pending), timeout=60)
             raise
-        return outcomes
+        return tally.outcomes
 
     def _collect(self, ray, ref, spec: RunSpec, action: str, seconds: float) -> RunOutcome:
         """The outcome of a finished task; its files written into the study if they came back."""

@@ -186,7 +186,7 @@ class TrainConfig:
     @property
     def augmentations(self) -> tuple[str, ...]:
         """The augmentations ``augment`` names, in the loader's order (parsed by the loader's own parser)."""
-        from cifarzoo.data.loader import AUGMENTATIONS, parse_augment
+        from cifarzoo.data.augment import AUGMENTATIONS, parse_augment
 
         names = parse_augment(self.augment)
         return tuple(a for a in AUGMENTATIONS if a in names)
@@ -257,10 +257,8 @@ def validate(c: TrainConfig) -> None:
         bad("--labels", c.labels, " | ".join(LABELS))
     try:
         c.augmentations
-    except DataError:
-        from cifarzoo.data.loader import AUGMENTATIONS
-
-        bad("--augment", c.augment, f"a comma list of {', '.join(AUGMENTATIONS)}, or none")
+    except DataError as e:  # the loader's own message: did-you-mean and the registered names
+        raise CifarzooError(f"invalid --augment {c.augment!r}: {e}") from None
     _validate_numbers(c, bad)
     v = c.val_split
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not (
