@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -29,7 +30,7 @@ TINY = ["--data", "sample", "--subset", "200", "--width-mult", "0.125", "--epoch
 def empty_db(tmp_path_factory) -> Path:
     """An MLflow SQLite database with its tables made, copied where a test needs a fresh one: MLflow
     makes them in seconds, once here rather than once per test."""
-    from mlflow import MlflowClient
+    MlflowClient = pytest.importorskip("mlflow").MlflowClient  # noqa: N806 (the class)
 
     path = tmp_path_factory.mktemp("mlflow") / "empty.db"
     MlflowClient(f"sqlite:///{path}").search_experiments()
@@ -123,40 +124,69 @@ def test_train_logs_to_tensorboard_and_mlflow(in_tmp, capsys):
     assert ".lock" not in names
 
 
+def test_a_resumed_run_continues_its_mlflow_run(in_tmp, sample_subset, stop_at):
+    from mlflow import MlflowClient
+
+    from cifarzoo.tracking import Chain, MLflowLogger
+    from cifarzoo.train import TrainConfig, fit
+
+    data = sample_subset(20, 10)  # 200 training images: 4 steps of 50 per epoch
+    config = TrainConfig(model="resnet18", width_mult=0.125, epochs=2, batch_size=50, device="cpu",
+                         precision="fp32", compile="off", data="sample", allow_stall=True)
+    first = MLflowLogger(artifacts=False)
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C in the second epoch
+        fit(config, dataset=data, out_dir=in_tmp / "run", reporter=Chain(first, stop_at(6)))
+    first.close()  # what the process's exit does: KILLED
+    client = MlflowClient()
+    (run,) = client.search_runs([client.get_experiment_by_name("cifarzoo").experiment_id])
+    assert run.info.status == "KILLED"
+    fit(resume=in_tmp / "run", dataset=data, reporter=MLflowLogger(artifacts=False))
+    (again,) = client.search_runs([run.info.experiment_id])
+    assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1, 2]
+
+
 # --------------------------------------------------------------------------- a study, on a tracking server
-@pytest.fixture
-def mlflow_server(tmp_path, empty_db):
-    """A real `mlflow server` on 127.0.0.1 with its SQLite backend; skipped if it does not answer soon."""
-    shutil.copy(empty_db, tmp_path / "server.db")
+@pytest.fixture(scope="module", autouse=True)
+def server_process(tmp_path_factory):
+    """A real `mlflow server` on 127.0.0.1 with its SQLite backend, started with this module so that it
+    makes its tables while the other tests run; its whole process group is ended at the end."""
+    folder = tmp_path_factory.mktemp("mlflow-server")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    log = open(tmp_path / "server.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "server-artifacts")],
-        stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    try:
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=1).read()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.skip(f"mlflow server did not start: {(tmp_path / 'server.log').read_text()[-300:]}")
-                time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
+    with open(folder / "server.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+             "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
+             "--artifacts-destination", str(folder / "artifacts")],
+            stdout=log, stderr=subprocess.STDOUT, cwd=folder, start_new_session=True)
+    yield proc, f"http://127.0.0.1:{port}", folder / "server.log"
+    for sig in (signal.SIGTERM, signal.SIGKILL):  # the server's own worker processes too
         try:
-            proc.wait(timeout=10)
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=3)
+            break
+        except ProcessLookupError:
+            break
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+            continue
+    proc.wait()
+
+
+@pytest.fixture
+def mlflow_server(server_process):
+    """The server's URL once it answers; the test is skipped if it does not start within a minute."""
+    proc, url, log = server_process
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=1).read()
+            return url
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.skip(f"mlflow server did not start: {log.read_text()[-300:]}")
+            time.sleep(0.2)
 
 
 def test_a_study_is_a_parent_run_with_a_child_per_run(tmp_path, mlflow_server, sample_subset, monkeypatch):
@@ -192,3 +222,4 @@ def test_a_study_is_a_parent_run_with_a_child_per_run(tmp_path, mlflow_server, s
         assert [m.step for m in history] == [r["epoch"] for r in rows]
         assert [m.value for m in history] == pytest.approx([r["eval_acc"] for r in rows], rel=1e-5)
         assert "summary.json" in {a.path for a in client.list_artifacts(child.info.run_id)}
+

@@ -116,9 +116,9 @@ def _finite(v) -> bool:
 
 def _run_key(info: dict) -> str:
     """The same for a run and its resumptions (config.json keeps the first start), new after --force."""
-    run_dir = Path(info["run_dir"]).resolve()
     from cifarzoo.train.rundir import RunDir
 
+    run_dir = Path(info["run_dir"]).resolve()
     started = (RunDir(run_dir).read_info() or info).get("started", "")
     return hashlib.sha1(f"{run_dir}\n{started}".encode()).hexdigest()
 
@@ -241,9 +241,11 @@ class MLflowLogger(Callback):
         tags = {RUN_KEY_TAG: _run_key(info), "cifarzoo.run_dir": str(self.run_dir.resolve())}
         if self.parent_run_id:
             tags["mlflow.parentRunId"] = self.parent_run_id
-        self.run_id = _open_run(self.client, self.experiment, tags, self.run_name or self.run_dir.name)
-        params = [(k, "None" if v is None else str(v)) for k, v in flat_params(info).items()]
-        _log(self.client, self.run_id, params=params)
+        self.run_id, resumed = _open_run(self.client, self.experiment, RUN_KEY_TAG, tags,
+                                         self.run_name or self.run_dir.name)
+        if not resumed:  # MLflow refuses a param logged again with another value (a resume on another device)
+            params = [(k, "None" if v is None else str(v)) for k, v in flat_params(info).items()]
+            _log(self.client, self.run_id, params=params)
         atexit.register(self.close, "KILLED")
 
     def on_epoch_end(self, row: dict) -> None:
@@ -278,15 +280,17 @@ def _experiment_id(client, name: str) -> str:
         return found.experiment_id
 
 
-def _open_run(client, experiment: str, tags: dict, name: str) -> str:
-    """A new MLflow run, or the unfinished one with the same key (``tags``' first item): a resumption."""
+def _open_run(client, experiment: str, key_tag: str, tags: dict, name: str) -> tuple[str, bool]:
+    """(run id, resumed): the unfinished run whose tag ``key_tag`` has the value in ``tags`` (a
+    resumption), else a new run."""
     exp_id = _experiment_id(client, experiment)
-    key, value = next(iter(tags.items()))
-    for run in client.search_runs([exp_id], filter_string=f"tags.`{key}` = '{value}'", max_results=10):
+    # the key is a hex digest or a resolved path; a quote in the path is doubled for MLflow's filter
+    value = tags[key_tag].replace("'", "''")
+    for run in client.search_runs([exp_id], filter_string=f"tags.`{key_tag}` = '{value}'", max_results=10):
         if run.info.status != "FINISHED":
             client.update_run(run.info.run_id, status="RUNNING")
-            return run.info.run_id
-    return client.create_run(exp_id, tags=tags, run_name=name).info.run_id
+            return run.info.run_id, True
+    return client.create_run(exp_id, tags=tags, run_name=name).info.run_id, False
 
 
 def _log(client, run_id: str, *, params=(), metrics: dict | None = None, step: int = 0) -> None:
@@ -365,11 +369,13 @@ def start_study(spec: TrackingSpec, plan) -> TrackingSpec:
     out = Path(plan.out_dir).resolve()
     tags = {STUDY_KEY_TAG: str(out)}
     experiment = spec.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
-    run_id = _open_run(client, experiment, tags, f"study {out.name}")
-    meta = plan.to_dict()
-    params = {"preset": meta["preset"], "models": ",".join(meta["models"]), "seeds": len(meta["seeds"]),
-              "data": meta["data"], "rule": meta["rule"], **{f"overrides.{k}": v for k, v in meta["overrides"].items()}}
-    _log(client, run_id, params=[(k, str(v)) for k, v in params.items()])
+    run_id, resumed = _open_run(client, experiment, STUDY_KEY_TAG, tags, f"study {out.name}")
+    if not resumed:  # the same study started again (with other --models, say) keeps its first params
+        meta = plan.to_dict()
+        params = {"preset": meta["preset"], "models": ",".join(meta["models"]), "seeds": len(meta["seeds"]),
+                  "data": meta["data"], "rule": meta["rule"],
+                  **{f"overrides.{k}": v for k, v in meta["overrides"].items()}}
+        _log(client, run_id, params=[(k, str(v)) for k, v in params.items()])
     return replace(spec, parent_run_id=run_id)
 
 
