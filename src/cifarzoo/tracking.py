@@ -163,10 +163,10 @@ class TensorBoardLogger(Callback):
         from cifarzoo.plots import curves_figure, figure_pixels
         from cifarzoo.train.rundir import RunDir
 
-        step = int(summary.get("epochs") or 0)
+        rows = RunDir(self.run_dir).read_metrics()  # every epoch, those before a resume included
+        step = int(rows[-1]["epoch"]) if rows else int(summary.get("epochs") or 0)  # a stopped run's last
         for tag, value in final_scalars(summary).items():
             self.writer.add_scalar(tag, value, step)
-        rows = RunDir(self.run_dir).read_metrics()  # every epoch, those before a resume included
         title = f"{summary.get('model', '')} (seed {summary.get('seed')})"
         self.writer.add_image("curves", figure_pixels(curves_figure(rows, title, self.eval_split)), step,
                               dataformats="HWC")
@@ -234,6 +234,7 @@ class MLflowLogger(Callback):
         self.experiment = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
         self.parent_run_id, self.run_name, self.artifacts = parent_run_id, run_name, artifacts
         self.run_id: str | None = None
+        self.epoch = 0  # the last epoch logged: the step of the final figures
 
     def on_start(self, info: dict) -> None:
         self.run_dir = Path(info["run_dir"])
@@ -249,10 +250,12 @@ class MLflowLogger(Callback):
         atexit.register(self.close, "KILLED")
 
     def on_epoch_end(self, row: dict) -> None:
-        _log(self.client, self.run_id, metrics=epoch_scalars(row, self.eval_split), step=int(row["epoch"]))
+        self.epoch = int(row["epoch"])
+        _log(self.client, self.run_id, metrics=epoch_scalars(row, self.eval_split), step=self.epoch)
 
     def on_end(self, summary: dict) -> None:
-        _log(self.client, self.run_id, metrics=final_scalars(summary), step=int(summary.get("epochs") or 0))
+        step = self.epoch or int(summary.get("epochs") or 0)
+        _log(self.client, self.run_id, metrics=final_scalars(summary), step=step)
         self.client.set_tag(self.run_id, "cifarzoo.status", str(summary.get("status", "finished")))
         if self.artifacts:
             _log_folder(self.client, self.run_id, self.run_dir)
