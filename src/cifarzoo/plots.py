@@ -47,7 +47,6 @@ def _save(fig, path: str | os.PathLike) -> None:
     save_figure(fig, path, format="png", dpi=DPI)
 
 
-@literal_text  # tick labels are made while drawing: class names stay literal there too
 def figure_pixels(fig) -> np.ndarray:
     """A Figure rendered as an RGB array (H, W, 3) uint8, on the Agg canvas (no pyplot)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
