@@ -22,8 +22,9 @@ __version__ = "0.1.0"
 from cifarzoo.errors import CifarzooError  # noqa: E402
 
 _API = ("fit", "load_run", "load_data", "benchmark", "load_study", "Run", "Study")
+_TRACKING = ("TensorBoardLogger", "MLflowLogger")  # tensorboard / mlflow imported only when one is made
 
-__all__ = ["CifarzooError", "__version__", "register_augmentation", *_API]
+__all__ = ["CifarzooError", "__version__", "register_augmentation", *_API, *_TRACKING]
 
 
 def __getattr__(name: str):
@@ -35,8 +36,12 @@ def __getattr__(name: str):
         from cifarzoo.data.augment import register_augmentation
 
         return register_augmentation
+    if name in _TRACKING:
+        from cifarzoo import tracking
+
+        return getattr(tracking, name)
     raise AttributeError(f"module 'cifarzoo' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_API) | {"register_augmentation"})
+    return sorted(set(globals()) | set(_API) | set(_TRACKING) | {"register_augmentation"})

@@ -47,6 +47,15 @@ def _save(fig, path: str | os.PathLike) -> None:
     save_figure(fig, path, format="png", dpi=DPI)
 
 
+def figure_pixels(fig) -> np.ndarray:
+    """A Figure rendered as an RGB array (H, W, 3) uint8, on the Agg canvas (no pyplot)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
 def model_colors(models: Sequence[str]) -> dict[str, tuple]:
     from matplotlib import colormaps
 
@@ -194,7 +203,13 @@ def plot_top_losses(path: str | os.PathLike, images: np.ndarray, items: list[dic
 
 @literal_text
 def plot_confusion(path: str | os.PathLike, cm: np.ndarray, classes: Sequence[str], title: str = "") -> None:
-    """A confusion matrix as a PNG: rows true, columns predicted, cells in % of the true class.
+    """:func:`confusion_figure` as a PNG, written atomically."""
+    _save(confusion_figure(cm, classes, title), path)
+
+
+@literal_text
+def confusion_figure(cm: np.ndarray, classes: Sequence[str], title: str = ""):
+    """A confusion matrix as a Figure: rows true, columns predicted, cells in % of the true class.
 
     Up to :data:`MANY_CLASSES` classes each cell is labelled with its percentage. Beyond (CIFAR-100),
     the figure keeps a readable size (about 13 inches for 100 classes): shades on a
@@ -226,7 +241,7 @@ def plot_confusion(path: str | os.PathLike, cm: np.ndarray, classes: Sequence[st
     if title:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    _save(fig, path)
+    return fig
 
 
 @literal_text

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cifarzoo.cli.common import add_data_argument, add_labels_argument
+from cifarzoo.cli.common import add_data_argument, add_labels_argument, add_tracking_arguments
 from cifarzoo.progress import ConsoleStudyReporter
 from cifarzoo.train.config import DEVICES, PRESETS
 
@@ -59,6 +59,7 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="train every run again, replacing finished ones")
     p.add_argument("--report-only", action="store_true", help="only (re)build the report from the runs in --out")
     p.add_argument("--quiet", action="store_true", help="print only the final summary")
+    add_tracking_arguments(p)
     return p
 
 
@@ -113,6 +114,9 @@ def run(args) -> int:
         return 0
 
     executor = _executor(args)
+    from cifarzoo.tracking import tracking_spec
+
+    tracking = tracking_spec(args.log, args.mlflow_uri)  # None without --log; a missing extra is said here
     plan = plan_study(args.models, preset=args.preset, seeds=args.seeds, data=args.data, out_dir=out,
                       epochs=args.epochs, device=args.device, labels=args.labels,
                       threads=args.threads, width_mult=args.width_mult, as_written=args.as_written,
@@ -120,7 +124,8 @@ def run(args) -> int:
     dataset = load_dataset(plan.data, "benchmark", plan.labels)
     reporter = ConsoleStudyReporter(quiet=args.quiet)
     try:
-        result = run_plan(plan, force=args.force, reporter=reporter, dataset=dataset, executor=executor)
+        result = run_plan(plan, force=args.force, reporter=reporter, dataset=dataset, executor=executor,
+                          tracking=tracking)
     except KeyboardInterrupt:
         print(f"interrupted; run the same command again to continue the study in {out} "
               "(finished runs are kept, the interrupted one resumes)", file=sys.stderr)

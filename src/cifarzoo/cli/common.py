@@ -41,6 +41,17 @@ def add_labels_argument(parser: argparse.ArgumentParser, *, default_help: str = 
                              f"other sources have one set of labels (default {default_help})")
 
 
+def add_tracking_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--log tensorboard,mlflow`` and ``--mlflow-uri URI`` (see cifarzoo.tracking; default None)."""
+    parser.add_argument("--log", metavar="LIST",
+                        help="experiment tracking, a comma list: tensorboard (event files in RUN_DIR/tensorboard; "
+                             "needs cifarzoo[tensorboard]), mlflow (params, metrics per epoch, the run folder as "
+                             "artifacts; needs cifarzoo[mlflow])")
+    parser.add_argument("--mlflow-uri", metavar="URI",
+                        help="with --log mlflow: the tracking server or store (default: $MLFLOW_TRACKING_URI, "
+                             "else MLflow's own default, ./mlflow.db with artifacts in ./mlruns)")
+
+
 def load_dataset(spec: str | None, command: str, labels: str | None = "fine"):
     """``cifarzoo.data.load(spec, labels=labels)`` (None: "fine"), printing its warnings as one stderr line each.
 

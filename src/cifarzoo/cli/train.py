@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from cifarzoo.cli.common import (DATA_DEFAULT_HELP, add_config_options, add_data_argument, add_labels_argument,
-                                 config_overrides)
+                                 add_tracking_arguments, config_overrides)
 from cifarzoo.progress import ConsoleReporter
 from cifarzoo.train.config import PRESETS
 
@@ -27,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                                                       "saved settings (no other training option "
                                                                       "may be given)")
     p.add_argument("--quiet", action="store_true", help="print only the final line")
+    add_tracking_arguments(p)
     p.add_argument("--nproc-per-node", type=int, metavar="N",
                    help="data-parallel training on N local processes (one per GPU; gloo on CPU): runs this "
                         "command under `torchrun --standalone --nproc-per-node N`; --batch-size is the global batch")
@@ -88,7 +89,9 @@ def check_arguments(args) -> None:
     ``--data`` is the exception: a run trained from arrays in memory takes the same data again
     from a file (checked by ``api.resume_dataset``, which refuses it for any other run)."""
     from cifarzoo.errors import CifarzooError
+    from cifarzoo.tracking import parse_log
 
+    parse_log(args.log, args.mlflow_uri)  # an unknown name is said before anything starts
     if args.resume and args.model:
         raise CifarzooError("give either MODEL or --resume DIR, not both (a resumed run keeps its settings)")
     if not (args.resume or args.model):
@@ -149,8 +152,11 @@ def _run(args) -> int:
     from cifarzoo.train.distributed import broadcast_object, current
 
     is_main = current().is_main
-    reporter = ConsoleReporter(quiet=args.quiet or not is_main)
     check_arguments(args)
+    from cifarzoo.tracking import Chain, make_loggers
+
+    loggers = make_loggers(args.log, args.mlflow_uri) if is_main else []  # a missing extra is said here
+    reporter = Chain(ConsoleReporter(quiet=args.quiet or not is_main), *loggers)
     if args.resume:
         out_dir = args.resume
         dataset = None

@@ -22,13 +22,31 @@ from cifarzoo.study.training import RunOutcome, StudyReporter, estimate_seconds_
 
 
 def run_plan(plan: StudyPlan, *, force: bool = False, reporter: StudyReporter | None = None, dataset=None,
-             report: bool = True, executor=None) -> StudyResult:
-    """Train every run of ``plan`` not done yet (:func:`cifarzoo.study.runner.execute`), then write the report."""
+             report: bool = True, executor=None, tracking=None) -> StudyResult:
+    """Train every run of ``plan`` not done yet (:func:`cifarzoo.study.runner.execute`), then write the report.
+
+    ``tracking`` (a :class:`cifarzoo.tracking.TrackingSpec`): the loggers every run trained now gets;
+    with MLflow, the study is one parent run and each of these runs a child run of it.
+    """
     reporter = reporter or StudyReporter()
-    result = execute(plan, force=force, reporter=reporter, dataset=dataset, executor=executor)
-    if report:  # the whole study: also the models an earlier invocation trained (with_recorded_models)
-        result.report = write_report(plan.out_dir, dataset=result.dataset, plan=with_recorded_models(plan))
-        reporter.on_report(result.report)
+    if tracking is not None:
+        from dataclasses import replace
+
+        from cifarzoo.tracking import end_study, start_study
+
+        tracking = start_study(tracking, plan)
+        plan = replace(plan, runs=tuple(replace(s, tracking=tracking) for s in plan.runs))
+    try:
+        result = execute(plan, force=force, reporter=reporter, dataset=dataset, executor=executor)
+        if report:  # the whole study: also the models an earlier invocation trained (with_recorded_models)
+            result.report = write_report(plan.out_dir, dataset=result.dataset, plan=with_recorded_models(plan))
+            reporter.on_report(result.report)
+    except BaseException:
+        if tracking is not None:
+            end_study(tracking, "KILLED")
+        raise
+    if tracking is not None:
+        end_study(tracking, "FAILED" if result.failed else "FINISHED", result.report)
     return result
 
 
@@ -44,6 +62,7 @@ def run_study(
     dataset=None,
     report: bool = True,
     executor=None,
+    tracking=None,
     **overrides: Any,
 ) -> StudyResult:
     """Train every (model, seed) of a study that is not done yet, then write its report.
@@ -55,7 +74,8 @@ def run_study(
     :class:`cifarzoo.study.executors.RayExecutor` for a Ray cluster).
     """
     plan = plan_study(models, preset=preset, seeds=seeds, data=data, out_dir=out_dir, **overrides)
-    return run_plan(plan, force=force, reporter=reporter, dataset=dataset, report=report, executor=executor)
+    return run_plan(plan, force=force, reporter=reporter, dataset=dataset, report=report, executor=executor,
+                    tracking=tracking)
 
 
 __all__ = ["ORIGINAL_STUDY", "STUDY_MODELS", "RunOutcome", "RunSpec", "StudyPlan", "StudyReporter", "StudyResult",

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -61,6 +61,8 @@ class RunSpec:
     seed: int
     config: TrainConfig
     run_dir: Path
+    # which loggers train it (cifarzoo.tracking.TrackingSpec), not part of what the run is
+    tracking: Any = field(default=None, compare=False)
 
     @property
     def name(self) -> str:

@@ -216,6 +216,7 @@ def train_one(spec: RunSpec, dataset, *, action: str, reporter: Reporter | None 
     run = RunDir(spec.run_dir)
 
     def failed(kind: str, reason: str, diagnosis: str) -> tuple[str, dict]:
+        _close_loggers(loggers, "FAILED")
         if not run.config_path.exists():  # failed before fit wrote it: the settings stay checkable
             run.write_config({"config": spec.config.to_dict(), "run_dir": str(run.path)})
         summary = run.failure_summary(model=spec.model, seed=spec.seed, epochs=spec.config.epochs,
@@ -223,7 +224,13 @@ def train_one(spec: RunSpec, dataset, *, action: str, reporter: Reporter | None 
         run.write_summary(summary)
         return FAILED, summary
 
+    loggers = []
     try:
+        if spec.tracking is not None:  # built here: in a worker process or Ray task, from plain data
+            from cifarzoo.tracking import Chain
+
+            loggers = spec.tracking.loggers()
+            reporter = Chain(reporter, *loggers)
         if action == "resumed":
             result = fit(resume=spec.run_dir, dataset=dataset, reporter=reporter)
         else:
@@ -248,3 +255,9 @@ def train_one(spec: RunSpec, dataset, *, action: str, reporter: Reporter | None 
     return FINISHED, result.summary
 
 
+def _close_loggers(loggers: list, status: str) -> None:
+    """End the run's loggers as failed (an interrupted one's end as KILLED when its process exits)."""
+    if loggers:
+        from cifarzoo.tracking import close_all
+
+        close_all(loggers, status)
