@@ -3,7 +3,7 @@
 The Python API (see :mod:`cifarzoo.api`)::
 
     import cifarzoo as cz
-    run = cz.fit("resnet18", data="sample", epochs=3, width_mult=0.25)
+    run = cz.fit("resnet18", data="sample", epochs=3, width_mult=0.25, callbacks=[...])
     run.evaluate(), run.predict(images), run.plot()
     study = cz.benchmark(["resnet18", "vgg16"], preset="quick")
 
@@ -22,8 +22,9 @@ __version__ = "0.1.0"
 from cifarzoo.errors import CifarzooError  # noqa: E402
 
 _API = ("fit", "load_run", "load_data", "benchmark", "load_study", "Run", "Study")
+_CALLBACKS = ("Callback", "StopTraining", "EarlyStopping")  # cifarzoo.train.callbacks
 
-__all__ = ["CifarzooError", "__version__", *_API]
+__all__ = ["CifarzooError", "__version__", *_API, *_CALLBACKS]
 
 
 def __getattr__(name: str):
@@ -31,8 +32,12 @@ def __getattr__(name: str):
         from cifarzoo import api
 
         return getattr(api, name)
+    if name in _CALLBACKS:
+        from cifarzoo.train import callbacks
+
+        return getattr(callbacks, name)
     raise AttributeError(f"module 'cifarzoo' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_API))
+    return sorted(set(globals()) | set(_API) | set(_CALLBACKS))

@@ -88,6 +88,9 @@ OPTION_HELP = {
     "eval_every": "evaluate every K epochs and after the last (0: the last only; default 1, GPU presets fewer)",
     "checkpoint_every": "checkpoint every K epochs (0: only at the end and on Ctrl-C)",
     "warmup": "untimed warm-up steps before the clock, state restored after (auto: when compiled or on CUDA)",
+    "early_stopping": "stop after PATIENCE evaluated epochs without a better validation accuracy (needs --val-split)",
+    "keep_best": "end on the weights of the epoch with the best validation accuracy, not the last "
+                 "(needs --val-split; the test set is never used to choose)",
     "threads": "torch's CPU threads (default: $OMP_NUM_THREADS if set, else the physical cores)",
     "precision": "auto (default): bf16 on GPUs that have it and on CPUs where native bf16 was measured "
                  "faster (AMX-BF16; AVX512-BF16 on one thread), else fp32",
@@ -121,6 +124,8 @@ def add_config_options(parser: argparse.ArgumentParser, fields: tuple[str, ...] 
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif name == "val_split":
             parser.add_argument(flag, type=_count_or_fraction, default=None, metavar="N|FRACTION", help=help_text)
+        elif name == "early_stopping":
+            parser.add_argument(flag, type=int, default=None, metavar="PATIENCE", help=help_text)
         else:  # choices are matched case-insensitively, as model names are
             parser.add_argument(flag, type=str.lower if name in choices else base, choices=choices.get(name),
                                 default=None, help=help_text)

@@ -17,14 +17,18 @@ from typing import Any, Sequence
 from cifarzoo.study.plan import (ORIGINAL_STUDY, STUDY_MODELS, RunSpec, StudyPlan, load_plan, plan_study,
                                  with_recorded_models)
 from cifarzoo.study.report import write_report
-from cifarzoo.study.runner import StudyResult, execute
+from cifarzoo.study.runner import StudyResult, execute, with_callbacks
 from cifarzoo.study.training import RunOutcome, StudyReporter, estimate_seconds_left
 
 
 def run_plan(plan: StudyPlan, *, force: bool = False, reporter: StudyReporter | None = None, dataset=None,
-             report: bool = True, executor=None) -> StudyResult:
-    """Train every run of ``plan`` not done yet (:func:`cifarzoo.study.runner.execute`), then write the report."""
+             report: bool = True, executor=None, callbacks=None) -> StudyResult:
+    """Train every run of ``plan`` not done yet (:func:`cifarzoo.study.runner.execute`), then write the report.
+
+    ``callbacks``: :class:`cifarzoo.Callback` objects for every run; each run gets its own copy,
+    made by pickling them (see :func:`cifarzoo.study.runner.with_callbacks`)."""
     reporter = reporter or StudyReporter()
+    plan = with_callbacks(plan, callbacks)
     result = execute(plan, force=force, reporter=reporter, dataset=dataset, executor=executor)
     if report:  # the whole study: also the models an earlier invocation trained (with_recorded_models)
         result.report = write_report(plan.out_dir, dataset=result.dataset, plan=with_recorded_models(plan))
@@ -44,6 +48,7 @@ def run_study(
     dataset=None,
     report: bool = True,
     executor=None,
+    callbacks=None,
     **overrides: Any,
 ) -> StudyResult:
     """Train every (model, seed) of a study that is not done yet, then write its report.
@@ -55,7 +60,8 @@ def run_study(
     :class:`cifarzoo.study.executors.RayExecutor` for a Ray cluster).
     """
     plan = plan_study(models, preset=preset, seeds=seeds, data=data, out_dir=out_dir, **overrides)
-    return run_plan(plan, force=force, reporter=reporter, dataset=dataset, report=report, executor=executor)
+    return run_plan(plan, force=force, reporter=reporter, dataset=dataset, report=report, executor=executor,
+                    callbacks=callbacks)
 
 
 __all__ = ["ORIGINAL_STUDY", "STUDY_MODELS", "RunOutcome", "RunSpec", "StudyPlan", "StudyReporter", "StudyResult",

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -61,6 +61,8 @@ class RunSpec:
     seed: int
     config: TrainConfig
     run_dir: Path
+    # The study's callbacks, pickled: each run unpickles its own copy, wherever it trains (train_one).
+    callbacks: bytes = field(default=b"", compare=False, repr=False)
 
     @property
     def name(self) -> str:

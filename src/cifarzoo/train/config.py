@@ -76,6 +76,8 @@ class TrainConfig:
     checkpoint_every: int = 1  # checkpoint every K epochs (0: never mid-run); always at the end and on Ctrl-C
     warmup: str = "auto"  # untimed warm-up steps, then state restored: auto (when compiled or on CUDA) | on | off
     tta_level: int = 1  # test-time augmentation of the "TTA" result: 1 flip (2 views), 2 flip + 1-pixel shifts (6 views)
+    early_stopping: int | None = None  # stop after N evaluated epochs without a better val_acc (needs val_split; None: never)
+    keep_best: bool = False  # end on the weights of the epoch with the best val_acc, not the last (needs val_split)
 
     def __post_init__(self):
         for name in _CHOICE_FIELDS:  # option values are case-insensitive, as model names are
@@ -207,6 +209,9 @@ def validate(c: TrainConfig) -> None:
     if reserved:  # the builder's own named parameters, which a run sets from its data and --width-mult
         bad("model_kwargs", c.model_kwargs, f"no {' or '.join(reserved)} (num_classes comes from the data's "
                                             "classes, width_mult is a setting of its own)")
+    if (c.early_stopping is not None or c.keep_best) and not c.val_split:
+        bad("--early-stopping" if c.early_stopping is not None else "--keep-best", c.early_stopping or c.keep_best,
+            "a validation split to select on: give --val-split (the test set is never used for selection)")
     if c.tta_level not in (0, 1, 2):
         bad("--tta-level", c.tta_level, "0 (none), 1 (flip) or 2 (flip and 1-pixel translations)")
 
@@ -246,6 +251,7 @@ _NUMBERS: dict[str, tuple] = {
     "eval_every": (True, 0, 10_000, True, True, False),  # 0: the last epoch only
     "checkpoint_every": (True, 0, 10_000, True, True, False),  # 0: only at the end and on Ctrl-C
     "threads": (True, 1, MAX_THREADS, True, True, True),  # and at most the CPUs present, when used
+    "early_stopping": (True, 1, 10_000, True, True, True),  # evaluated epochs without improvement
 }
 
 
