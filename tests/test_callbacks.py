@@ -113,8 +113,8 @@ def test_callbacks_see_the_run_and_never_change_its_numbers(data, tmp_path):
 
 def test_a_custom_callback_is_called_beside_the_progress_display(data, tmp_path, capsys):
     reading = Reading()
-    cz.fit("resnet18", data=data, out=tmp_path / "run", callbacks=[reading], progress="auto",
-           **{k: v for k, v in config(epochs=2).to_dict().items() if k != "model"})
+    settings = {k: v for k, v in config(epochs=2).to_dict().items() if k not in ("model", "data")}
+    cz.fit("resnet18", data=data, out=tmp_path / "run", callbacks=[reading], progress="auto", **settings)
     out = capsys.readouterr().out
     assert "epoch   1/2" in out and "epoch   2/2" in out and "test accuracy" in out
     assert len(reading.rows) == 2 and reading.summary["status"] == "finished"

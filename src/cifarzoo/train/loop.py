@@ -686,11 +686,7 @@ def set_up(config: TrainConfig, *, dataset: Dataset | None, out_dir: str | os.Pa
                       callbacks=callbacks or Callbacks())
     if ckpt is not None:
         trainer.restore(ckpt)
-    # A resumed run was judged before it was interrupted, unless it stopped before the check
-    # (made at the end of an epoch's steps: those of an epoch interrupted in its evaluation count).
-    epoch_ends = trainer.step.global_step // trainer.steps_per_epoch * trainer.steps_per_epoch
-    trainer.stall_checked = config.allow_stall or (
-        config.stall_steps is None and epoch_ends >= max(trainer.steps_per_epoch, guards.MIN_STALL_STEPS))
+    trainer.stall_checked = _stall_judged(trainer)
     trainer.info = _run_info(trainer)
     if dist.is_main:
         run.path.mkdir(parents=True, exist_ok=True)
@@ -699,6 +695,15 @@ def set_up(config: TrainConfig, *, dataset: Dataset | None, out_dir: str | os.Pa
     if wants_warm_up(config, device, compiled):
         warm_up(trainer)
     return trainer
+
+
+def _stall_judged(trainer: Trainer) -> bool:
+    """Whether the stall check has nothing left to judge: --allow-stall, or a resumed run judged before it
+    was interrupted (the check is made at the end of an epoch's steps: those of an epoch interrupted
+    in its evaluation count)."""
+    config, steps = trainer.config, trainer.steps_per_epoch
+    epoch_ends = trainer.step.global_step // steps * steps
+    return config.allow_stall or (config.stall_steps is None and epoch_ends >= max(steps, guards.MIN_STALL_STEPS))
 
 
 def prenormalized_dtype(device: torch.device, precision: str) -> torch.dtype | None:
