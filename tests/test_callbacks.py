@@ -140,7 +140,7 @@ def test_early_stopping_counts_evaluated_epochs_and_monitors_loss_or_accuracy():
     for epoch, acc in enumerate([0.5, 0.6, 0.605, math.nan], start=1):  # 0.605: not better by > 0.01
         stop.on_epoch_end({"epoch": epoch, "eval_acc": acc, "eval_loss": 1.0})
     assert stop.state_dict() == {"best": 0.6, "best_epoch": 2, "wait": 1}  # NaN: not evaluated, not counted
-    with pytest.raises(StopTraining, match="val_acc did not improve .* best 0.6000 at epoch 2"):
+    with pytest.raises(StopTraining, match=r"val_acc did not improve .* \(best 0.6000 at epoch 2\)"):
         stop.on_epoch_end({"epoch": 5, "eval_acc": 0.59, "eval_loss": 1.0})
     loss = EarlyStopping("val_loss", patience=1)
     loss.on_epoch_end({"epoch": 1, "eval_acc": 0.1, "eval_loss": 2.0})
