@@ -3,7 +3,7 @@
 The Python API (see :mod:`cifarzoo.api`)::
 
     import cifarzoo as cz
-    run = cz.fit("resnet18", data="sample", epochs=3, width_mult=0.25)
+    run = cz.fit("resnet18", data="sample", epochs=3, width_mult=0.25, callbacks=[...])
     run.evaluate(), run.predict(images), run.plot()
     study = cz.benchmark(["resnet18", "vgg16"], preset="quick")
 
@@ -24,7 +24,9 @@ from cifarzoo.errors import CifarzooError  # noqa: E402
 _API = ("fit", "load_run", "load_data", "benchmark", "load_study", "Run", "Study")
 _TRACKING = ("TensorBoardLogger", "MLflowLogger")  # tensorboard / mlflow imported only when one is made
 
-__all__ = ["CifarzooError", "__version__", "register_augmentation", *_API, *_TRACKING]
+_CALLBACKS = ("Callback", "StopTraining", "EarlyStopping")  # cifarzoo.train.callbacks
+
+__all__ = ["CifarzooError", "__version__", "register_augmentation", *_API, *_CALLBACKS, *_TRACKING]
 
 
 def __getattr__(name: str):
@@ -40,8 +42,12 @@ def __getattr__(name: str):
         from cifarzoo import tracking
 
         return getattr(tracking, name)
+    if name in _CALLBACKS:
+        from cifarzoo.train import callbacks
+
+        return getattr(callbacks, name)
     raise AttributeError(f"module 'cifarzoo' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_API) | set(_TRACKING) | {"register_augmentation"})
+    return sorted(set(globals()) | set(_API) | set(_CALLBACKS) | set(_TRACKING) | {"register_augmentation"})

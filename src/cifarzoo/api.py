@@ -189,6 +189,7 @@ def fit(
     out: str | os.PathLike | None = None,
     resume: str | os.PathLike | None = None,
     progress: Any = "auto",
+    callbacks: Sequence[Any] | None = None,
     runs_root: str | os.PathLike = "runs",
     force: bool = False,
     **settings: Any,
@@ -204,11 +205,15 @@ def fit(
     interrupted run with its
     saved settings (a run trained from arrays needs ``data=`` again). On Ctrl-C / a kernel
     interrupt, KeyboardInterrupt propagates after a resumable checkpoint is written.
+    ``callbacks``: :class:`cifarzoo.Callback` objects (e.g. ``cifarzoo.EarlyStopping``) called beside
+    the progress display, never instead of it (see :mod:`cifarzoo.train.callbacks`).
     """
     from cifarzoo.progress import make_reporter
+    from cifarzoo.train.callbacks import check_callbacks
     from cifarzoo.train import fit, make_config
 
     reporter = make_reporter(progress)
+    callbacks = [*check_callbacks(callbacks, "val"), reporter]  # the split is checked by fit; the display last
     if resume is not None:
         if model is not None or preset is not None or settings or out is not None:
             given = [n for n, v in (("model", model), ("preset", preset), ("out", out)) if v is not None]
@@ -234,7 +239,7 @@ def fit(
             return done
         kwargs = dict(config=config, dataset=dataset, out_dir=run_dir, force=force)
     try:
-        result = fit(reporter=reporter, **kwargs)
+        result = fit(callbacks=callbacks, **kwargs)
     except KeyboardInterrupt as exc:
         if _files(run_dir).checkpoint_path.exists() and hasattr(exc, "add_note"):  # Python >= 3.11
             exc.add_note(f"a resumable checkpoint is in {run_dir}: cifarzoo.fit(resume={str(run_dir)!r}"
@@ -493,6 +498,7 @@ def benchmark(
     force: bool = False,
     progress: Any = "auto",
     jobs: int | None = None,
+    callbacks: Sequence[Any] | None = None,
     **overrides: Any,
 ) -> "Study":
     """Train every model under one rule and write the report, as ``cifarzoo benchmark``; returns a :class:`Study`.
@@ -500,7 +506,8 @@ def benchmark(
     Same folder layout (default ``study/<preset>``), the same resuming of an interrupted
     study, and ``overrides`` (any TrainConfig field, e.g. ``epochs=2``) for every model.
     ``jobs``: runs trained at once, each in a process of its own, as ``--jobs`` (default:
-    one per physical core for the quick and cpu presets on a CPU, else one).
+    one per physical core for the quick and cpu presets on a CPU, else one). ``callbacks``: for
+    every run, each run its own copy (they must pickle: runs may train in other processes).
     """
     from cifarzoo.progress import make_study_reporter
     from cifarzoo.study import run_study
@@ -513,7 +520,7 @@ def benchmark(
     out = Path(out) if out is not None else Path("study") / preset
     executor = None if jobs is None else LocalExecutor(jobs)
     result = run_study(models, preset=preset, seeds=seeds, data=spec, out_dir=out, force=force,
-                       reporter=reporter, dataset=dataset, executor=executor, **overrides)
+                       reporter=reporter, dataset=dataset, executor=executor, callbacks=callbacks, **overrides)
     return Study(result.plan.out_dir)
 
 

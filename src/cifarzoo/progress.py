@@ -128,6 +128,12 @@ class ConsoleReporter:
             f"{summary['images_per_second']:,.0f} img/s"
             + (f" (after an untimed {warm:.1f}s warm-up" + (f", {comp:.1f}s of it compiling" if comp is not None
                                                             else "") + ")" if warm is not None else ""))
+        if summary.get("status") == "stopped":
+            self._print(f"stopped after epoch {summary['epochs_completed']} of {summary['epochs']}: "
+                        f"{summary['stop_reason']}")
+        if summary.get("weights_epoch") not in (None, summary.get("epochs_completed")):
+            self._print(f"the weights are epoch {summary['weights_epoch']}'s, the best on validation "
+                        f"({100 * summary['weights_eval_acc']:.2f}%)")
         for warning in summary.get("warnings", []):
             self._print(f"warning: {warning}")
 

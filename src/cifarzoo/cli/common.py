@@ -107,6 +107,8 @@ def add_config_options(parser: argparse.ArgumentParser,
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif name == "val_split":
             group.add_argument(flag, type=_count_or_fraction, default=None, metavar="N|FRACTION", help=help_text)
+        elif name == "early_stopping":
+            group.add_argument(flag, type=int, default=None, metavar="PATIENCE", help=help_text)
         else:  # choices are matched case-insensitively, as model names are
             group.add_argument(flag, type=str.lower if meta.get("choices") else base, choices=meta.get("choices"),
                                default=None, help=help_text)

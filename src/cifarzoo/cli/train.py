@@ -165,7 +165,7 @@ def _run(args) -> int:
 
             dataset = resume_dataset(args.resume, args.data, labels=args.labels)
         try:
-            result = fit(resume=args.resume, dataset=dataset, reporter=reporter)
+            result = fit(resume=args.resume, dataset=dataset, callbacks=[reporter])
         except KeyboardInterrupt:
             return _interrupted(out_dir, is_main, args.data)
     else:
@@ -175,7 +175,7 @@ def _run(args) -> int:
         # One folder for all ranks: rank 0 names it (others would see its folder and add "-2").
         out_dir = args.out or broadcast_object(str(new_run_dir(config.model)) if is_main else None)
         try:
-            result = fit(config, out_dir=out_dir, reporter=reporter, force=args.force)
+            result = fit(config, out_dir=out_dir, callbacks=[reporter], force=args.force)
         except KeyboardInterrupt:
             return _interrupted(out_dir, is_main, args.data)
     if args.quiet and is_main:

@@ -17,18 +17,22 @@ from typing import Any, Sequence
 from cifarzoo.study.plan import (ORIGINAL_STUDY, STUDY_MODELS, RunSpec, StudyPlan, load_plan, plan_study,
                                  with_recorded_models)
 from cifarzoo.study.report import write_report
-from cifarzoo.study.runner import StudyResult, execute
+from cifarzoo.study.runner import StudyResult, execute, with_callbacks
 from cifarzoo.study.training import RunOutcome, StudyReporter, estimate_seconds_left
 
 
 def run_plan(plan: StudyPlan, *, force: bool = False, reporter: StudyReporter | None = None, dataset=None,
-             report: bool = True, executor=None, tracking=None) -> StudyResult:
+             report: bool = True, executor=None, callbacks=None,
+             tracking=None) -> StudyResult:
     """Train every run of ``plan`` not done yet (:func:`cifarzoo.study.runner.execute`), then write the report.
 
+    ``callbacks``: :class:`cifarzoo.Callback` objects for every run; each run gets its own copy,
+    made by pickling them (see :func:`cifarzoo.study.runner.with_callbacks`).
     ``tracking`` (a :class:`cifarzoo.tracking.TrackingSpec`): the loggers every run trained now gets;
     with MLflow, the study is one parent run and each of these runs a child run of it.
     """
     reporter = reporter or StudyReporter()
+    plan = with_callbacks(plan, callbacks)
     if tracking is not None:
         from dataclasses import replace
 
@@ -62,6 +66,7 @@ def run_study(
     dataset=None,
     report: bool = True,
     executor=None,
+    callbacks=None,
     tracking=None,
     **overrides: Any,
 ) -> StudyResult:
@@ -75,7 +80,7 @@ def run_study(
     """
     plan = plan_study(models, preset=preset, seeds=seeds, data=data, out_dir=out_dir, **overrides)
     return run_plan(plan, force=force, reporter=reporter, dataset=dataset, report=report, executor=executor,
-                    tracking=tracking)
+                    callbacks=callbacks, tracking=tracking)
 
 
 __all__ = ["ORIGINAL_STUDY", "STUDY_MODELS", "RunOutcome", "RunSpec", "StudyPlan", "StudyReporter", "StudyResult",

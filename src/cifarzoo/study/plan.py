@@ -63,6 +63,8 @@ class RunSpec:
     run_dir: Path
     # which loggers train it (cifarzoo.tracking.TrackingSpec), not part of what the run is
     tracking: Any = field(default=None, compare=False)
+    # The study's callbacks, pickled: each run unpickles its own copy, wherever it trains (train_one).
+    callbacks: bytes = field(default=b"", compare=False, repr=False)
 
     @property
     def name(self) -> str:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import shutil
 import statistics
 import time
@@ -92,6 +93,36 @@ def remove_run_dir(run_dir: Path, root: Path) -> None:
 
 
 # --------------------------------------------------------------------------- the study
+def with_callbacks(plan: StudyPlan, callbacks) -> StudyPlan:
+    """``plan`` whose runs each get ``callbacks`` (pickled: every run unpickles its own copy, wherever it
+    trains, so that no state passes from one run to the next). One line for callbacks that do not pickle."""
+    from dataclasses import replace
+
+    from cifarzoo.train.callbacks import check_callbacks
+
+    callbacks = check_callbacks(callbacks, "val" if plan.overrides.get("val_split") else "test")
+    if not callbacks:
+        return plan
+    try:
+        blob = pickle.dumps(callbacks)
+    except Exception as exc:  # a lambda, a local class, an open file, ...
+        raise CifarzooError(f"callbacks: {callbacks!r} cannot be pickled ({type(exc).__name__}: {exc}); a study "
+                            "gives each run its own copy, possibly in another process: define them at module "
+                            "level, holding no open files or locks") from None
+    return replace(plan, runs=tuple(replace(s, callbacks=blob) for s in plan.runs))
+
+
+def _check_callbacks_travel(jobs: list, executor) -> None:
+    """Worker processes (LocalExecutor with jobs > 1) import a callback's class by name: one defined in
+    ``__main__`` (a notebook, a script) cannot be, and is refused here rather than in every run."""
+    if not jobs or not jobs[0][1].callbacks or getattr(executor, "name", "") != "local" or executor.jobs < 2:
+        return
+    for cb in pickle.loads(jobs[0][1].callbacks):
+        if type(cb).__module__ == "__main__":
+            raise CifarzooError(f"callbacks: {type(cb).__name__} is defined in __main__, which the worker processes "
+                                f"of jobs={executor.jobs} cannot import; define it in a module, or pass jobs=1")
+
+
 def execute(plan: StudyPlan, *, force: bool = False, reporter: StudyReporter | None = None,
             dataset=None, executor=None) -> StudyResult:
     """Train the runs of ``plan`` that are not done yet (see the module doc); no report.
@@ -147,6 +178,7 @@ def _execute(plan: StudyPlan, *, force: bool, reporter: StudyReporter, dataset, 
         jobs.append((index, spec, action))
     # ---- the executor trains the runs (study/executors.py: in this process, or Ray tasks)
     executor = executor or LocalExecutor(default_jobs(plan))
+    _check_callbacks_travel(jobs, executor)
     outcomes += executor.run(jobs, total=total, dataset=dataset, reporter=reporter, costs=costs)
     order = {s.name: i for i, s in enumerate(plan.runs)}
     outcomes.sort(key=lambda o: order[o.spec.name])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import math
+import pickle
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -226,15 +227,14 @@ def train_one(spec: RunSpec, dataset, *, action: str, reporter: Reporter | None 
 
     loggers = []
     try:
+        callbacks = pickle.loads(spec.callbacks) if spec.callbacks else []  # this run's own copy
         if spec.tracking is not None:  # built here: in a worker process or Ray task, from plain data
-            from cifarzoo.tracking import Chain
-
             loggers = spec.tracking.loggers()
-            reporter = Chain(reporter, *loggers)
+            callbacks = [*callbacks, *loggers]
         if action == "resumed":
-            result = fit(resume=spec.run_dir, dataset=dataset, reporter=reporter)
+            result = fit(resume=spec.run_dir, dataset=dataset, reporter=reporter, callbacks=callbacks)
         else:
-            result = fit(spec.config, dataset=dataset, out_dir=spec.run_dir, reporter=reporter)
+            result = fit(spec.config, dataset=dataset, out_dir=spec.run_dir, reporter=reporter, callbacks=callbacks)
     except FolderBusyError:  # another process trains this run: its folder is not ours to write
         raise
     except TrainingError as exc:

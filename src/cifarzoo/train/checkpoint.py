@@ -27,6 +27,9 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so t
     ema_state_dict  (with --ema) the AveragedModel's state_dict
     train_state_dict (with --ema) the trained model's own weights, to resume from
     lookahead       (with --lookahead) the averaged tensors, a list
+    callbacks       (with callbacks that have a state, e.g. --early-stopping) {"<position>:<class>": state}
+    stop_reason     (once a callback asked the run to stop) its reason
+    best            (with --keep-best) {"epoch", "eval_acc", "state_dict"} of the best epoch on validation
 
 ``predict``, ``evaluate`` and ``export`` rebuild the model from ``model`` alone, as
 nanoGPT's ``sample.py`` does from ``model_args``.
@@ -53,9 +56,9 @@ from torch import nn
 from cifarzoo.errors import CifarzooError
 from cifarzoo.io import atomic_write_bytes, open_regular
 from cifarzoo.train.config import TrainConfig
-from cifarzoo.train.rundir import CHECKPOINT_FILE
+from cifarzoo.train.rundir import CHECKPOINT_FILE, CHECKPOINT_FORMAT
 
-FORMAT = "cifarzoo.checkpoint"
+FORMAT = CHECKPOINT_FORMAT
 # The most a checkpoint can hold: resnet50, the largest registered model (23,758,425 parameters
 # and buffers at width 1 with 100 classes), at the widest width_mult (2: four times the
 # weights) in fp32, six times over (weights, the EMA copy, the trained copy, lookahead and
@@ -155,6 +158,11 @@ _OPTIONAL_FIELDS: dict[str, tuple[Any, str]] = {
     "ema_state_dict": (_is_tensor_dict, "a dict of named tensors"),
     "train_state_dict": (_is_tensor_dict, "a dict of named tensors"),
     "lookahead": (lambda v: isinstance(v, list) and all(isinstance(t, torch.Tensor) for t in v), "a list of tensors"),
+    "callbacks": (lambda v: isinstance(v, dict) and all(isinstance(s, dict) for s in v.values()),
+                  "a dict of the callbacks' states"),
+    "stop_reason": (lambda v: isinstance(v, str), "a string"),
+    "best": (lambda v: isinstance(v, dict) and _is_int(v.get("epoch")) and _is_number(v.get("eval_acc"))
+             and _is_tensor_dict(v.get("state_dict")), 'a dict {"epoch": int, "eval_acc": float, "state_dict"}'),
 }
 _METRICS_COLUMNS = ("epoch", "train_loss", "train_acc", "eval_loss", "eval_acc", "epoch_seconds",
                     "elapsed_seconds", "images_per_second")

@@ -156,6 +156,12 @@ class TrainConfig:
     tta_level: int = setting(1, group="Evaluation",  # checked in validate: one of three levels
                              help="test-time augmentation of the TTA result: 0 none, 1 flip (2 views), 2 flip and "
                                   "1-pixel shifts (6 views)")
+    early_stopping: int | None = setting(None, group="Evaluation", range=Range(1, 10_000),
+                                         help="stop after PATIENCE evaluated epochs without a better validation "
+                                              "accuracy (needs --val-split)")
+    keep_best: bool = setting(False, group="Evaluation",
+                              help="end on the weights of the epoch with the best validation accuracy, not the "
+                                   "last (needs --val-split; the test set is never used to choose)")
 
     def __post_init__(self):
         for name in _CHOICE_FIELDS:  # option values are case-insensitive, as model names are
@@ -274,6 +280,9 @@ def validate(c: TrainConfig) -> None:
     if reserved:  # the builder's own named parameters, which a run sets from its data and --width-mult
         bad("model_kwargs", c.model_kwargs, f"no {' or '.join(reserved)} (num_classes comes from the data's "
                                             "classes, width_mult is a setting of its own)")
+    if (c.early_stopping is not None or c.keep_best) and not c.val_split:
+        bad("--early-stopping" if c.early_stopping is not None else "--keep-best", c.early_stopping or c.keep_best,
+            "a validation split to select on: give --val-split (the test set is never used for selection)")
     if c.tta_level not in (0, 1, 2):
         bad("--tta-level", c.tta_level, "0 (none), 1 (flip) or 2 (flip and 1-pixel translations)")
 

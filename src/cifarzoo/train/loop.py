@@ -1,8 +1,10 @@
 """``fit``: the one training loop every model and every command goes through.
 
-    fit = set_up(...)            -> a Trainer: device, data split, model, TrainStep, loader, run folder
-        + train_epoch(...)        per epoch, with the guards and Ctrl-C handling around it (run_epoch)
-        + finish(...)             final test evaluation, summary.json, curves.png
+    fit = set_up(...)              -> a Trainer: device, data split, model, TrainStep, loader, run folder
+        + per epoch:
+            train_one_epoch(...)     step, record, guards, callbacks, Ctrl-C check: one plain loop
+            end_epoch(...)           validate(...), callbacks' on_epoch_end, checkpoint, metrics.csv
+        + finish(...)              final test evaluation, checkpoint, summary.json, curves.png
 
 Only training is timed. Before the clock starts, :func:`warm_up` runs a few steps on
 real batches (torch.compile's first compilation, cuDNN's algorithm search, lazy kernel
@@ -10,21 +12,26 @@ loading) and puts every piece of state back exactly as it was, so a warmed-up ru
 equals an unwarmed one; its time is reported apart (``warmup_seconds``,
 ``compile_seconds``).
 
-``train_epoch`` reads in one screen: each batch goes through the one :class:`TrainStep`
-(zero_grad / forward under autocast / loss / backward / step / schedule), and the
-batch statistics stay on the device so that the step never waits for the host.
-Evaluation is not counted in training time; it runs every ``eval_every`` epochs and
-after the last, where one pass over the test set per view gives the plain and the
-TTA results together. An atomic checkpoint is written every ``checkpoint_every``
-epochs, at the end and on Ctrl-C, so an interrupted run resumes from its last
-checkpoint to the same result as an uninterrupted one (bit-for-bit on CPU).
+Each batch goes through the one :class:`TrainStep` (zero_grad / forward under autocast /
+loss / backward / step / schedule), and the batch statistics stay on the device so that
+the step never waits for the host. Evaluation is not counted in training time; it runs
+every ``eval_every`` epochs and after the last, where one pass over the test set per
+view gives the plain and the TTA results together. An atomic checkpoint is written every
+``checkpoint_every`` epochs, at the end and on Ctrl-C, so an interrupted run resumes
+from its last checkpoint to the same result as an uninterrupted one (bit-for-bit on CPU).
 
 Ctrl-C at any point after the first step keeps every completed step: mid-epoch,
-:func:`run_epoch` saves the state after the last completed step; once an epoch's steps
-are done and until its row is recorded (its evaluation included), :func:`fit` saves
-them as that state, and the evaluation is done again on resume; from then on, it saves
-the epoch's end. Recording an epoch and writing the final record hold a Ctrl-C until
-they are done, so that no file is left without the others.
+:func:`train_one_epoch` saves the state after the last completed step; once an epoch's
+steps are done and until its row is recorded (its evaluation included), :func:`fit`
+saves them as that state, and the evaluation is done again on resume; from then on, it
+saves the epoch's end. Recording an epoch (the callbacks' ``on_epoch_end`` included) and
+writing the final record hold a Ctrl-C until they are done, so that no file is left
+without the others. An exception from a callback keeps the progress in the same way.
+
+Callbacks (:mod:`cifarzoo.train.callbacks`) read, and may stop the run (``StopTraining``):
+it then ends as a finished one does, with ``status: "stopped"``. ``early_stopping`` and
+``keep_best`` select on the validation split only; the state they need (the callbacks'
+states, the best epoch's weights, a stop request) is part of the checkpoint.
 """
 from __future__ import annotations
 
@@ -32,13 +39,11 @@ import copy
 import itertools
 import math
 import os
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -52,13 +57,76 @@ from cifarzoo.errors import CifarzooError
 from cifarzoo.inference import loss_and_accuracy, predict_logits, predict_tta_logits
 from cifarzoo.train import distributed as dist_mod
 from cifarzoo.train import guards
+from cifarzoo.train.callbacks import Callback, Callbacks, EarlyStopping, check_callbacks
 from cifarzoo.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from cifarzoo.train.config import WARMUP_STEPS, TrainConfig
-from cifarzoo.train.rundir import RunDir, timestamp
+from cifarzoo.train.guards import EpochStats
+from cifarzoo.train.interrupt import DeferredInterrupt
+from cifarzoo.train.rundir import STOPPED, RunDir, timestamp
 from cifarzoo.train.step import TrainStep, build_model, make_step
 
+Reporter = Callback  # the name of before callbacks, kept for one release
 
-# --------------------------------------------------------------------------- results
+
+# --------------------------------------------------------------------------- the run
+def fit(
+    config: TrainConfig | None = None,
+    *,
+    dataset: Dataset | None = None,
+    out_dir: str | os.PathLike | None = None,
+    resume: str | os.PathLike | None = None,
+    callbacks: list[Callback] | None = None,
+    reporter: Callback | None = None,
+    runs_root: str | os.PathLike = "runs",
+    force: bool = False,
+) -> RunResult:
+    """Train ``config.model`` as ``config`` says and leave a run folder; returns its summary.
+
+    ``resume`` continues the run in that folder from its last checkpoint (its saved
+    config wins; ``config`` may be None). ``out_dir`` holding a run already is an error
+    unless ``force`` (it is then overwritten); a folder another process is training
+    into is always an error (one writer per run folder, see RunDir.claim). Raises
+    :class:`TrainingError` for a non-finite loss, a stalled or a diverged run; re-raises
+    KeyboardInterrupt after writing a resumable checkpoint (the state between two steps),
+    and so an exception from one of ``callbacks`` (see :mod:`cifarzoo.train.callbacks`).
+    ``reporter``: the progress hook of before callbacks, kept for one release as it was
+    (called on every rank; its exceptions propagate without a save, as a crash does).
+    """
+    ckpt = None
+    dist = dist_mod.current()
+    if resume is not None:
+        ckpt, config, out_dir = _open_resume(resume, dist)
+    if config is None:
+        raise CifarzooError("fit() needs a config or a run folder to resume")
+    user = check_callbacks(callbacks, "val" if config.val_split else "test")
+    if config.early_stopping is not None:  # the setting's own callback: first, so its state's key is stable
+        user = [EarlyStopping("val_acc", patience=config.early_stopping), *user]
+    hooks = Callbacks(user if dist.is_main else [], legacy=reporter)  # rank 0's only, under torchrun
+    if out_dir is None:  # every rank writes to (rank 0: into) the same folder: rank 0 names it
+        out_dir = dist_mod.broadcast_object(RunDir.new(config.model, runs_root).path if dist.is_main else None)
+    lock = _claim(RunDir(out_dir), dist, fresh=ckpt is None, force=force)
+    try:
+        trainer = set_up(config, dataset=dataset, out_dir=out_dir, ckpt=ckpt, callbacks=hooks)
+        hooks.on_start(trainer.info)
+        _share_stop_request(trainer)
+        try:
+            for epoch in range(trainer.epoch, trainer.config.epochs):
+                if trainer.stop_reason is not None:
+                    break
+                seconds, stats = train_one_epoch(trainer, epoch)
+                end_epoch(trainer, epoch, seconds, stats)
+            summary = finish(trainer)
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt) or _callback_failed(trainer, exc):
+                _keep_progress(trainer)
+            raise
+    finally:
+        if lock is not None:
+            lock.release()
+    hooks.on_end({**summary, "run_dir": str(trainer.run.path)})
+    return RunResult(trainer.run.path, summary, trainer.metrics, test_logits=trainer.final_logits[0])
+
+
 @dataclass
 class RunResult:
     run_dir: Path
@@ -67,14 +135,268 @@ class RunResult:
     test_logits: torch.Tensor | None = None  # (N, C) the final weights' plain test logits, for the study report
 
 
-class Reporter:
-    """Callbacks for progress display. The library never prints; the CLI subclasses this."""
+def _callback_failed(trainer: Trainer, exc: BaseException) -> bool:
+    """Whether ``exc`` is an error a callback raised whose run can keep its progress. Under torchrun the
+    other ranks are inside the next step's collectives: the run ends there as after a crash."""
+    return trainer.callbacks.error is exc and not trainer.dist.enabled
 
-    def on_start(self, info: dict) -> None: ...
-    def on_epoch_start(self, epoch: int, steps: int) -> None: ...
-    def on_step(self, epoch: int, step: int, steps: int, global_step: int) -> None: ...
-    def on_epoch_end(self, row: dict) -> None: ...
-    def on_end(self, summary: dict) -> None: ...
+
+def _share_stop_request(trainer: Trainer) -> None:
+    """A callback's stop request (rank 0's) on every rank."""
+    reason = dist_mod.broadcast_object(trainer.callbacks.stop_reason)
+    if trainer.stop_reason is None and reason is not None:
+        trainer.stop_reason = reason
+
+
+# --------------------------------------------------------------------------- one epoch
+def train_one_epoch(trainer: Trainer, epoch: int) -> tuple[float, EpochStats]:
+    """One epoch's steps (from where a resumed epoch stopped); returns (its training seconds, its statistics).
+
+    Ctrl-C or a callback's error saves a mid-epoch checkpoint (the state after the last completed
+    step) and propagates.
+    """
+    step, device, steps, callbacks = trainer.step, trainer.device, trainer.steps_per_epoch, trainer.callbacks
+    stats, first_step, seconds_before = _epoch_stats(trainer, epoch)
+    check = guards.Guards(stats, epoch=epoch, first_step=first_step, steps=steps,
+                          num_classes=trainer.dataset.num_classes, checkpoint=trainer.run.checkpoint_path,
+                          nan_every=1 if device.type == "cpu" else max(1, trainer.config.nan_check_every),
+                          stall_steps=trainer.config.stall_steps, stall_checked=trainer.stall_checked)
+    trainer.loader.set_epoch(epoch)
+    callbacks.on_epoch_start(epoch + 1, steps)
+    synchronize(device)
+    t0 = time.perf_counter()
+    try:
+        with DeferredInterrupt() as interrupt:
+            step.train()
+            for i, (x, y) in enumerate(trainer.loader.iter_from(first_step), start=first_step):
+                stats.at = i
+                loss, logits = step(x, y)  # zero_grad / forward under autocast / loss / backward / step / schedule
+                stats.record(i, loss, logits, y)
+                if trainer.first_step_seconds is None and trainer.compiled:
+                    # The first call of the compiled model compiles it: timed apart (one sync per run).
+                    synchronize(device)
+                    trainer.first_step_seconds = time.perf_counter() - t0
+                check.after_step(i, step.global_step, step.model)
+                callbacks.on_step(epoch + 1, i + 1, steps, step.global_step)
+                interrupt.check(i, steps)  # a Ctrl-C during the step is raised here, between two steps
+        synchronize(device)
+        seconds = seconds_before + time.perf_counter() - t0
+        trainer.unrecorded = (stats, seconds)  # from here a Ctrl-C keeps these steps (see _keep_progress)
+    except BaseException as exc:
+        if trainer.unrecorded is None and (isinstance(exc, KeyboardInterrupt) or _callback_failed(trainer, exc)):
+            _save_interrupted(trainer, epoch, stats, check, seconds_before + time.perf_counter() - t0)
+        raise
+    trainer.stall_checked = check.stall_checked
+    trainer.steps_this_process += steps - first_step
+    trainer.seconds_this_process += seconds - seconds_before
+    trainer.partial = None
+    return seconds, stats
+
+
+def _epoch_stats(trainer: Trainer, epoch: int) -> tuple[EpochStats, int, float]:
+    """(the epoch's statistics, its first step, its training seconds so far): those saved mid-epoch
+    when resuming that epoch, else zeros."""
+    stats = EpochStats.zeros(trainer.steps_per_epoch, trainer.device)
+    first_step, seconds_before = 0, 0.0
+    if trainer.partial is not None and epoch == trainer.epoch:
+        first_step, seconds_before = int(trainer.partial["step"]), float(trainer.partial["epoch_seconds"])
+        for name in ("loss", "correct", "count"):
+            getattr(stats, name).copy_(trainer.partial[f"step_{name}"].to(trainer.device))
+    stats.at = first_step
+    return stats, first_step, seconds_before
+
+
+def _every(k: int, epochs_done: int) -> bool:
+    return k > 0 and epochs_done % k == 0
+
+
+def end_epoch(trainer: Trainer, epoch: int, seconds: float, stats: EpochStats) -> dict:
+    """Share BN statistics across ranks, evaluate (every ``eval_every`` epochs and the last), record
+    the epoch (and the best weights with ``keep_best``), call the callbacks' ``on_epoch_end``,
+    checkpoint (every ``checkpoint_every`` epochs) and write metrics.csv; returns its metrics row.
+
+    A row of an epoch without evaluation has NaN eval columns (empty in metrics.csv).
+    The last epoch's evaluation on the test set is the final pass of :func:`finish`.
+    """
+    config = trainer.config
+    dist_mod.broadcast_buffers(trainer.step.model)  # BN running statistics: rank 0's on every rank
+    if trainer.step.ema is not None:
+        dist_mod.broadcast_buffers(trainer.step.ema)
+    sums = dist_mod.all_reduce_sum(torch.stack([stats.loss.sum(), stats.correct.sum(), stats.count.sum()]))
+    seen = sums[2].item()
+    eval_loss, eval_acc = validate(trainer, last=epoch + 1 == config.epochs,
+                                   due=_every(config.eval_every, epoch + 1))
+    row = {
+        "epoch": epoch + 1, "lr": trainer.step.optimizer.param_groups[0]["lr"],
+        # Per-step losses are batch means: average them over steps (and ranks).
+        "train_loss": sums[0].item() / (trainer.steps_per_epoch * trainer.dist.world_size),
+        "train_acc": sums[1].item() / max(1.0, seen), "eval_loss": eval_loss, "eval_acc": eval_acc,
+        "epoch_seconds": seconds, "elapsed_seconds": trainer.train_seconds + seconds,
+        "images_per_second": seen / seconds if seconds > 0 else float("nan"),
+    }
+    with DeferredInterrupt():  # the epoch is recorded whole (a Ctrl-C is raised once it is)
+        # One assignment: even a second Ctrl-C finds the epoch recorded or not, never half.
+        trainer.metrics, trainer.epoch, trainer.train_seconds, trainer.best, trainer.unrecorded = (
+            [*trainer.metrics, row], epoch + 1, trainer.train_seconds + seconds, _best(trainer, row), None)
+        # Before the checkpoint, which holds their states and a stop request; an exception from
+        # them finds the epoch recorded, and fit keeps it (_keep_progress).
+        trainer.callbacks.on_epoch_end({**row, "eval_split": trainer.split.eval_name})
+        _share_stop_request(trainer)
+        if _every(config.checkpoint_every, epoch + 1):  # finish() writes the last one in any case
+            trainer.save(epoch + 1)
+        if trainer.dist.is_main:
+            trainer.run.write_metrics(trainer.metrics)
+    return row
+
+
+def _best(trainer: Trainer, row: dict) -> dict | None:
+    """With ``keep_best``: {"epoch", "eval_acc", "state_dict" (a CPU copy)} of the epoch with the best
+    validation accuracy so far (the earliest of equals); else None."""
+    if not trainer.config.keep_best:
+        return None
+    acc, best = row["eval_acc"], trainer.best
+    if math.isnan(acc) or (best is not None and acc <= best["eval_acc"]):
+        return best
+    weights = {k: v.detach().to("cpu", copy=True) for k, v in trainer.step.eval_model.state_dict().items()}
+    return {"epoch": int(row["epoch"]), "eval_acc": float(acc), "state_dict": weights}
+
+
+def validate(trainer: Trainer, *, last: bool, due: bool) -> tuple[float, float]:
+    """(loss, accuracy) of the weights on the epoch's evaluation split, when ``due`` or ``last``; else NaNs.
+
+    The last epoch's evaluation on the test set is the final pass (:func:`_final_pass`), kept
+    for :func:`finish`: one pass gives the plain and the TTA results.
+    """
+    split, outputs = trainer.split, trainer.step.outputs
+    if last and split.eval_name == "test":
+        trainer.final_logits = _final_pass(trainer)
+        return loss_and_accuracy(trainer.final_logits[0], split.eval_y, outputs)
+    if last or due:
+        return loss_and_accuracy(_predict(trainer, split.eval_x), split.eval_y, outputs)
+    return math.nan, math.nan
+
+
+# --------------------------------------------------------------------------- interrupted
+def _keep_progress(trainer: Trainer) -> None:
+    """After Ctrl-C outside an epoch's steps (train_one_epoch saves those): keep an epoch trained but not
+    recorded (its evaluation is done again on resume), or else the last recorded epoch, in the
+    checkpoint and metrics.csv, unless they hold it already or the run's record is complete."""
+    if trainer.unrecorded is not None:
+        stats, seconds = trainer.unrecorded
+        if trainer.saved != (trainer.epoch, trainer.steps_per_epoch, False):
+            _save_interrupted(trainer, trainer.epoch, stats, None, seconds)
+        return
+    at_epoch_end = trainer.step.global_step == trainer.epoch * trainer.steps_per_epoch and not trainer.step.torn
+    complete = (trainer.run.read_summary() or {}).get("status") in ("finished", STOPPED)
+    if trainer.epoch == 0 or not at_epoch_end or complete:
+        return
+    if trainer.saved != (trainer.epoch, 0, False):
+        trainer.save(trainer.epoch)
+    if trainer.dist.is_main:
+        trainer.run.write_metrics(trainer.metrics)
+
+
+def _save_interrupted(trainer: Trainer, epoch: int, stats: EpochStats, check: guards.Guards | None,
+                      seconds: float) -> None:
+    """After Ctrl-C mid-epoch: save the state between the last completed step and the next, so that
+    --resume continues from there exactly. Interrupted while the weights were being updated (a second
+    Ctrl-C), the state is torn: nothing is saved and the last checkpoint stays. ``check``: the guards
+    of steps not yet checked (None: all were)."""
+    done = trainer.step.global_step - epoch * trainer.steps_per_epoch
+    if trainer.step.torn or stats.steps_done() != done:
+        return
+    if check is not None:
+        check.check_finite(done)
+    trainer.save(epoch, {"step": done, "step_loss": stats.loss.cpu(), "step_correct": stats.correct.cpu(),
+                         "step_count": stats.count.cpu(), "epoch_seconds": seconds})
+
+
+def _predict(trainer: Trainer, images: np.ndarray) -> torch.Tensor:
+    config = trainer.config
+    return predict_logits(trainer.step.eval_model, images, trainer.dataset.mean, trainer.dataset.std,
+                          device=trainer.device, batch_size=config.eval_batch_size, precision=trainer.precision,
+                          channels_last=config.channels_last)
+
+
+# Every reported figure of a run (summary.json, the last point of its curves, the study report) is computed
+# in this precision, as `evaluate` computes it: one accuracy per model and split, whatever the run trained in.
+REPORTED_PRECISION = "fp32"
+
+
+def _final_pass(trainer: Trainer) -> dict[int, torch.Tensor]:
+    """{0: plain, 1: flip TTA, and ``tta_level``'s} test logits of the final weights, in
+    :data:`REPORTED_PRECISION`: one forward over the test set per view (the plain logits are one of the views)."""
+    config = trainer.config
+    return predict_tta_logits(trainer.step.eval_model, trainer.dataset.test_images, trainer.dataset.mean,
+                              trainer.dataset.std, levels=sorted({0, 1, config.tta_level}), device=trainer.device,
+                              batch_size=config.eval_batch_size, precision=REPORTED_PRECISION,
+                              channels_last=config.channels_last)
+
+
+# --------------------------------------------------------------------------- the end
+def finish(trainer: Trainer) -> dict:
+    """Final evaluation on the test set and summary.json. The weights evaluated are the last epoch's, or
+    with ``keep_best`` those of the epoch with the best validation accuracy (never chosen on the test set)."""
+    from cifarzoo import models
+    from cifarzoo.models.summary import count_macs
+
+    config, dataset = trainer.config, trainer.dataset
+    labels = dataset.test_labels
+    if trainer.best is not None:
+        load_weights(trainer.step.eval_model, trainer.best["state_dict"], "the best epoch's weights")
+    if trainer.final_logits is None:  # evaluated on --val-split, or no epoch ran in this process
+        trainer.final_logits = _final_pass(trainer)
+    final = trainer.final_logits
+    test_loss, test_acc = loss_and_accuracy(final[0], labels, trainer.step.outputs)
+    test_loss_tta, test_acc_tta = loss_and_accuracy(final[1], labels, trainer.step.outputs)
+    peak, peak_kind = peak_memory_bytes(trainer.device)
+    macs = count_macs(models.create(config.model, num_classes=dataset.num_classes, width_mult=config.width_mult,
+                                    **config.model_kwargs))
+    images_seen = sum(r["images_per_second"] * r["epoch_seconds"] for r in trainer.metrics)
+    summary = {
+        "model": config.model, "status": "finished", "epochs": config.epochs, "seed": config.seed,
+        "test_acc": test_acc, "test_loss": test_loss, "test_acc_tta": test_acc_tta, "test_loss_tta": test_loss_tta,
+        "final_eval_acc": trainer.metrics[-1]["eval_acc"] if trainer.metrics else math.nan,
+        "eval_split": trainer.split.eval_name,
+        "train_seconds": trainer.train_seconds,
+        "images_per_second": images_seen / trainer.train_seconds if trainer.train_seconds > 0 else math.nan,
+        "compiled": bool(trainer.compiled), "compile_seconds": _compile_cost(trainer),
+        "warmup_seconds": trainer.warmup_seconds,
+        "peak_memory_bytes": peak, "peak_memory_kind": peak_kind,
+        "parameters": trainer.info["parameters"], "macs": int(macs), "precision": trainer.precision,
+        "eval_precision": REPORTED_PRECISION,  # of test_acc & co, as `cifarzoo evaluate` computes them
+        "precision_reason": trainer.info.get("precision_reason"), "threads": trainer.info.get("threads"),
+        "device": trainer.info["device_name"], "world_size": trainer.dist.world_size, "data_source": dataset.source,
+        "train_images": int(len(trainer.split.train_y)), "finished": timestamp(),
+    }
+    summary.update(_ending(trainer))
+    summary["stall_check"] = ("allowed to stall" if config.allow_stall else "passed" if trainer.stall_checked
+                              else "not run (too few steps)")
+    summary["warnings"] = guards.run_warnings(
+        stall_checked=trainer.stall_checked, allow_stall=config.allow_stall,
+        steps=trainer.steps_per_epoch * config.epochs, acc=test_acc, num_classes=dataset.num_classes,
+        n_images=len(labels))
+    if config.tta_level == 2:  # multi-crop TTA, from the same pass
+        summary["tta_level"] = 2
+        summary["test_loss_tta_level"], summary["test_acc_tta_level"] = loss_and_accuracy(final[2], labels, trainer.step.outputs)
+    with DeferredInterrupt():  # checkpoint, summary and curves are written together (a Ctrl-C waits)
+        trainer.save(trainer.epoch, finished=True)
+        if trainer.dist.is_main:
+            trainer.run.write_summary(summary)
+            title = f"{config.model} (width {config.width_mult}, seed {config.seed})"
+            trainer.run.write_curves(trainer.metrics, title=title)
+    return summary
+
+
+def _ending(trainer: Trainer) -> dict:
+    """How the run ended: stopped by a callback (and why), the epochs it trained, whose weights it ends with."""
+    out = {"epochs_completed": trainer.epoch, "stop_reason": trainer.stop_reason,
+           "weights_epoch": trainer.best["epoch"] if trainer.best is not None else trainer.epoch}
+    if trainer.best is not None:
+        out["weights_eval_acc"] = trainer.best["eval_acc"]  # on the validation split
+    if trainer.stop_reason is not None:
+        out["status"] = STOPPED
+    return out
 
 
 # --------------------------------------------------------------------------- data
@@ -152,31 +474,8 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
 
 # --------------------------------------------------------------------------- the trainer's state
 @dataclass
-class EpochStats:
-    """Per-step loss, correct count and batch size of one epoch, on the device (no host sync per step)."""
-
-    loss: torch.Tensor  # (steps,) batch-mean loss
-    correct: torch.Tensor  # (steps,)
-    count: torch.Tensor  # (steps,)
-    at: int = 0  # index of the step in progress (or the next one)
-
-    @classmethod
-    def zeros(cls, steps: int, device: torch.device) -> "EpochStats":
-        return cls(*(torch.zeros(steps, device=device) for _ in range(3)))
-
-    def record(self, i: int, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
-        self.loss[i] = loss
-        self.correct[i] = (logits.argmax(1) == y).sum()
-        self.count[i] = y.numel()
-
-    def steps_done(self) -> int:
-        """Steps whose statistics are stored (one host sync): where a resumed epoch continues."""
-        return self.at + 1 if self.at < len(self.count) and self.count[self.at].item() > 0 else self.at
-
-
-@dataclass
 class Trainer:
-    """A run, set up by :func:`set_up`: everything ``run_epoch`` and ``finish`` need, and where it stands."""
+    """A run, set up by :func:`set_up`: everything the epoch loop and ``finish`` need, and where it stands."""
 
     config: TrainConfig
     dataset: Dataset
@@ -190,12 +489,15 @@ class Trainer:
     info: dict  # config.json
     compiled: bool
     why: dict = field(default_factory=dict)  # {"precision": why that precision, "threads": why that many}
+    callbacks: Callbacks = field(default_factory=Callbacks)
     # where the run stands (restored on resume)
     epoch: int = 0  # epochs finished
     partial: dict | None = None  # the unfinished epoch's saved statistics (mid-epoch resume)
     metrics: list[dict] = field(default_factory=list)
     train_seconds: float = 0.0
     stall_checked: bool = False
+    stop_reason: str | None = None  # a callback asked the run to stop (StopTraining's message)
+    best: dict | None = None  # keep_best: {"epoch", "eval_acc", "state_dict"} of the best epoch so far
     # this process's timing, for the compile-time estimate
     first_step_seconds: float | None = None
     steps_this_process: int = 0
@@ -215,6 +517,7 @@ class Trainer:
     def checkpoint(self, epochs_done: int, partial: dict | None, finished: bool) -> dict:
         """The checkpoint payload (keys listed in :mod:`cifarzoo.train.checkpoint`)."""
         config, dataset = self.config, self.dataset
+        states = self.callbacks.state_dict()
         return {
             "model": {"name": config.model, "kwargs": {"num_classes": dataset.num_classes,
                                                        "width_mult": config.width_mult, **config.model_kwargs}},
@@ -229,6 +532,9 @@ class Trainer:
             "train_seconds": self.train_seconds,
             "finished": finished,
             "data_source": dataset.source,
+            **({"callbacks": states} if states else {}),
+            **({"stop_reason": self.stop_reason} if self.stop_reason is not None else {}),
+            **({"best": self.best} if self.best is not None else {}),
         }
 
     def save(self, epochs_done: int, partial: dict | None = None, finished: bool = False) -> None:
@@ -239,7 +545,8 @@ class Trainer:
 
     def restore(self, ckpt: dict) -> None:
         """Continue from a checkpoint (its schema checked on load): weights, optimizer, schedule, EMA,
-        lookahead, scaler, RNG, progress. Parts that do not fit this run are refused with one line."""
+        lookahead, scaler, RNG, progress, callbacks' states, best weights. Parts that do not fit this
+        run are refused with one line."""
         where = f"{ckpt.get('path', 'checkpoint')}: damaged checkpoint"
         load_weights(self.step.model, ckpt.get("train_state_dict", ckpt["state_dict"]),
                      f"{where}: its weights do not fit the run's model {self.config.model!r}")
@@ -248,16 +555,22 @@ class Trainer:
         if partial is not None and not (partial["step"] <= self.steps_per_epoch == len(partial["step_loss"])):
             raise CifarzooError(f"{where}: 'partial' stopped at step {partial['step']} of an epoch of "
                                 f"{len(partial['step_loss'])} steps; this run's epochs have {self.steps_per_epoch}")
+        if "best" in ckpt:
+            load_weights(copy.deepcopy(self.step.eval_model), ckpt["best"]["state_dict"],
+                         f"{where}: its best epoch's weights do not fit the run's model {self.config.model!r}")
         try:
             self.step.load_state_dict(ckpt)
             _set_rng_state(ckpt["rng"], self.device)
+            self.callbacks.load_state_dict(ckpt.get("callbacks", {}))
         except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
-            raise CifarzooError(f"{where}: its optimizer, schedule, averaged weights or random state do not fit "
-                                f"the run ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
+            raise CifarzooError(f"{where}: its optimizer, schedule, averaged weights, random state or callbacks' "
+                                f"states do not fit the run ({type(exc).__name__}: "
+                                f"{str(exc).splitlines()[0][:120]})") from None
         self.metrics = list(ckpt.get("metrics", []))
         self.epoch = int(ckpt["epoch"])
         self.partial = ckpt.get("partial")
         self.train_seconds = float(ckpt.get("train_seconds", 0.0))
+        self.stop_reason, self.best = ckpt.get("stop_reason"), ckpt.get("best")
         start_step = int(self.partial["step"]) if self.partial else 0
         self.step.global_step = self.epoch * self.steps_per_epoch + start_step
         self.saved = (self.epoch, start_step, False)
@@ -319,13 +632,16 @@ def _run_info(trainer: Trainer) -> dict:
         "parameters": int(sum(p.numel() for p in trainer.step.model.parameters())),
         "steps_per_epoch": trainer.steps_per_epoch,
         "started": timestamp(),
+
+
     }
 
 
-def set_up(config: TrainConfig, *, dataset: Dataset | None = None, out_dir: str | os.PathLike | None = None,
-           ckpt: dict | None = None, runs_root: str | os.PathLike = "runs") -> Trainer:
+def set_up(config: TrainConfig, *, dataset: Dataset | None, out_dir: str | os.PathLike, ckpt: dict | None = None,
+           callbacks: Callbacks | None = None) -> Trainer:
     """Everything before the first step: device, data split, model (whitened stem), the TrainStep
-    (optimizer, schedule, EMA, lookahead, scaler, DDP, compile), resumed state and the run folder."""
+    (optimizer, schedule, EMA, lookahead, scaler, DDP, compile), resumed state (``callbacks``' included)
+    and the run folder ``out_dir`` (named by :func:`fit`)."""
     from cifarzoo.data.arrays import load_run_data
     from cifarzoo.data.loader import DeviceLoader, input_normalization, normalize
 
@@ -365,17 +681,12 @@ def set_up(config: TrainConfig, *, dataset: Dataset | None = None, out_dir: str 
     step = make_step(model, config, device, total_steps=total_steps, steps_per_epoch=len(loader),
                      precision=precision, compile=compiled, ddp=dist.enabled)
 
-    # Every rank must write to (rank 0: into) the same folder: rank 0 names it.
-    run = RunDir(out_dir) if out_dir is not None else dist_mod.broadcast_object(
-        RunDir.new(config.model, runs_root) if dist.is_main else None)
-    trainer = Trainer(config, ds, split, device, precision, dist, loader, step, run, {}, compiled, why)
+    run = RunDir(out_dir)
+    trainer = Trainer(config, ds, split, device, precision, dist, loader, step, run, {}, compiled, why,
+                      callbacks=callbacks or Callbacks())
     if ckpt is not None:
         trainer.restore(ckpt)
-    # A resumed run was judged before it was interrupted, unless it stopped before the check
-    # (made at the end of an epoch's steps: those of an epoch interrupted in its evaluation count).
-    epoch_ends = trainer.step.global_step // trainer.steps_per_epoch * trainer.steps_per_epoch
-    trainer.stall_checked = config.allow_stall or (
-        config.stall_steps is None and epoch_ends >= max(trainer.steps_per_epoch, guards.MIN_STALL_STEPS))
+    trainer.stall_checked = _stall_judged(trainer)
     trainer.info = _run_info(trainer)
     if dist.is_main:
         run.path.mkdir(parents=True, exist_ok=True)
@@ -384,6 +695,15 @@ def set_up(config: TrainConfig, *, dataset: Dataset | None = None, out_dir: str 
     if wants_warm_up(config, device, compiled):
         warm_up(trainer)
     return trainer
+
+
+def _stall_judged(trainer: Trainer) -> bool:
+    """Whether the stall check has nothing left to judge: --allow-stall, or a resumed run judged before it
+    was interrupted (the check is made at the end of an epoch's steps: those of an epoch interrupted
+    in its evaluation count)."""
+    config, steps = trainer.config, trainer.steps_per_epoch
+    epoch_ends = trainer.step.global_step // steps * steps
+    return config.allow_stall or (config.stall_steps is None and epoch_ends >= max(steps, guards.MIN_STALL_STEPS))
 
 
 def prenormalized_dtype(device: torch.device, precision: str) -> torch.dtype | None:
@@ -437,331 +757,6 @@ def warm_up(trainer: Trainer, steps: int = WARMUP_STEPS) -> None:
     trainer.warmup_compile_seconds = max(0.0, times[0] - typical)
 
 
-# --------------------------------------------------------------------------- one epoch
-def train_epoch(step: TrainStep, batches: Iterable, stats: EpochStats, first_step: int,
-                after_step: Callable[[int], None]) -> None:
-    """Steps ``first_step, first_step+1, ...`` over ``batches``; per-step statistics into ``stats``.
-
-    ``after_step(i)`` runs the guards and progress callbacks after step ``i``.
-    """
-    step.train()
-    for i, (x, y) in enumerate(batches, start=first_step):
-        stats.at = i
-        loss, logits = step(x, y)  # zero_grad / forward under autocast / loss / backward / step / schedule
-        stats.record(i, loss, logits, y)
-        after_step(i)
-
-
-class _Guards:
-    """The fail-fast checks of one epoch, run between steps: non-finite loss and stall (see guards.py)."""
-
-    def __init__(self, trainer: Trainer, stats: EpochStats, epoch: int, first_step: int):
-        self.trainer, self.stats, self.epoch = trainer, stats, epoch
-        self.checked_upto = first_step  # steps [0, checked_upto) are known finite
-        # On CPU the check is free; on GPU it syncs the host, so it runs every few steps.
-        self.nan_every = 1 if trainer.device.type == "cpu" else max(1, trainer.config.nan_check_every)
-
-    def check_finite(self, upto: int) -> None:
-        """Non-finite loss in the steps not checked yet, and divergence up to ``upto`` (one host sync)."""
-        trainer = self.trainer
-        _check_loss(self.stats.loss, self.checked_upto, upto, self.epoch, trainer.steps_per_epoch,
-                    trainer.dataset.num_classes, trainer.run.checkpoint_path)
-        self.checked_upto = upto
-
-    def __call__(self, i: int) -> None:
-        trainer, config, steps = self.trainer, self.trainer.config, self.trainer.steps_per_epoch
-        if (i + 1) % self.nan_every == 0 or i + 1 == steps:
-            self.check_finite(i + 1)
-        global_step = trainer.step.global_step
-        if not trainer.stall_checked and (
-            (config.stall_steps is not None and global_step >= config.stall_steps)
-            or (config.stall_steps is None and i + 1 == steps and global_step >= guards.MIN_STALL_STEPS)
-        ):
-            _check_stall(self.stats, i + 1, global_step, trainer.dataset.num_classes, trainer.step.model)
-            trainer.stall_checked = True
-
-
-def run_epoch(trainer: Trainer, epoch: int, reporter: Reporter) -> tuple[float, EpochStats]:
-    """``train_epoch`` with the guards, timing and Ctrl-C handling around it; returns (its training
-    seconds, its statistics).
-
-    Ctrl-C saves a mid-epoch checkpoint (the state after the last completed step) and re-raises.
-    """
-    steps = trainer.steps_per_epoch
-    trainer.loader.set_epoch(epoch)
-    reporter.on_epoch_start(epoch + 1, steps)
-    stats = EpochStats.zeros(steps, trainer.device)
-    first_step, seconds_before = 0, 0.0
-    if trainer.partial is not None and epoch == trainer.epoch:
-        first_step, seconds_before = int(trainer.partial["step"]), float(trainer.partial["epoch_seconds"])
-        for name in ("loss", "correct", "count"):
-            getattr(stats, name).copy_(trainer.partial[f"step_{name}"].to(trainer.device))
-    stats.at = first_step
-    check = _Guards(trainer, stats, epoch, first_step)
-
-    def after_step(i: int) -> None:
-        if trainer.first_step_seconds is None and trainer.compiled:
-            # The first call of the compiled model compiles it: timed apart (one sync per run).
-            synchronize(trainer.device)
-            trainer.first_step_seconds = time.perf_counter() - t0
-        check(i)
-        reporter.on_step(epoch + 1, i + 1, steps, trainer.step.global_step)
-
-    synchronize(trainer.device)
-    t0 = time.perf_counter()
-    try:
-        with DeferredInterrupt() as interrupt:
-            def after_each(i: int) -> None:
-                after_step(i)
-                interrupt.check(i, steps)  # a Ctrl-C during the step is raised here, between two steps
-
-            train_epoch(trainer.step, trainer.loader.iter_from(first_step), stats, first_step, after_each)
-        synchronize(trainer.device)
-        seconds = seconds_before + time.perf_counter() - t0
-        trainer.unrecorded = (stats, seconds)  # from here a Ctrl-C keeps these steps (see _keep_progress)
-    except KeyboardInterrupt:
-        if trainer.unrecorded is None:
-            _save_interrupted(trainer, epoch, stats, check, seconds_before + time.perf_counter() - t0)
-        raise
-    trainer.steps_this_process += steps - first_step
-    trainer.seconds_this_process += seconds - seconds_before
-    trainer.partial = None
-    return seconds, stats
-
-
-def _every(k: int, epochs_done: int) -> bool:
-    return k > 0 and epochs_done % k == 0
-
-
-class DeferredInterrupt:
-    """Holds a first Ctrl-C (SIGINT) until the step in progress has completed (``check`` raises it
-    then); a second one interrupts at once. Only in the main thread with Python's own handler in place."""
-
-    def __init__(self):
-        self.pending = False
-        self.previous = None
-
-    def __enter__(self) -> "DeferredInterrupt":
-        if (threading.current_thread() is threading.main_thread()
-                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
-            self.previous = signal.signal(signal.SIGINT, self._on_sigint)
-        return self
-
-    def _on_sigint(self, signum, frame) -> None:
-        if self.pending:
-            raise KeyboardInterrupt
-        self.pending = True
-
-    def check(self, step: int = 0, steps: int = 1) -> None:
-        """Raise a pending Ctrl-C after 0-based ``step`` of ``steps``; under torchrun only where every
-        rank agrees to (:func:`distributed.agree_to_stop`), so all ranks stop after the same step."""
-        if dist_mod.agree_to_stop(self.pending, step, steps):
-            self.pending = False
-            raise KeyboardInterrupt
-
-    def __exit__(self, exc_type, *exc) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
-        if self.pending and exc_type is None:  # arrived after the last step's check
-            raise KeyboardInterrupt
-
-
-def _save_interrupted(trainer: Trainer, epoch: int, stats: EpochStats, check: "_Guards | None",
-                      seconds: float) -> None:
-    """After Ctrl-C mid-epoch: save the state between the last completed step and the next, so that
-    --resume continues from there exactly. Interrupted while the weights were being updated (a second
-    Ctrl-C), the state is torn: nothing is saved and the last checkpoint stays. ``check``: the guards
-    of steps not yet checked (None: all were)."""
-    done = trainer.step.global_step - epoch * trainer.steps_per_epoch
-    if trainer.step.torn or stats.steps_done() != done:
-        return
-    if check is not None:
-        check.check_finite(done)
-    trainer.save(epoch, {"step": done, "step_loss": stats.loss.cpu(), "step_correct": stats.correct.cpu(),
-                         "step_count": stats.count.cpu(), "epoch_seconds": seconds})
-
-
-def end_epoch(trainer: Trainer, epoch: int, seconds: float, stats: EpochStats) -> dict:
-    """Share BN statistics across ranks, evaluate (every ``eval_every`` epochs and the last),
-    checkpoint (every ``checkpoint_every`` epochs) and log the epoch; returns its metrics row.
-
-    A row of an epoch without evaluation has NaN eval columns (empty in metrics.csv).
-    The last epoch's evaluation on the test set is the final pass of :func:`finish`.
-    """
-    config = trainer.config
-    dist_mod.broadcast_buffers(trainer.step.model)  # BN running statistics: rank 0's on every rank
-    if trainer.step.ema is not None:
-        dist_mod.broadcast_buffers(trainer.step.ema)
-    sums = dist_mod.all_reduce_sum(torch.stack([stats.loss.sum(), stats.correct.sum(), stats.count.sum()]))
-    seen = sums[2].item()
-    last = epoch + 1 == config.epochs
-    eval_loss = eval_acc = math.nan
-    if last and trainer.split.eval_name == "test":
-        # The final weights on the test set: one pass gives the plain and the TTA results.
-        trainer.final_logits = _final_pass(trainer)
-        eval_loss, eval_acc = loss_and_accuracy(trainer.final_logits[0], trainer.split.eval_y,
-                                                trainer.step.outputs)
-    elif last or _every(config.eval_every, epoch + 1):
-        eval_loss, eval_acc = loss_and_accuracy(_predict(trainer, trainer.split.eval_x), trainer.split.eval_y,
-                                                trainer.step.outputs)
-    row = {
-        "epoch": epoch + 1, "lr": trainer.step.optimizer.param_groups[0]["lr"],
-        # Per-step losses are batch means: average them over steps (and ranks).
-        "train_loss": sums[0].item() / (trainer.steps_per_epoch * trainer.dist.world_size),
-        "train_acc": sums[1].item() / max(1.0, seen), "eval_loss": eval_loss, "eval_acc": eval_acc,
-        "epoch_seconds": seconds, "elapsed_seconds": trainer.train_seconds + seconds,
-        "images_per_second": seen / seconds if seconds > 0 else float("nan"),
-    }
-    with DeferredInterrupt():  # the epoch is recorded whole (a Ctrl-C is raised once it is)
-        # One assignment: even a second Ctrl-C finds the epoch recorded or not, never half.
-        trainer.metrics, trainer.epoch, trainer.train_seconds, trainer.unrecorded = (
-            [*trainer.metrics, row], epoch + 1, trainer.train_seconds + seconds, None)
-        if _every(config.checkpoint_every, epoch + 1):  # finish() writes the last one in any case
-            trainer.save(epoch + 1)
-        if trainer.dist.is_main:
-            trainer.run.write_metrics(trainer.metrics)
-    return row
-
-
-def _predict(trainer: Trainer, images: np.ndarray) -> torch.Tensor:
-    config = trainer.config
-    return predict_logits(trainer.step.eval_model, images, trainer.dataset.mean, trainer.dataset.std,
-                          device=trainer.device, batch_size=config.eval_batch_size, precision=trainer.precision,
-                          channels_last=config.channels_last)
-
-
-# Every reported figure of a run (summary.json, the last point of its curves, the study report) is computed
-# in this precision, as `evaluate` computes it: one accuracy per model and split, whatever the run trained in.
-REPORTED_PRECISION = "fp32"
-
-
-def _final_pass(trainer: Trainer) -> dict[int, torch.Tensor]:
-    """{0: plain, 1: flip TTA, and ``tta_level``'s} test logits of the final weights, in
-    :data:`REPORTED_PRECISION`: one forward over the test set per view (the plain logits are one of the views)."""
-    config = trainer.config
-    return predict_tta_logits(trainer.step.eval_model, trainer.dataset.test_images, trainer.dataset.mean,
-                              trainer.dataset.std, levels=sorted({0, 1, config.tta_level}), device=trainer.device,
-                              batch_size=config.eval_batch_size, precision=REPORTED_PRECISION,
-                              channels_last=config.channels_last)
-
-
-# --------------------------------------------------------------------------- the end
-def finish(trainer: Trainer) -> dict:
-    """Final evaluation on the test set (last epoch's weights, never a selected epoch) and summary.json."""
-    from cifarzoo import models
-    from cifarzoo.models.summary import count_macs
-
-    config, dataset = trainer.config, trainer.dataset
-    labels = dataset.test_labels
-    if trainer.final_logits is None:  # evaluated on --val-split, or no epoch ran in this process
-        trainer.final_logits = _final_pass(trainer)
-    final = trainer.final_logits
-    test_loss, test_acc = loss_and_accuracy(final[0], labels, trainer.step.outputs)
-    test_loss_tta, test_acc_tta = loss_and_accuracy(final[1], labels, trainer.step.outputs)
-    peak, peak_kind = peak_memory_bytes(trainer.device)
-    macs = count_macs(models.create(config.model, num_classes=dataset.num_classes, width_mult=config.width_mult,
-                                    **config.model_kwargs))
-    images_seen = sum(r["images_per_second"] * r["epoch_seconds"] for r in trainer.metrics)
-    summary = {
-        "model": config.model, "status": "finished", "epochs": config.epochs, "seed": config.seed,
-        "test_acc": test_acc, "test_loss": test_loss, "test_acc_tta": test_acc_tta, "test_loss_tta": test_loss_tta,
-        "final_eval_acc": trainer.metrics[-1]["eval_acc"] if trainer.metrics else math.nan,
-        "eval_split": trainer.split.eval_name,
-        "train_seconds": trainer.train_seconds,
-        "images_per_second": images_seen / trainer.train_seconds if trainer.train_seconds > 0 else math.nan,
-        "compiled": bool(trainer.compiled), "compile_seconds": _compile_cost(trainer),
-        "warmup_seconds": trainer.warmup_seconds,
-        "peak_memory_bytes": peak, "peak_memory_kind": peak_kind,
-        "parameters": trainer.info["parameters"], "macs": int(macs), "precision": trainer.precision,
-        "eval_precision": REPORTED_PRECISION,  # of test_acc & co, as `cifarzoo evaluate` computes them
-        "precision_reason": trainer.info.get("precision_reason"), "threads": trainer.info.get("threads"),
-        "device": trainer.info["device_name"], "world_size": trainer.dist.world_size, "data_source": dataset.source,
-        "train_images": int(len(trainer.split.train_y)), "finished": timestamp(),
-    }
-    summary["stall_check"] = ("allowed to stall" if config.allow_stall else "passed" if trainer.stall_checked
-                              else "not run (too few steps)")
-    summary["warnings"] = guards.run_warnings(
-        stall_checked=trainer.stall_checked, allow_stall=config.allow_stall,
-        steps=trainer.steps_per_epoch * config.epochs, acc=test_acc, num_classes=dataset.num_classes,
-        n_images=len(labels))
-    if config.tta_level == 2:  # multi-crop TTA, from the same pass
-        summary["tta_level"] = 2
-        summary["test_loss_tta_level"], summary["test_acc_tta_level"] = loss_and_accuracy(final[2], labels,
-                                                                                          trainer.step.outputs)
-    with DeferredInterrupt():  # checkpoint, summary and curves are written together (a Ctrl-C waits)
-        trainer.save(config.epochs, finished=True)
-        if trainer.dist.is_main:
-            trainer.run.write_summary(summary)
-            title = f"{config.model} (width {config.width_mult}, seed {config.seed})"
-            trainer.run.write_curves(trainer.metrics, title=title)
-    return summary
-
-
-def fit(
-    config: TrainConfig | None = None,
-    *,
-    dataset: Dataset | None = None,
-    out_dir: str | os.PathLike | None = None,
-    resume: str | os.PathLike | None = None,
-    reporter: Reporter | None = None,
-    runs_root: str | os.PathLike = "runs",
-    force: bool = False,
-) -> RunResult:
-    """Train ``config.model`` as ``config`` says and leave a run folder; returns its summary.
-
-    ``resume`` continues the run in that folder from its last checkpoint (its saved
-    config wins; ``config`` may be None). ``out_dir`` holding a run already is an error
-    unless ``force`` (it is then overwritten); a folder another process is training
-    into is always an error (one writer per run folder, see RunDir.claim). Raises
-    :class:`TrainingError` for a non-finite loss, a stalled or a diverged run; re-raises
-    KeyboardInterrupt after writing a resumable checkpoint (the state between two steps).
-    """
-    reporter = reporter or Reporter()
-    ckpt = None
-    dist = dist_mod.current()
-    if resume is not None:
-        ckpt, config, out_dir = _open_resume(resume, dist)
-    if config is None:
-        raise CifarzooError("fit() needs a config or a run folder to resume")
-    if out_dir is None:  # every rank writes to (rank 0: into) the same folder: rank 0 names it
-        out_dir = dist_mod.broadcast_object(RunDir.new(config.model, runs_root).path if dist.is_main else None)
-    lock = _claim(RunDir(out_dir), dist, fresh=ckpt is None, force=force)
-    try:
-        trainer = set_up(config, dataset=dataset, out_dir=out_dir, ckpt=ckpt, runs_root=runs_root)
-        reporter.on_start(trainer.info)
-        try:
-            for epoch in range(trainer.epoch, trainer.config.epochs):
-                seconds, stats = run_epoch(trainer, epoch, reporter)
-                reporter.on_epoch_end(end_epoch(trainer, epoch, seconds, stats))
-            summary = finish(trainer)
-        except KeyboardInterrupt:
-            _keep_progress(trainer)
-            raise
-    finally:
-        if lock is not None:
-            lock.release()
-    reporter.on_end(summary)
-    return RunResult(trainer.run.path, summary, trainer.metrics, test_logits=trainer.final_logits[0])
-
-
-def _keep_progress(trainer: Trainer) -> None:
-    """After Ctrl-C outside an epoch's steps (run_epoch saves those): keep an epoch trained but not
-    recorded (its evaluation is done again on resume), or else the last recorded epoch, in the
-    checkpoint and metrics.csv, unless they hold it already or the run's record is complete."""
-    if trainer.unrecorded is not None:
-        stats, seconds = trainer.unrecorded
-        if trainer.saved != (trainer.epoch, trainer.steps_per_epoch, False):
-            _save_interrupted(trainer, trainer.epoch, stats, None, seconds)
-        return
-    at_epoch_end = trainer.step.global_step == trainer.epoch * trainer.steps_per_epoch and not trainer.step.torn
-    if trainer.epoch == 0 or not at_epoch_end or (trainer.run.read_summary() or {}).get("status") == "finished":
-        return
-    if trainer.saved != (trainer.epoch, 0, False):
-        trainer.save(trainer.epoch)
-    if trainer.dist.is_main:
-        trainer.run.write_metrics(trainer.metrics)
-
-
 def _compile_cost(trainer: Trainer) -> float | None:
     """torch.compile's one-time cost: measured in the warm-up (outside train_seconds), or
     without a warm-up estimated from the first compiled step (inside train_seconds)."""
@@ -791,40 +786,3 @@ def _compile_seconds(first_step: float | None, seconds: float, steps: int) -> fl
     if first_step is None or steps < 2:
         return None
     return max(0.0, first_step - (seconds - first_step) / (steps - 1))
-
-
-def _check_loss(step_loss: torch.Tensor, lo: int, hi: int, epoch: int, steps_per_epoch: int, num_classes: int,
-                checkpoint: Path) -> None:
-    """Raise naming the first step in [lo, hi) whose loss is not finite, or if the last
-    DIVERGENCE_WINDOW steps before ``hi`` (in this epoch) all diverged (one host sync per call).
-    The message says whether ``checkpoint`` is kept (looked up only then, not every step)."""
-    if hi <= lo:
-        return
-    bad = (~torch.isfinite(step_loss[lo:hi])).to(torch.int32)
-    window = step_loss[max(0, hi - guards.DIVERGENCE_WINDOW):hi]
-    diverged = (window > guards.divergence_threshold(num_classes)).all() & (len(window) == guards.DIVERGENCE_WINDOW)
-    flags = dist_mod.all_reduce_sum(torch.stack([bad.sum(), diverged.to(torch.int32)]))
-    nonfinite, n_diverged = flags.tolist()
-    if nonfinite > 0:
-        local = torch.nonzero(bad).flatten()
-        i = lo + (int(local[0]) if len(local) else 0)
-        raise guards.nonfinite_error(epoch * steps_per_epoch + i + 1, epoch + 1, float(step_loss[i]),
-                                     checkpoint.exists())
-    if n_diverged > 0:
-        raise guards.divergence_error(epoch * steps_per_epoch + hi, epoch + 1, float(step_loss[hi - 1]),
-                                      num_classes, checkpoint.exists())
-
-
-def _check_stall(stats: EpochStats, upto: int, global_step: int, num_classes: int, model: nn.Module) -> None:
-    """Judge the second half of the steps so far: the first half is warm-up noise. A stalled run's
-    error names what ``model``'s structure shows (models.checks), checked only then."""
-    lo = upto // 2
-    s = dist_mod.all_reduce_sum(torch.stack([
-        stats.loss[lo:upto].sum(), stats.correct[lo:upto].sum(), stats.count[lo:upto].sum(),
-        torch.tensor(float(upto - lo), device=stats.loss.device)]))
-    loss = s[0].item() / max(1.0, s[3].item())
-    acc = s[1].item() / max(1.0, s[2].item())
-    if guards.is_stalled(loss, acc, num_classes):
-        from cifarzoo.models.checks import structure_problems
-
-        raise guards.stall_error(global_step, loss, acc, num_classes, structure_problems(model, num_classes))

@@ -24,9 +24,11 @@ import csv
 import io
 import math
 import os
+import pickle
 import socket
 import stat
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +44,9 @@ LOCK_FILE = ".lock"  # held by the run's one writer (RunDir.claim)
 
 METRIC_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "eval_loss", "eval_acc",
                   "epoch_seconds", "elapsed_seconds", "images_per_second")
+
+CHECKPOINT_FORMAT = "cifarzoo.checkpoint"  # the format marker of checkpoint.pt (see checkpoint.py)
+STOPPED = "stopped"  # summary.json's status of a run a callback stopped (e.g. early stopping)
 
 # RunDir.state(): what a folder holds, and so what to do with it.
 FINISHED = "finished"  # summary.json says finished: keep
@@ -154,21 +159,23 @@ class RunDir:
             return []
 
     def state(self) -> str:
-        """FINISHED, FAILED, RESUMABLE, FOREIGN or EMPTY (see the constants above)."""
-        from cifarzoo.train.checkpoint import load_checkpoint
+        """FINISHED, FAILED, RESUMABLE, FOREIGN or EMPTY (see the constants above).
 
+        The checkpoint's ``finished`` flag is read from its small header record, without
+        loading the weights (:func:`checkpoint_header`)."""
         status = (self.read_summary() or {}).get("status")
         if status in (FINISHED, FAILED):
             return status
+        if status == STOPPED:  # stopped by a callback (early stopping): as complete as a finished run
+            return FINISHED
         if not self.checkpoint_path.exists():
             return EMPTY
-        try:
-            ckpt = load_checkpoint(self.path)
-        except CifarzooError:  # truncated or not a cifarzoo checkpoint
+        header = checkpoint_header(self.checkpoint_path)
+        if header is None or header.get("format") != CHECKPOINT_FORMAT:  # truncated or not ours
             return FOREIGN
         # A checkpoint marked finished without its summary (stopped between the two
         # writes) cannot be resumed.
-        return FOREIGN if ckpt.get("finished") else RESUMABLE
+        return FOREIGN if header.get("finished") is not False else RESUMABLE
 
     def failure_summary(self, *, model: str, seed: int, epochs: int, data: str | None, kind: str,
                         reason: str, diagnosis: str) -> dict:
@@ -294,6 +301,49 @@ def _same_file(fd: int, path: Path) -> bool:
         return os.fstat(fd).st_ino == os.lstat(path).st_ino
     except FileNotFoundError:
         return False
+
+
+class _Opaque:
+    """Whatever a checkpoint's header refers to besides plain values (tensors, their storages): a stand-in."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state) -> None:
+        pass
+
+
+class _Dict(dict):
+    """An OrderedDict of the header (a state_dict, with its ``_metadata`` attribute)."""
+
+
+class _HeaderUnpickler(pickle.Unpickler):
+    """Reads ``torch.save``'s ``data.pkl`` record with every global replaced by :class:`_Opaque` (no
+    code of the file's is ever run) and every tensor's storage by None: the plain values only."""
+
+    def find_class(self, module: str, name: str):
+        return _Dict if (module, name) == ("collections", "OrderedDict") else _Opaque
+
+    def persistent_load(self, pid):
+        return None
+
+
+def checkpoint_header(path: str | os.PathLike) -> dict | None:
+    """The plain top-level values of a checkpoint (``format``, ``version``, ``epoch``, ``finished``, ...;
+    tensors as stand-ins) from its pickle record alone, without reading the weights; None for a file
+    that is not a readable ``torch.save`` archive."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            name = next((n for n in z.namelist() if n.count("/") == 1 and n.endswith("/data.pkl")), None)
+            if name is None or z.getinfo(name).file_size > MAX_HEADER_BYTES:
+                return None
+            header = _HeaderUnpickler(io.BytesIO(z.read(name))).load()
+    except Exception:  # not a zip, damaged record, or a pickle that is no checkpoint's
+        return None
+    return header if isinstance(header, dict) else None
+
+
+MAX_HEADER_BYTES = 64 << 20  # a checkpoint's pickle record holds names and small values (resnet50's: ~100 kB)
 
 
 def run_state(run_dir: str | os.PathLike) -> str:
