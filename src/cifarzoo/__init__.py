@@ -21,9 +21,10 @@ __version__ = "0.1.0"
 
 from cifarzoo.errors import CifarzooError  # noqa: E402
 
-_API = ("fit", "load_run", "load_data", "benchmark", "load_study", "Run", "Study")
+_API = ("fit", "lr_find", "load_run", "load_data", "benchmark", "load_study", "Run", "Study")
+_MODELS = ("register_model",)  # from cifarzoo.models
 
-__all__ = ["CifarzooError", "__version__", *_API]
+__all__ = ["CifarzooError", "__version__", *_API, *_MODELS]
 
 
 def __getattr__(name: str):
@@ -31,8 +32,12 @@ def __getattr__(name: str):
         from cifarzoo import api
 
         return getattr(api, name)
+    if name in _MODELS:
+        from cifarzoo import models
+
+        return getattr(models, name)
     raise AttributeError(f"module 'cifarzoo' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_API))
+    return sorted(set(globals()) | set(_API) | set(_MODELS))

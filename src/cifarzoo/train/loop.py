@@ -54,7 +54,7 @@ from cifarzoo.train import distributed as dist_mod
 from cifarzoo.train import guards
 from cifarzoo.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from cifarzoo.train.config import WARMUP_STEPS, TrainConfig
-from cifarzoo.train.rundir import RunDir, timestamp
+from cifarzoo.train.rundir import RunDir, run_folder, timestamp
 from cifarzoo.train.step import TrainStep, build_model, make_step
 
 
@@ -366,8 +366,7 @@ def set_up(config: TrainConfig, *, dataset: Dataset | None = None, out_dir: str 
                      precision=precision, compile=compiled, ddp=dist.enabled)
 
     # Every rank must write to (rank 0: into) the same folder: rank 0 names it.
-    run = RunDir(out_dir) if out_dir is not None else dist_mod.broadcast_object(
-        RunDir.new(config.model, runs_root) if dist.is_main else None)
+    run = RunDir(run_folder(config.model, out_dir, runs_root))
     trainer = Trainer(config, ds, split, device, precision, dist, loader, step, run, {}, compiled, why)
     if ckpt is not None:
         trainer.restore(ckpt)
@@ -659,8 +658,7 @@ def finish(trainer: Trainer) -> dict:
     test_loss, test_acc = loss_and_accuracy(final[0], labels, trainer.step.outputs)
     test_loss_tta, test_acc_tta = loss_and_accuracy(final[1], labels, trainer.step.outputs)
     peak, peak_kind = peak_memory_bytes(trainer.device)
-    macs = count_macs(models.create(config.model, num_classes=dataset.num_classes, width_mult=config.width_mult,
-                                    **config.model_kwargs))
+    macs = count_macs(models.from_config(config, dataset.num_classes))
     images_seen = sum(r["images_per_second"] * r["epoch_seconds"] for r in trainer.metrics)
     summary = {
         "model": config.model, "status": "finished", "epochs": config.epochs, "seed": config.seed,
@@ -722,8 +720,7 @@ def fit(
         ckpt, config, out_dir = _open_resume(resume, dist)
     if config is None:
         raise CifarzooError("fit() needs a config or a run folder to resume")
-    if out_dir is None:  # every rank writes to (rank 0: into) the same folder: rank 0 names it
-        out_dir = dist_mod.broadcast_object(RunDir.new(config.model, runs_root).path if dist.is_main else None)
+    out_dir = run_folder(config.model, out_dir, runs_root)
     lock = _claim(RunDir(out_dir), dist, fresh=ckpt is None, force=force)
     try:
         trainer = set_up(config, dataset=dataset, out_dir=out_dir, ckpt=ckpt, runs_root=runs_root)
