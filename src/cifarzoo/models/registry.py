@@ -241,6 +241,9 @@ def _outside_entry(key: str) -> ModelEntry:
     key = key.strip()
     if key in _OUTSIDE:
         return _OUTSIDE[key]
+    registered = next((e for e in _REGISTRY.values() if e.key == key), None)
+    if registered is not None:  # registered in this process (from a module or a notebook)
+        return registered
     if key.startswith("<instance"):
         raise ModelNotImportable(
             f"model {key!r} was an nn.Module instance given to cifarzoo.fit() in another Python process; a run "
