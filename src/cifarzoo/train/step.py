@@ -73,9 +73,6 @@ class TrainStep:
         self.model, self.config, self.device, self.precision = model, config, device, precision
         self.forward = forward if forward is not None else model
         self.outputs = output_kind(model)  # "logits", or an as-written network's probabilities
-        from cifarzoo.models import get_entry
-
-        self.split_outputs = get_entry(config.model).split_outputs  # logits and auxiliary heads (Inception)
         self.total_steps = total_steps
         self.global_step = 0  # optimizer steps taken so far (lookahead's clock)
         self.optimizer = make_optimizer(model, config, device, steps_per_epoch)
@@ -101,7 +98,7 @@ class TrainStep:
                 out = self.forward(x)
             # The zoo's networks (logits) call model_loss(out, y, config) exactly as before.
             extra = {} if self.outputs == "logits" else {"outputs": self.outputs}
-            loss, logits = model_loss(out, y, self.config, split_outputs=self.split_outputs, **extra)
+            loss, logits = model_loss(out, y, self.config, **extra)
             self.scaler.scale(loss).backward()
         except BaseException:
             self._restore(snapshot)
