@@ -4,6 +4,7 @@
     run = cz.fit("resnet18", data="sample", epochs=3, width_mult=0.25)
     run.evaluate().accuracy          # EvalResult, as `cifarzoo evaluate`
     run.predict(images)              # top-3 classes and probabilities per image
+    run.predict_proba(x)             # np.ndarray (N, C); run.model, run.history, cz.lr_find(...)
     run.plot()                       # a matplotlib Figure of the learning curves
     run                              # in Jupyter: the summary table and the curves
     study = cz.benchmark(["resnet18", "vgg16"], preset="quick")
@@ -97,7 +98,7 @@ def _finished_run(run_dir: Path, config, dataset) -> "Run | None":
 
 # --------------------------------------------------------------------------- fit
 def fit(
-    model: str | None = None,
+    model: Any = None,
     *,
     data: Any = None,
     classes: Iterable[str] | None = None,
@@ -110,6 +111,9 @@ def fit(
     **settings: Any,
 ) -> "Run":
     """Train ``model`` and return its :class:`Run` (the run folder, as ``cifarzoo train`` leaves it).
+
+    ``model``: a registered name, ``"package.module:name"``, a factory (class or function taking
+    ``num_classes``; recorded by import path) or an ``nn.Module`` (a copy is trained; this process only).
 
     ``settings`` are any :class:`~cifarzoo.train.TrainConfig` fields (``epochs=3,
     width_mult=0.25, lr=0.1, ...``) over the model's recipe and ``preset``; unknown or
