@@ -21,12 +21,12 @@ __version__ = "0.1.0"
 
 from cifarzoo.errors import CifarzooError  # noqa: E402
 
-_API = ("fit", "load_run", "load_data", "benchmark", "load_study", "Run", "Study")
+_API = ("fit", "lr_find", "load_run", "load_data", "benchmark", "load_study", "Run", "Study")
+_MODELS = ("register_model",)  # from cifarzoo.models
 _TRACKING = ("TensorBoardLogger", "MLflowLogger")  # tensorboard / mlflow imported only when one is made
-
 _CALLBACKS = ("Callback", "StopTraining", "EarlyStopping")  # cifarzoo.train.callbacks
 
-__all__ = ["CifarzooError", "__version__", "register_augmentation", *_API, *_CALLBACKS, *_TRACKING]
+__all__ = ["CifarzooError", "__version__", "register_augmentation", *_API, *_MODELS, *_CALLBACKS, *_TRACKING]
 
 
 def __getattr__(name: str):
@@ -46,8 +46,12 @@ def __getattr__(name: str):
         from cifarzoo.train import callbacks
 
         return getattr(callbacks, name)
+    if name in _MODELS:
+        from cifarzoo import models
+
+        return getattr(models, name)
     raise AttributeError(f"module 'cifarzoo' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_API) | set(_CALLBACKS) | set(_TRACKING) | {"register_augmentation"})
+    return sorted(set(globals()) | set(_API) | set(_MODELS) | set(_CALLBACKS) | set(_TRACKING) | {"register_augmentation"})

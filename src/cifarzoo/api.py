@@ -4,6 +4,7 @@
     run = cz.fit("resnet18", data="sample", epochs=3, width_mult=0.25)
     run.evaluate().accuracy          # EvalResult, as `cifarzoo evaluate`
     run.predict(images)              # top-3 classes and probabilities per image
+    run.predict_proba(x)             # np.ndarray (N, C); run.model, run.history, cz.lr_find(...)
     run.plot()                       # a matplotlib Figure of the learning curves
     run                              # in Jupyter: the summary table and the curves
     study = cz.benchmark(["resnet18", "vgg16"], preset="quick")
@@ -21,54 +22,20 @@ default CIFAR-10 cache), a :class:`~cifarzoo.data.Dataset`, or arrays in memory
 from __future__ import annotations
 
 import base64
-import functools
 import html
 import os
-import sys
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from cifarzoo.data.arrays import ARRAYS_SPEC, is_arrays
+from cifarzoo.data.arrays import ARRAYS_SPEC, arrays_needed, is_arrays, other_arrays, resolve_data, resume_dataset
 from cifarzoo.errors import CifarzooError
 
 
 # --------------------------------------------------------------------------- helpers
-@functools.lru_cache(maxsize=None)
-def _png_figure_class():
-    """A matplotlib Figure that Jupyter shows as a PNG even before pyplot's inline backend is set up."""
-    from matplotlib.figure import Figure
-
-    from cifarzoo.io import figure_bytes
-
-    class PngFigure(Figure):
-        def _repr_png_(self) -> bytes:
-            return figure_bytes(self)
-
-    return PngFigure
-
-
-def resolve_data(data: Any, classes: Iterable[str] | None = None):
-    """``(spec saved in config.json, Dataset or None)`` for the API's ``data`` argument."""
-    from cifarzoo.data import Dataset
-
-    if is_arrays(data):
-        from cifarzoo.data.arrays import from_arrays
-
-        return ARRAYS_SPEC, from_arrays(data, classes)
-    if classes is not None:
-        raise CifarzooError("classes= names the classes of arrays given as data=; a data source "
-                            f"({data!r}) has its own class names")
-    if isinstance(data, Dataset):
-        return ARRAYS_SPEC, data
-    if data is None or isinstance(data, (str, os.PathLike)):
-        return (None if data is None else str(data)), None
-    raise CifarzooError(f"data: expected a --data spec ('sample', a path), a Dataset or arrays "
-                        f"(x_train, y_train, x_test, y_test); got {type(data).__name__}")
-
-
 def _run_folder(path: str | os.PathLike) -> Path:
-    p = Path(path)
-    return p.parent if p.is_file() else p
+    from cifarzoo.train.rundir import RunDir
+
+    return RunDir.of(path).path
 
 
 def _files(run_dir: Path):
@@ -100,56 +67,6 @@ def _read_object(path: Path, *, dicts: tuple[str, ...] = (), numbers: tuple[str,
     return obj
 
 
-def _arrays_needed(run_dir: Path, what: str) -> CifarzooError:
-    return CifarzooError(
-        f"{run_dir}: this run was trained on arrays in memory (data spec {ARRAYS_SPEC!r}), which a run folder "
-        f"does not keep; pass them again to {what}: data=(x_train, y_train, x_test, y_test)")
-
-
-def resume_dataset(run_dir: str | os.PathLike, data: Any, classes: Iterable[str] | None = None,
-                   labels: str | None = None):
-    """The Dataset to resume ``run_dir`` with (None: fit loads the run's own source).
-
-    Only a run trained from arrays takes ``data`` (any ``data=`` form, or a ``--data`` spec
-    of the same images saved to disk, loaded with ``labels``, default the run's own);
-    it must hold the classes and training images the run was trained on.
-    """
-    run_dir = _run_folder(run_dir)
-    info = _read_info(run_dir)
-    spec = info.get("config", {}).get("data")
-    saved = info.get("data", {})
-    if spec != ARRAYS_SPEC:
-        if data is not None:
-            raise CifarzooError(f"{run_dir}: a resumed run keeps its data ({spec or 'the default CIFAR-10'}); "
-                                "give no data (data= / --data)")
-        return None
-    if data is None:
-        raise _arrays_needed(run_dir, "resume it")
-    if classes is None and is_arrays(data):
-        classes = saved.get("classes")
-    spec, ds = resolve_data(data, classes)
-    if ds is None:  # the same images, saved to disk meanwhile
-        from cifarzoo.data import load
-
-        ds = load(spec, labels=labels or info.get("config", {}).get("labels", "fine"), progress=False)
-    problem = _other_arrays(saved, ds)
-    if problem:
-        raise CifarzooError(f"{run_dir}: {problem}")
-    return ds
-
-
-def _other_arrays(saved: dict, ds) -> str | None:
-    """Why ``ds`` is not the data a run's config.json ``saved`` describes (classes, training-image mean), or None."""
-    import numpy as np
-
-    if saved.get("classes") is not None and list(ds.classes) != list(saved["classes"]):
-        return f"trained on classes {saved['classes']}, the arrays given have {list(ds.classes)}"
-    if saved.get("mean") is not None and not np.allclose(ds.mean, saved["mean"], rtol=0, atol=1e-6):
-        return (f"these are not the arrays the run was trained on (training-image mean "
-                f"{[round(m, 3) for m in ds.mean]}, config.json says {[round(m, 3) for m in saved['mean']]})")
-    return None
-
-
 def _finished_run(run_dir: Path, config, dataset) -> "Run | None":
     """The finished run that ``run_dir`` holds with ``config`` and the same data (a re-run notebook cell).
 
@@ -164,7 +81,7 @@ def _finished_run(run_dir: Path, config, dataset) -> "Run | None":
     saved = folder.saved_config()
     diff = ["config.json is missing or unreadable"] if saved is None else settings_changed(saved, config)
     if not diff and dataset is not None:
-        problem = _other_arrays((folder.read_info() or {}).get("data", {}), dataset)
+        problem = other_arrays((folder.read_info() or {}).get("data", {}), dataset)
         diff = [problem] if problem else []
     state = folder.state()
     if not diff and state == FINISHED:
@@ -181,7 +98,7 @@ def _finished_run(run_dir: Path, config, dataset) -> "Run | None":
 
 # --------------------------------------------------------------------------- fit
 def fit(
-    model: str | None = None,
+    model: Any = None,
     *,
     data: Any = None,
     classes: Iterable[str] | None = None,
@@ -195,6 +112,9 @@ def fit(
     **settings: Any,
 ) -> "Run":
     """Train ``model`` and return its :class:`Run` (the run folder, as ``cifarzoo train`` leaves it).
+
+    ``model``: a registered name, ``"package.module:name"``, a factory (class or function taking
+    ``num_classes``; recorded by import path) or an ``nn.Module`` (a copy is trained; this process only).
 
     ``settings`` are any :class:`~cifarzoo.train.TrainConfig` fields (``epochs=3,
     width_mult=0.25, lr=0.1, ...``) over the model's recipe and ``preset``; unknown or
@@ -220,20 +140,19 @@ def fit(
             raise CifarzooError("resume=: a resumed run keeps its settings and folder; drop "
                                 + ", ".join(given + sorted(settings)))
         run_dir = _run_folder(resume)
-        dataset = resume_dataset(run_dir, data, classes)
+        dataset = resume_dataset(run_dir, _read_info(run_dir), data, classes)
         kwargs = dict(resume=resume, dataset=dataset)
     else:
         if model is None:
             raise CifarzooError("fit() needs a model name (see `cifarzoo models`), or resume=RUN_FOLDER")
+        model = _model_key(model)
         spec, dataset = resolve_data(data, classes)
         if dataset is not None and dataset.labelling and "labels" not in settings:
             settings["labels"] = dataset.labelling  # a CIFAR-100 Dataset: saved, so its path reloads the same
         config = make_config(model, preset=preset, data=spec, **settings)
-        if out is None:
-            from cifarzoo.train.rundir import RunDir
+        from cifarzoo.train.rundir import run_folder
 
-            out = RunDir.new(config.model, runs_root).path
-        run_dir = Path(out)
+        run_dir = run_folder(config.model, out, runs_root)
         done = None if force else _finished_run(run_dir, config, dataset)
         if done is not None:
             return done
@@ -246,6 +165,51 @@ def fit(
                          + (", data=...)" if dataset is not None else ")"))
         raise
     return Run(result.run_dir, dataset=dataset)
+
+
+def _model_key(model: Any) -> str:
+    """A model name as given, or the key that a factory or an ``nn.Module`` instance is recorded under."""
+    if isinstance(model, str):
+        return model
+    from cifarzoo.models import model_key
+
+    return model_key(model)
+
+
+def lr_find(model: Any, *, data: Any = "sample", classes: Iterable[str] | None = None, steps: int = 60,
+            lo: float = 1e-5, hi: float = 10.0, batch_size: int = 64, **settings: Any):
+    """A learning-rate range test (Smith 2017), as ``cifarzoo doctor`` runs it, for a notebook.
+
+    ``model``: what :func:`fit` takes (a name, a factory, an ``nn.Module``, whose copy is
+    used); ``settings``: TrainConfig fields over the model's recipe (the optimizer and its
+    parameter groups come from them). The lr rises exponentially from ``lo`` to ``hi`` over
+    ``steps`` training batches of ``data``, on the CPU, until the loss diverges. Returns
+    :class:`cifarzoo.doctor.LRCurve`: ``.lrs``, ``.losses``, ``.suggested_lr`` and ``.plot()``.
+    """
+    import torch
+
+    from cifarzoo import models
+    from cifarzoo.doctor import lr_range_curve
+    from cifarzoo.train import make_config
+
+    if not (isinstance(steps, int) and not isinstance(steps, bool) and 2 <= steps <= 10_000):
+        raise CifarzooError(f"steps must be an integer in [2, 10000], got {steps!r}")
+    if not (isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and 0 < lo < hi):
+        raise CifarzooError(f"lo and hi must be learning rates with 0 < lo < hi, got lo={lo!r}, hi={hi!r}")
+    spec, dataset = resolve_data(data, classes)
+    if dataset is None:
+        from cifarzoo.data import load
+
+        dataset = load(spec, labels=settings.get("labels") or "fine", progress=False)
+    if not (isinstance(batch_size, int) and not isinstance(batch_size, bool)
+            and 1 <= batch_size <= len(dataset.train_labels)):
+        raise CifarzooError(f"batch_size must be an integer in [1, {len(dataset.train_labels)}] (the training "
+                            f"images), got {batch_size!r}")
+    config = make_config(_model_key(model), data=spec, **settings)
+    torch.manual_seed(config.seed)
+    net = models.from_config(config, dataset.num_classes)
+    return lr_range_curve(net, dataset, config, steps=steps, lo=float(lo), hi=float(hi), batch_size=batch_size,
+                          seed=config.seed)
 
 
 def load_run(path: str | os.PathLike) -> "Run":
@@ -345,11 +309,11 @@ class Run:
             data, classes if classes is not None or not is_arrays(data) else self.classes)
         if data is None and self.trained_on_arrays:
             if self._dataset is None:
-                raise _arrays_needed(self.run_dir, "evaluate it")
+                raise arrays_needed(self.run_dir, "evaluate it")
             dataset = self._dataset
         return evaluate(self.run_dir, data=spec, labels=labels, dataset=dataset, tta=tta, device=device, save=save)
 
-    def predict(self, images: Any, *, top_k: int = 3, device: str = "auto") -> list:
+    def predict(self, images: Any, *, top_k: int = 3, as_labels: bool = False, device: str = "auto"):
         """Top-``top_k`` classes and probabilities of each image, as ``cifarzoo predict``.
 
         ``images``: uint8 ``(N, 32, 32, 3)`` or one ``(32, 32, 3)`` array, an image file path,
@@ -357,28 +321,64 @@ class Run:
         to 32x32 RGB as ``cifarzoo predict`` does). Returns one
         :class:`cifarzoo.predict.Prediction` per image, in order (``.top``: [(class,
         probability)], best first; ``.error`` set for a file that cannot be read).
+        ``as_labels=True``: an int64 array ``(N,)`` of class indices into :attr:`classes`
+        instead (Keras' ``argmax`` of ``predict``); an unreadable file then raises.
         """
-        from cifarzoo.predict import Prediction, load_classifier
+        from cifarzoo.predict import check_top_k, predict_images
 
-        from cifarzoo.data.sources import MAX_CLASSES
+        if as_labels:
+            return self.predict_proba(images, device=device).argmax(axis=1)
+        check_top_k(top_k, "top_k")
+        return predict_images(self.run_dir, images, top_k=top_k, device=device)
 
-        if not (isinstance(top_k, int) and not isinstance(top_k, bool) and 1 <= top_k <= MAX_CLASSES):
-            raise CifarzooError(f"top_k must be an integer in [1, {MAX_CLASSES}], got {top_k!r}")
-        names, arrays, errors = _image_inputs(images)
-        results = [Prediction(n, error=e) for n, e in zip(names, errors)]
-        good = [i for i, a in enumerate(arrays) if a is not None]
-        if good:
-            import numpy as np
+    def predict_proba(self, images: Any, *, device: str = "auto"):
+        """Class probabilities, a float32 array ``(N, C)`` whose rows sum to 1 (columns: :attr:`classes`).
 
-            clf = load_classifier(self.run_dir, device=device)
-            for i, top in zip(good, _top_k(clf, np.stack([arrays[i] for i in good]), top_k)):
-                results[i].top = top
-        return results
+        ``images``: any form :meth:`predict` takes; an image that cannot be read raises.
+        """
+        import numpy as np
+
+        from cifarzoo.predict import load_classifier, probabilities, read_images
+
+        names, arrays, errors = read_images(images)
+        bad = next((e for e in errors if e is not None), None)
+        if bad is not None:
+            raise CifarzooError(bad)
+        return probabilities(load_classifier(self.run_dir, device=device), np.stack(arrays), names=names,
+                             source=self.run_dir)
+
+    @property
+    def model(self):
+        """The trained network in eval mode on the CPU, behind its input normalization (a new copy each time).
+
+        It takes images as they come, ``(B, 32, 32, 3)`` uint8 or float in [0, 255], and returns
+        logits ``(B, C)`` (:class:`cifarzoo.inference.ImageClassifier`); ``.model`` is the bare
+        network, which takes normalized ``(B, 3, 32, 32)`` float batches.
+        """
+        from cifarzoo.inference import ImageClassifier
+        from cifarzoo.train.checkpoint import load_model
+
+        net, ckpt = load_model(self.run_dir)
+        return ImageClassifier(net, ckpt["normalization"]["mean"], ckpt["normalization"]["std"]).eval()
+
+    @property
+    def history(self):
+        """:attr:`metrics` as a pandas DataFrame, one row per epoch (Keras' ``History.history``); the list of
+        dicts when pandas is not installed."""
+        rows = self.metrics
+        try:
+            import pandas as pd
+        except ImportError:
+            return rows
+        from cifarzoo.train.rundir import METRIC_COLUMNS
+
+        return pd.DataFrame(rows, columns=list(rows[0]) if rows else list(METRIC_COLUMNS))
 
     # ---- display
-    def plot(self):
-        """The loss and accuracy curves as a matplotlib Figure (no pyplot state; display it or ``.savefig``)."""
-        from cifarzoo.plots import curves_figure
+    def plot(self, *, pyplot: bool | None = None):
+        """The loss and accuracy curves as a matplotlib Figure: shown inline in Jupyter, by ``plt.show()``
+        once pyplot is imported, or saved with ``.savefig`` (``pyplot``: see :func:`cifarzoo.plots.user_figure`)."""
+        from cifarzoo.plots import CURVES_SIZE, curves_figure, user_figure
 
         rows = self.metrics
         if not rows:
@@ -387,7 +387,7 @@ class Run:
         c = info.get("config", {})
         return curves_figure(rows, title=f"{c.get('model')} (width {c.get('width_mult')}, seed {c.get('seed')})",
                              eval_name=info.get("data", {}).get("eval_split", "eval"),
-                             figure_class=_png_figure_class())
+                             fig=user_figure(CURVES_SIZE, pyplot=pyplot))
 
     def _repr_html_(self) -> str:
         info, s, rows = self.info, self.summary, self.metrics
@@ -408,71 +408,8 @@ class Run:
         if rows:
             from cifarzoo.io import figure_bytes
 
-            parts.append(_img(figure_bytes(self.plot()), "learning curves"))
+            parts.append(_img(figure_bytes(self.plot(pyplot=False)), "learning curves"))  # not left open in pyplot
         return '<div class="cifarzoo-run">' + "".join(parts) + "</div>"
-
-
-def _image_inputs(images: Any) -> tuple[list[str], list, list]:
-    """(names, uint8 (32,32,3) arrays or None, errors) for what :meth:`Run.predict` accepts."""
-    import numpy as np
-
-    from cifarzoo.data.arrays import check_images
-
-    if isinstance(images, np.ndarray):
-        if images.ndim == 3:
-            return ["images[0]"], [check_images(images[None], "images")[0]], [None]
-        batch = check_images(images, "images")
-        return [f"images[{i}]" for i in range(len(batch))], list(batch), [None] * len(batch)
-    if isinstance(images, (str, os.PathLike)) or _is_pil(images):
-        images = [images]
-    if not isinstance(images, (list, tuple)) or not images:
-        raise CifarzooError(f"images: expected an array, a file path, a PIL image or a non-empty list of them, "
-                            f"got {type(images).__name__}")
-    names, arrays, errors = [], [], []
-    for i, item in enumerate(images):
-        name, array, error = _one_image(item, i)
-        names.append(name), arrays.append(array), errors.append(error)
-    return names, arrays, errors
-
-
-def _is_pil(obj: Any) -> bool:
-    pil = sys.modules.get("PIL.Image")
-    return pil is not None and isinstance(obj, pil.Image)
-
-
-def _one_image(item: Any, i: int):
-    import numpy as np
-
-    from cifarzoo.data.arrays import check_images
-    from cifarzoo.data.sources import image_to_rgb32, load_image_file
-
-    if isinstance(item, (str, os.PathLike)):
-        try:
-            return str(item), load_image_file(item), None
-        except CifarzooError as exc:  # as `cifarzoo predict`: report it, classify the rest
-            return str(item), None, str(exc)
-    if _is_pil(item):
-        try:
-            return f"images[{i}]", image_to_rgb32(item, f"images[{i}]"), None
-        except CifarzooError as exc:  # as a file: report it, classify the rest
-            return f"images[{i}]", None, str(exc)
-    if isinstance(item, np.ndarray):
-        return f"images[{i}]", check_images(item[None], f"images[{i}]")[0], None
-    raise CifarzooError(f"images[{i}]: expected a (32, 32, 3) uint8 array, a file path or a PIL image, "
-                        f"got {type(item).__name__}")
-
-
-def _top_k(clf, images, top_k: int, batch_size: int = 256) -> list[list[tuple[str, float]]]:
-    import numpy as np
-    import torch
-
-    k = min(top_k, len(clf.classes))
-    out = []
-    for start in range(0, len(images), batch_size):
-        logits = np.asarray(clf.predict_logits(images[start:start + batch_size]), dtype=np.float32)
-        p, idx = torch.softmax(torch.from_numpy(logits), dim=1).topk(k, dim=1)
-        out += [[(clf.classes[j], float(q)) for q, j in zip(pr, ir)] for pr, ir in zip(p.tolist(), idx.tolist())]
-    return out
 
 
 def _kv_table(items: list[tuple[str, str]]) -> str:

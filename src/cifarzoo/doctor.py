@@ -159,9 +159,46 @@ def check_overfit_batch(model, x, y, *, steps: int = 300, lr: float = 1e-3, targ
                  "the image to nothing.", {"steps": steps, "losses": losses})
 
 
+@dataclass(repr=False)
+class LRCurve:
+    """A learning-rate range test's result: the smoothed loss at each lr tried, and the lr it suggests."""
+    lrs: list[float]  # one per step, rising exponentially
+    losses: list[float]  # training loss at each, smoothed (0.7 old + 0.3 new)
+    suggested_lr: float  # a tenth of the lr where the smoothed loss was lowest
+    diverged_at: float | None  # the lr at which the test stopped on a diverging loss, or None
+    optimizer: str
+    recipe_lr: float  # the peak lr the model's recipe uses, for comparison
+
+    def __repr__(self) -> str:
+        return (f"LRCurve(suggested_lr={self.suggested_lr:.2g}, recipe_lr={self.recipe_lr:g}, "
+                f"optimizer={self.optimizer!r}, steps={len(self.lrs)}, diverged_at="
+                + ("None" if self.diverged_at is None else f"{self.diverged_at:.2g}") + ")")
+
+    def plot(self, *, pyplot: bool | None = None):
+        """The loss against the lr (log axis), the suggested lr marked, as a matplotlib Figure
+        (shown as :meth:`cifarzoo.Run.plot`'s is)."""
+        from cifarzoo.plots import lr_curve_figure, user_figure
+
+        return lr_curve_figure(self.lrs, self.losses, self.suggested_lr, title=f"lr range test ({self.optimizer})",
+                               fig=user_figure((6, 4), pyplot=pyplot))
+
+
 def lr_range_test(model, ds: Dataset, config, *, steps: int = 60, lo: float = 1e-5, hi: float = 10.0,
                   batch_size: int = 64, seed: int = 0) -> Check:
-    """Raise the lr exponentially from ``lo`` to ``hi`` over ``steps`` batches; report where the loss diverges.
+    """:func:`lr_range_curve` as a doctor's check: where the loss was lowest, where it diverged."""
+    curve = lr_range_curve(model, ds, config, steps=steps, lo=lo, hi=hi, batch_size=batch_size, seed=seed)
+    best = curve.lrs[int(np.argmin(curve.losses))]
+    finding = (f"with {config.optimizer}, the loss was lowest at lr {best:.2g}"
+               + (f" and diverged at lr {curve.diverged_at:.2g}" if curve.diverged_at else "")
+               + f"; a peak lr near {curve.suggested_lr:.2g} is a safe start (the recipe uses {config.lr:g}).")
+    return Check("learning-rate range test", True, finding,
+                 {"lrs": curve.lrs, "losses": curve.losses, "suggested_lr": curve.suggested_lr,
+                  "diverged_at": curve.diverged_at})
+
+
+def lr_range_curve(model, ds: Dataset, config, *, steps: int = 60, lo: float = 1e-5, hi: float = 10.0,
+                   batch_size: int = 64, seed: int = 0) -> LRCurve:
+    """Raise the lr exponentially from ``lo`` to ``hi`` over ``steps`` batches; stop where the loss diverges.
 
     Each batch goes through the trainer's own step (its optimizer and parameter groups,
     its loss), with the lr ramp as its schedule; no EMA or lookahead, fp32 on the CPU.
@@ -197,14 +234,9 @@ def lr_range_test(model, ds: Dataset, config, *, steps: int = 60, lo: float = 1e
         losses.append(smooth)
         if not math.isfinite(v) or smooth > 4 * min(losses):
             break
-    best = int(np.argmin(losses))
-    suggested = lrs[best] / 10
+    suggested = lrs[int(np.argmin(losses))] / 10
     diverged = lrs[-1] if len(lrs) < steps else None
-    finding = (f"with {config.optimizer}, the loss was lowest at lr {lrs[best]:.2g}"
-               + (f" and diverged at lr {diverged:.2g}" if diverged else "")
-               + f"; a peak lr near {suggested:.2g} is a safe start (the recipe uses {config.lr:g}).")
-    return Check("learning-rate range test", True, finding,
-                 {"lrs": lrs, "losses": losses, "suggested_lr": suggested, "diverged_at": diverged})
+    return LRCurve(lrs, losses, suggested, diverged, config.optimizer, config.lr)
 
 
 def run_doctor(model_name: str, ds: Dataset, *, width_mult: float = 1.0, seed: int = 0,
@@ -223,7 +255,7 @@ def run_doctor(model_name: str, ds: Dataset, *, width_mult: float = 1.0, seed: i
     checks = [check_normalization(ds, config.normalize), check_balance(ds)]
 
     torch.manual_seed(seed)
-    model = models.create(name, num_classes=ds.num_classes, width_mult=width_mult, **config.model_kwargs)
+    model = models.from_config(config, ds.num_classes)
     idx = np.arange(min(64, len(ds.train_labels)))
     _, train_mean, train_std = input_normalization(ds, config.normalize)
     x = normalize_images(torch.from_numpy(ds.train_images[idx]), train_mean, train_std)
@@ -233,7 +265,7 @@ def run_doctor(model_name: str, ds: Dataset, *, width_mult: float = 1.0, seed: i
     checks.append(check_overfit_batch(model, x, y, steps=overfit_steps))
 
     torch.manual_seed(seed)
-    fresh = models.create(name, num_classes=ds.num_classes, width_mult=width_mult, **config.model_kwargs)
+    fresh = models.from_config(config, ds.num_classes)
     lr_check = lr_range_test(fresh, ds, config, steps=lr_steps, seed=seed)
     checks.append(lr_check)
     return DoctorReport(name, checks, lr_check.details.get("suggested_lr"))

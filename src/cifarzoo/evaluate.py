@@ -22,7 +22,7 @@ from cifarzoo.plots import MANY_CLASSES, plot_confusion
 from cifarzoo.train.checkpoint import load_model
 
 
-@dataclass
+@dataclass(repr=False)
 class EvalResult:
     accuracy: float  # top-1 in [0, 1]
     loss: float  # mean cross-entropy, no smoothing
@@ -34,6 +34,11 @@ class EvalResult:
     tta: bool
     data_source: str
     checkpoint: str
+
+    def __repr__(self) -> str:
+        # One line: the logits, labels and confusion matrix are there as attributes, not printed.
+        return (f"EvalResult(accuracy={self.accuracy:.4f}, loss={self.loss:.4f}, images={len(self.labels)}, "
+                f"classes={len(self.classes)}, tta={self.tta}, data_source={self.data_source!r})")
 
     def to_dict(self) -> dict:
         return {

@@ -102,27 +102,6 @@ def _require(*names: str) -> dict[str, Any]:
     return mods
 
 
-def _image_wrapper(model, mean, std, layout: str):
-    """``model`` behind the preprocessing: float [0, 255] images in ``layout`` -> logits."""
-    import torch
-    from torch import nn
-
-    class ImageClassifier(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-            # (1, 3, 1, 1), [0, 255] units: the same arithmetic as data.loader.normalize
-            self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
-            self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
-
-        def forward(self, images):
-            if layout == "nhwc":
-                images = images.permute(0, 3, 1, 2)  # (B, H, W, 3) -> (B, 3, H, W)
-            return self.model((images - self.mean) / self.std)
-
-    return ImageClassifier().eval()
-
-
 @contextlib.contextmanager
 def _quiet_exporter():
     """Keep the exporter's progress lines, log records and deprecation warnings off the
@@ -306,7 +285,9 @@ def export_onnx(
     layout, opset, images, mods = _check_arguments(layout, exporter, atol, opset, check_images)
     model, ckpt, target, mean, std = _load_for_export(run_or_checkpoint, out)
     name = str(ckpt["model"]["name"])
-    wrapper = _image_wrapper(model, mean, std, layout)
+    from cifarzoo.inference import ImageClassifier
+
+    wrapper = ImageClassifier(model, mean, std, layout).eval()
     # The reference comes first, so that an exporter which changed the module in
     # passing (a buffer, a cache, train/eval mode) shows up as a mismatch.
     ref = _torch_logits(wrapper, images, layout)  # (N, num_classes)

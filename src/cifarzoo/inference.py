@@ -132,6 +132,33 @@ def predict_tta_logits(
     return {v: torch.cat(chunks).cpu() if chunks else torch.empty(0, 0) for v, chunks in out.items()}
 
 
+class ImageClassifier(nn.Module):
+    """``model`` behind its input normalization: images in [0, 255] -> logits ``(B, C)``.
+
+    ``layout`` "nhwc" takes ``(B, 32, 32, 3)`` (what a Dataset, ``load_data`` and PIL give),
+    "nchw" ``(B, 3, 32, 32)``; uint8 or float pixel values, never rescaled to [0, 1]. The
+    arithmetic is :func:`cifarzoo.data.loader.normalize`'s, with ``mean``/``std`` (3 numbers,
+    [0, 255] units) as buffers, so an exported graph holds it too. ``.model`` is the bare
+    network, which takes normalized NCHW float batches.
+    """
+
+    def __init__(self, model: nn.Module, mean, std, layout: str = "nhwc") -> None:
+        super().__init__()
+        if layout not in ("nhwc", "nchw"):
+            raise ValueError(f"layout must be 'nhwc' or 'nchw', got {layout!r}")
+        self.model, self.layout = model, layout
+        # (1, 3, 1, 1), [0, 255] units
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dtype == torch.uint8:
+            images = images.float()
+        if self.layout == "nhwc":
+            images = images.permute(0, 3, 1, 2)  # (B, H, W, 3) -> (B, 3, H, W)
+        return self.model((images - self.mean) / self.std)
+
+
 def loss_and_accuracy(logits: torch.Tensor, labels: np.ndarray | torch.Tensor,
                       outputs: str = "logits") -> tuple[float, float]:
     """Mean loss (cross-entropy, no smoothing; an as-written network's own, see ``outputs`` of

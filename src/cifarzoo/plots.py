@@ -7,8 +7,10 @@ one colour in every figure (``model_colors``).
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
+import sys
 from typing import Sequence
 
 import numpy as np
@@ -20,6 +22,7 @@ DPI = 100
 # figures drop the per-cell numbers, and tables list the most frequent confusions and sort
 # (or fold) the per-class accuracy instead (cifarzoo.evaluate, the study report).
 MANY_CLASSES = 20
+CURVES_SIZE = (10, 3.8)  # inches: a run's loss and accuracy side by side
 
 
 def literal_text(draw):
@@ -41,6 +44,36 @@ def _figure(width: float, height: float, layout: str | None = None):
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), dpi=DPI, layout=layout)
+
+
+@functools.lru_cache(maxsize=None)
+def _png_figure_class():
+    """A Figure that Jupyter shows as a PNG even before pyplot's inline backend is set up."""
+    from matplotlib.figure import Figure
+
+    from cifarzoo.io import figure_bytes
+
+    class PngFigure(Figure):
+        def _repr_png_(self) -> bytes:
+            return figure_bytes(self)
+
+    return PngFigure
+
+
+def user_figure(figsize: tuple[float, float], *, pyplot: bool | None = None):
+    """A Figure to hand to a user (``run.plot()``, ``lr_find(...).plot()``).
+
+    With pyplot imported (``pyplot`` None: whether it is), pyplot manages it, so ``plt.show()``
+    and the inline backend show it as any figure; without pyplot, no global state is
+    touched and Jupyter shows it through its own ``_repr_png_``.
+    """
+    if pyplot is None:
+        pyplot = "matplotlib.pyplot" in sys.modules
+    if pyplot:
+        import matplotlib.pyplot as plt
+
+        return plt.figure(figsize=figsize, dpi=DPI)
+    return _png_figure_class()(figsize=figsize, dpi=DPI)
 
 
 def _save(fig, path: str | os.PathLike) -> None:
@@ -245,18 +278,16 @@ def confusion_figure(cm: np.ndarray, classes: Sequence[str], title: str = ""):
 
 
 @literal_text
-def curves_figure(rows: list[dict], title: str = "", eval_name: str = "eval", figure_class=None):
+def curves_figure(rows: list[dict], title: str = "", eval_name: str = "eval", fig=None):
     """One run's loss and accuracy per epoch, train and eval, side by side, as a Figure.
 
-    The caller owns the figure (no pyplot state, no backend change: a notebook's inline
-    plots stay as they are). ``figure_class``: a Figure subclass to build (default Figure).
+    Drawn into ``fig`` (an empty Figure, e.g. :func:`user_figure`'s) or a new one that the
+    caller owns (no pyplot state, no backend change: a notebook's inline plots stay as they are).
     """
-    from matplotlib.figure import Figure
-
     epochs = [r["epoch"] for r in rows]
     evaluated = _evaluated(rows)  # eval_every > 1: the eval curves join the evaluated epochs
     eval_epochs = [r["epoch"] for r in evaluated]
-    fig = (figure_class or Figure)(figsize=(10, 3.8), dpi=DPI)
+    fig = fig if fig is not None else _figure(*CURVES_SIZE)
     ax1, ax2 = fig.subplots(1, 2)
     ax1.plot(epochs, [r["train_loss"] for r in rows], "o-", label="train")
     ax1.plot(eval_epochs, [r["eval_loss"] for r in evaluated], "s-", label=eval_name)
@@ -276,3 +307,21 @@ def curves_figure(rows: list[dict], title: str = "", eval_name: str = "eval", fi
 def plot_curves(path: str | os.PathLike, rows: list[dict], title: str = "") -> None:
     """The run folder's curves.png: :func:`curves_figure` written atomically."""
     _save(curves_figure(rows, title), path)
+
+
+@literal_text
+def lr_curve_figure(lrs: Sequence[float], losses: Sequence[float], suggested: float | None, title: str = "",
+                    fig=None):
+    """The learning-rate range test: smoothed loss against lr (log axis), the suggested lr marked."""
+    fig = fig if fig is not None else _figure(6, 4)
+    ax = fig.subplots()
+    ax.plot(lrs, losses, "-")
+    ax.set_xscale("log")
+    if suggested is not None:
+        ax.axvline(suggested, color="tab:red", linestyle="--", label=f"suggested lr {suggested:.2g}")
+        ax.legend()
+    ax.set_xlabel("learning rate"), ax.set_ylabel("loss (smoothed)"), ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig

@@ -9,6 +9,7 @@ classified.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +64,12 @@ def load_classifier(source: str | os.PathLike, device: str = "auto"):
     return _TorchClassifier(source, device=device)
 
 
+def check_top_k(top_k, what: str = "--top-k") -> int:
+    if not (isinstance(top_k, int) and not isinstance(top_k, bool) and 1 <= top_k <= MAX_CLASSES):
+        raise CifarzooError(f"{what} must be an integer in [1, {MAX_CLASSES}], got {top_k!r}")
+    return top_k
+
+
 def predict_files(
     source: str | os.PathLike,
     paths: list[str | os.PathLike],
@@ -72,30 +79,96 @@ def predict_files(
     batch_size: int = 256,
 ) -> list[Prediction]:
     """Top-``top_k`` classes with probabilities for each image file, in input order."""
-    from cifarzoo.data.sources import load_image_file
-
-    if not (isinstance(top_k, int) and not isinstance(top_k, bool) and 1 <= top_k <= MAX_CLASSES):
-        raise CifarzooError(f"--top-k must be an integer in [1, {MAX_CLASSES}], got {top_k!r}")
+    check_top_k(top_k)
     clf = load_classifier(source, device=device)
-    k = min(top_k, len(clf.classes))
-    results = [Prediction(str(p)) for p in paths]
-    good: list[int] = []
-    images: list[np.ndarray] = []
-    for i, p in enumerate(paths):
-        try:
-            images.append(load_image_file(p))
-            good.append(i)
-        except CifarzooError as exc:
-            results[i].error = str(exc)
-    for start in range(0, len(good), batch_size):
-        batch = np.stack(images[start:start + batch_size])
-        logits = torch.from_numpy(np.asarray(clf.predict_logits(batch), dtype=np.float32))
-        bad = (~torch.isfinite(logits)).any(1).nonzero().flatten()
-        if len(bad):  # never "ship nan%" shown as an answer
-            raise CifarzooError(f"{source}: the model gives non-finite logits (NaN or infinite) for "
-                                f"{paths[good[start + int(bad[0])]]}: its weights or normalization are damaged")
-        probs = torch.softmax(logits, dim=1)
-        p, idx = probs.topk(k, dim=1)
-        for row, i in enumerate(good[start:start + batch_size]):
-            results[i].top = [(clf.classes[j], float(q)) for q, j in zip(p[row].tolist(), idx[row].tolist())]
+    if not paths:
+        return []
+    return predict_images(source, list(paths), top_k=top_k, batch_size=batch_size, clf=clf)
+
+
+def predict_images(source, images, *, top_k: int = 3, device: str = "auto", batch_size: int = 256,
+                   clf=None) -> list[Prediction]:
+    """One :class:`Prediction` per image of ``images`` (any form :func:`read_images` takes), in order;
+    one that cannot be read gets ``.error`` and the rest are still classified."""
+    names, arrays, errors = read_images(images)
+    results = [Prediction(n, error=e) for n, e in zip(names, errors)]
+    good = [i for i, a in enumerate(arrays) if a is not None]
+    if not good:
+        return results
+    clf = clf or load_classifier(source, device=device)
+    probs = probabilities(clf, np.stack([arrays[i] for i in good]), batch_size=batch_size,
+                          names=[names[i] for i in good], source=source)
+    p, idx = torch.from_numpy(probs).topk(min(top_k, len(clf.classes)), dim=1)
+    for i, pr, ir in zip(good, p.tolist(), idx.tolist()):
+        results[i].top = [(clf.classes[j], float(q)) for q, j in zip(pr, ir)]
     return results
+
+
+def probabilities(clf, images: np.ndarray, *, batch_size: int = 256, names=None, source="the model") -> np.ndarray:
+    """Softmax probabilities ``(N, C)`` float32 of uint8 ``images`` ``(N, 32, 32, 3)``; rows sum to 1.
+
+    Non-finite logits are refused, naming the first such image (``names``, default its index):
+    never "nan%" shown as an answer."""
+    out = []
+    for start in range(0, len(images), batch_size):
+        logits = torch.from_numpy(np.asarray(clf.predict_logits(images[start:start + batch_size]), dtype=np.float32))
+        bad = (~torch.isfinite(logits)).any(1).nonzero().flatten()
+        if len(bad):
+            i = start + int(bad[0])
+            raise CifarzooError(f"{source}: the model gives non-finite logits (NaN or infinite) for "
+                                f"{names[i] if names else f'images[{i}]'}: its weights or normalization are damaged")
+        out.append(torch.softmax(logits, dim=1).numpy())
+    return np.concatenate(out) if out else np.zeros((0, len(clf.classes)), np.float32)
+
+
+# --------------------------------------------------------------------------- reading images
+def read_images(images) -> tuple[list[str], list, list]:
+    """``(names, uint8 (32, 32, 3) arrays or None, errors or None)`` for what ``predict`` takes.
+
+    ``images``: uint8 ``(N, 32, 32, 3)`` or one ``(32, 32, 3)`` array, an image file path, a
+    PIL image, or a list of these. Files and PIL images of any size become 32x32 RGB
+    (``cifarzoo.data.sources.load_image_file``); one that cannot be read gets an error and no
+    array. Anything else raises.
+    """
+    from cifarzoo.data.arrays import check_images
+
+    if isinstance(images, np.ndarray):
+        if images.ndim == 3:
+            return ["images[0]"], [check_images(images[None], "images")[0]], [None]
+        batch = check_images(images, "images")
+        return [f"images[{i}]" for i in range(len(batch))], list(batch), [None] * len(batch)
+    if isinstance(images, (str, os.PathLike)) or _is_pil(images):
+        images = [images]
+    if not isinstance(images, (list, tuple)) or not images:
+        raise CifarzooError(f"images: expected an array, a file path, a PIL image or a non-empty list of them, "
+                            f"got {type(images).__name__}")
+    names, arrays, errors = [], [], []
+    for i, item in enumerate(images):
+        name, array, error = _one_image(item, i)
+        names.append(name), arrays.append(array), errors.append(error)
+    return names, arrays, errors
+
+
+def _is_pil(obj) -> bool:
+    pil = sys.modules.get("PIL.Image")
+    return pil is not None and isinstance(obj, pil.Image)
+
+
+def _one_image(item, i: int):
+    from cifarzoo.data.arrays import check_images
+    from cifarzoo.data.sources import image_to_rgb32, load_image_file
+
+    if isinstance(item, (str, os.PathLike)):
+        try:
+            return str(item), load_image_file(item), None
+        except CifarzooError as exc:  # report it, classify the rest
+            return str(item), None, str(exc)
+    if _is_pil(item):
+        try:
+            return f"images[{i}]", image_to_rgb32(item, f"images[{i}]"), None
+        except CifarzooError as exc:  # as a file: report it, classify the rest
+            return f"images[{i}]", None, str(exc)
+    if isinstance(item, np.ndarray):
+        return f"images[{i}]", check_images(item[None], f"images[{i}]")[0], None
+    raise CifarzooError(f"images[{i}]: expected a (32, 32, 3) uint8 array, a file path or a PIL image, "
+                        f"got {type(item).__name__}")

@@ -87,7 +87,7 @@ def check_arguments(args) -> None:
     """MODEL or --resume DIR; a resumed run keeps its saved settings, so no setting may come with it.
 
     ``--data`` is the exception: a run trained from arrays in memory takes the same data again
-    from a file (checked by ``api.resume_dataset``, which refuses it for any other run)."""
+    from a file (checked by ``data.arrays.resume_dataset``, which refuses it for any other run)."""
     from cifarzoo.errors import CifarzooError
     from cifarzoo.tracking import parse_log
 
@@ -109,13 +109,10 @@ def check_arguments(args) -> None:
 
 
 def _trained_from_arrays(run_or_checkpoint: str) -> bool:
-    from pathlib import Path
-
     from cifarzoo.data.arrays import ARRAYS_SPEC
     from cifarzoo.train.rundir import RunDir
 
-    path = Path(run_or_checkpoint)
-    return (RunDir(path.parent if path.is_file() else path).saved_config() or {}).get("data") == ARRAYS_SPEC
+    return (RunDir.of(run_or_checkpoint).saved_config() or {}).get("data") == ARRAYS_SPEC
 
 
 def _auto_batch_size(config) -> int:
@@ -149,7 +146,7 @@ def _interrupted(out_dir, is_main: bool, data: str | None = None) -> int:
 
 def _run(args) -> int:
     from cifarzoo.train import fit
-    from cifarzoo.train.distributed import broadcast_object, current
+    from cifarzoo.train.distributed import current
 
     is_main = current().is_main
     check_arguments(args)
@@ -161,19 +158,20 @@ def _run(args) -> int:
         out_dir = args.resume
         dataset = None
         if args.data is not None:  # a run trained from arrays in memory: the same data, from a file
-            from cifarzoo.api import resume_dataset
+            from cifarzoo.data.arrays import resume_dataset
+            from cifarzoo.train.rundir import RunDir
 
-            dataset = resume_dataset(args.resume, args.data, labels=args.labels)
+            folder = RunDir.of(args.resume)
+            dataset = resume_dataset(folder.path, folder.read_info() or {}, args.data, labels=args.labels)
         try:
             result = fit(resume=args.resume, dataset=dataset, callbacks=[reporter])
         except KeyboardInterrupt:
             return _interrupted(out_dir, is_main, args.data)
     else:
         config = config_from_args(args)
-        from cifarzoo.train.rundir import new_run_dir
+        from cifarzoo.train.rundir import run_folder
 
-        # One folder for all ranks: rank 0 names it (others would see its folder and add "-2").
-        out_dir = args.out or broadcast_object(str(new_run_dir(config.model)) if is_main else None)
+        out_dir = run_folder(config.model, args.out)  # here, to say where an interrupted run is
         try:
             result = fit(config, out_dir=out_dir, callbacks=[reporter], force=args.force)
         except KeyboardInterrupt:

@@ -21,6 +21,7 @@ saved, so evaluating or resuming that run needs them again.
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Iterable
 
 import numpy as np
@@ -171,3 +172,66 @@ def as_keras_arrays(ds: Dataset) -> tuple[tuple[np.ndarray, np.ndarray], tuple[n
     dtype = np.uint8 if ds.num_classes <= 256 else np.int64
     return ((ds.train_images, ds.train_labels.astype(dtype)[:, None]),
             (ds.test_images, ds.test_labels.astype(dtype)[:, None]))
+
+
+# --------------------------------------------------------------------------- the API's data argument
+def resolve_data(data: Any, classes: Iterable[str] | None = None):
+    """``(spec saved in config.json, Dataset or None)`` for the API's ``data`` argument."""
+    if is_arrays(data):
+        return ARRAYS_SPEC, from_arrays(data, classes)
+    if classes is not None:
+        raise DataError("classes= names the classes of arrays given as data=; a data source "
+                        f"({data!r}) has its own class names")
+    if isinstance(data, Dataset):
+        return ARRAYS_SPEC, data
+    if data is None or isinstance(data, (str, os.PathLike)):
+        return (None if data is None else str(data)), None
+    raise DataError(f"data: expected a --data spec ('sample', a path), a Dataset or arrays "
+                    f"(x_train, y_train, x_test, y_test); got {type(data).__name__}")
+
+
+def arrays_needed(run_dir, what: str) -> DataError:
+    return DataError(
+        f"{run_dir}: this run was trained on arrays in memory (data spec {ARRAYS_SPEC!r}), which a run folder "
+        f"does not keep; pass them again to {what}: data=(x_train, y_train, x_test, y_test)")
+
+
+def resume_dataset(run_dir: Any, info: dict, data: Any, classes: Iterable[str] | None = None,
+                   labels: str | None = None) -> Dataset | None:
+    """The Dataset to resume the run in ``run_dir`` (its config.json: ``info``) with (None: fit loads
+    the run's own source); for ``data=`` of the API and ``--data`` of ``train --resume``.
+
+    Only a run trained from arrays takes ``data`` (any ``data=`` form, or a ``--data`` spec
+    of the same images saved to disk, loaded with ``labels``, default the run's own);
+    it must hold the classes and training images the run was trained on.
+    """
+    spec = info.get("config", {}).get("data")
+    saved = info.get("data", {})
+    if spec != ARRAYS_SPEC:
+        if data is not None:
+            raise DataError(f"{run_dir}: a resumed run keeps its data ({spec or 'the default CIFAR-10'}); "
+                            "give no data (data= / --data)")
+        return None
+    if data is None:
+        raise arrays_needed(run_dir, "resume it")
+    if classes is None and is_arrays(data):
+        classes = saved.get("classes")
+    spec, ds = resolve_data(data, classes)
+    if ds is None:  # the same images, saved to disk meanwhile
+        from cifarzoo.data.sources import load
+
+        ds = load(spec, labels=labels or info.get("config", {}).get("labels", "fine"), progress=False)
+    problem = other_arrays(saved, ds)
+    if problem:
+        raise DataError(f"{run_dir}: {problem}")
+    return ds
+
+
+def other_arrays(saved: dict, ds) -> str | None:
+    """Why ``ds`` is not the data a run's config.json ``saved`` describes (classes, training-image mean), or None."""
+    if saved.get("classes") is not None and list(ds.classes) != list(saved["classes"]):
+        return f"trained on classes {saved['classes']}, the arrays given have {list(ds.classes)}"
+    if saved.get("mean") is not None and not np.allclose(ds.mean, saved["mean"], rtol=0, atol=1e-6):
+        return (f"these are not the arrays the run was trained on (training-image mean "
+                f"{[round(m, 3) for m in ds.mean]}, config.json says {[round(m, 3) for m in saved['mean']]})")
+    return None

@@ -157,7 +157,24 @@ def _build(*, num_classes: int, width_mult: float, **kwargs) -> FastNet:
     return FastNet(num_classes=num_classes, width_mult=width_mult, **kwargs)
 
 
-@register_model(paper="Jordan 2024, 94% on CIFAR-10 in 3.29 Seconds on a Single GPU (airbench94)")
+def _whiten_from_data(model: nn.Module, images: torch.Tensor | None) -> None:
+    """The trainer's ``init_from_data`` hook (recipe's ``whiten_init``): whitening filters from
+    ``images`` (None on resume: the saved ones are loaded next)."""
+    if images is not None:
+        init_whitening(model, images)
+    # The filters stay as the data made them (airbench); only the bias learns. Also on
+    # resume, so that the optimizer's parameter groups match the saved state.
+    model.whiten.weight.requires_grad_(False)
+
+
+def _whiten_bias_group(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """The ``param_groups`` hook: the whitening bias trains in a group of its own (Muon's, frozen
+    after ``whiten_bias_epochs``)."""
+    return {"whiten_bias": [model.whiten.bias]}
+
+
+@register_model(paper="Jordan 2024, 94% on CIFAR-10 in 3.29 Seconds on a Single GPU (airbench94)",
+                init_from_data=_whiten_from_data, param_groups=_whiten_bias_group)
 def fastnet(*, num_classes: int = 10, width_mult: float = 1.0, **kwargs) -> nn.Module:
     """airbench94's network; kwargs: ``scale`` (1/9), ``bn_momentum`` (0.4). See :func:`init_whitening`."""
     return _build(num_classes=num_classes, width_mult=width_mult, **kwargs)

@@ -175,7 +175,13 @@ def _build(*, num_classes: int, width_mult: float, **kwargs) -> GoogLeNet:
     return GoogLeNet(num_classes=num_classes, width_mult=width_mult, **kwargs)
 
 
-@register_model(paper="Szegedy et al. 2015, Going Deeper with Convolutions (CVPR)", aliases=("googlenet",))
+def _split_outputs(out) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """The ``split_outputs`` hook: (logits, auxiliary heads' logits) of a training-mode forward."""
+    return (out.logits, out.aux_logits) if isinstance(out, InceptionOutputs) else (out, ())
+
+
+@register_model(paper="Szegedy et al. 2015, Going Deeper with Convolutions (CVPR)", aliases=("googlenet",),
+                split_outputs=_split_outputs)
 def inception(*, num_classes: int = 10, width_mult: float = 1.0, **kwargs) -> nn.Module:
     """Inception-v1; kwargs: ``aux_logits`` (False), ``dropout`` (0.4), ``aux_dropout`` (0.7)."""
     return _build(num_classes=num_classes, width_mult=width_mult, **kwargs)

@@ -175,7 +175,7 @@ def model_rows(plan: StudyPlan, records: list[RunRecord], num_classes: int = 10)
             try:
                 from cifarzoo import models
 
-                net = models.create(model, num_classes=num_classes, width_mult=cfg.width_mult, **cfg.model_kwargs)
+                net = models.from_config(cfg, num_classes)
                 params = count_parameters(net) if params is None else params
                 macs = count_macs(net) if macs is None else macs
             except Exception:  # sizing is informative only

@@ -100,7 +100,7 @@ def run_cost(config: TrainConfig, num_classes: int = 10) -> float:
     from cifarzoo.models.summary import count_macs
 
     try:
-        m = models.create(config.model, num_classes=num_classes, width_mult=config.width_mult, **config.model_kwargs)
+        m = models.from_config(config, num_classes)
         layers = sum(1 for x in m.modules() if next(x.children(), None) is None)
         per_image = float(count_macs(m)) + LAYER_STEP_MACS * layers / (config.batch_size or 512)
         return per_image * config.epochs

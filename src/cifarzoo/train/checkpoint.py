@@ -262,7 +262,7 @@ def _load_failure(exc: Exception) -> str:
     return f"{type(exc).__name__}: {first.split('. ')[0][:200]}"
 
 
-def build_model(ckpt: dict) -> nn.Module:
+def model_from_checkpoint(ckpt: dict) -> nn.Module:
     """Rebuild the model a checkpoint (checked by :func:`check_schema`) describes and load its weights;
     eval mode, on CPU."""
     from cifarzoo import models
@@ -274,6 +274,8 @@ def build_model(ckpt: dict) -> nn.Module:
         raise CifarzooError(f"{where}: damaged: it names {len(classes)} classes for a model with {num_classes} outputs")
     try:
         model = models.create(spec["name"], **spec.get("kwargs", {}))
+    except models.ModelNotImportable:  # its code is not here: say so, it is not damage
+        raise
     except (CifarzooError, TypeError, ValueError) as exc:
         raise CifarzooError(f"{where}: damaged: cannot build model {spec['name']!r} from its description "
                             f"({exc})") from None
@@ -301,4 +303,4 @@ def load_weights(model: nn.Module, state_dict: dict, what: str) -> None:
 def load_model(run_or_checkpoint: str | os.PathLike, map_location: str | torch.device = "cpu"):
     """``(model, ckpt)`` for a run folder or checkpoint: the model in eval mode."""
     ckpt = load_checkpoint(run_or_checkpoint, map_location=map_location)
-    return build_model(ckpt), ckpt
+    return model_from_checkpoint(ckpt), ckpt

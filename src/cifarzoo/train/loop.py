@@ -62,7 +62,7 @@ from cifarzoo.train.checkpoint import load_checkpoint, load_weights, save_checkp
 from cifarzoo.train.config import WARMUP_STEPS, TrainConfig
 from cifarzoo.train.guards import EpochStats
 from cifarzoo.train.interrupt import DeferredInterrupt
-from cifarzoo.train.rundir import STOPPED, RunDir, timestamp
+from cifarzoo.train.rundir import STOPPED, RunDir, run_folder, timestamp
 from cifarzoo.train.step import TrainStep, build_model, make_step
 
 Reporter = Callback  # the name of before callbacks, kept for one release
@@ -102,8 +102,7 @@ def fit(
     if config.early_stopping is not None:  # the setting's own callback: first, so its state's key is stable
         user = [EarlyStopping("val_acc", patience=config.early_stopping), *user]
     hooks = Callbacks(user if dist.is_main else [], legacy=reporter)  # rank 0's only, under torchrun
-    if out_dir is None:  # every rank writes to (rank 0: into) the same folder: rank 0 names it
-        out_dir = dist_mod.broadcast_object(RunDir.new(config.model, runs_root).path if dist.is_main else None)
+    out_dir = run_folder(config.model, out_dir, runs_root)
     lock = _claim(RunDir(out_dir), dist, fresh=ckpt is None, force=force)
     try:
         trainer = set_up(config, dataset=dataset, out_dir=out_dir, ckpt=ckpt, callbacks=hooks)
@@ -350,8 +349,7 @@ def finish(trainer: Trainer) -> dict:
     test_loss, test_acc = loss_and_accuracy(final[0], labels, trainer.step.outputs)
     test_loss_tta, test_acc_tta = loss_and_accuracy(final[1], labels, trainer.step.outputs)
     peak, peak_kind = peak_memory_bytes(trainer.device)
-    macs = count_macs(models.create(config.model, num_classes=dataset.num_classes, width_mult=config.width_mult,
-                                    **config.model_kwargs))
+    macs = count_macs(models.from_config(config, dataset.num_classes))
     images_seen = sum(r["images_per_second"] * r["epoch_seconds"] for r in trainer.metrics)
     summary = {
         "model": config.model, "status": "finished", "epochs": config.epochs, "seed": config.seed,

@@ -46,15 +46,17 @@ NS_STEPS = 3  # Newton-Schulz iterations per step: airbench94_muon's (torch's de
 
 def muon_param_groups(model: nn.Module, c) -> tuple[list[nn.Parameter], list[dict]]:
     """(4-D conv filters for Muon, named SGD groups) of ``model``'s trainable parameters."""
-    whiten = getattr(model, "whiten", None)
-    whiten_bias = whiten.bias if isinstance(whiten, nn.Conv2d) else None
+    from cifarzoo.models import get_entry
+
+    hook = get_entry(c.model).param_groups  # the model's own groups (fastnet's whitening bias)
+    own = {id(p) for p in (hook(model) if hook else {}).get("whiten_bias", ())}
     bn = {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
           for p in m.parameters(recurse=False)}
     filters, weights, biases, wbias, rest = [], [], [], [], []
     for p in model.parameters():
         if not p.requires_grad:
             continue
-        if p is whiten_bias:
+        if id(p) in own:
             wbias.append(p)
         elif p.ndim == 4:
             filters.append(p)

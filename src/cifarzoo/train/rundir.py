@@ -74,6 +74,12 @@ class RunDir:
         """``runs/<model>-<YYYYmmdd-HHMMSS>`` (a numeric suffix if that exists already)."""
         return cls(new_run_dir(model, root))
 
+    @classmethod
+    def of(cls, run_or_checkpoint: str | os.PathLike) -> "RunDir":
+        """The run folder of a folder or of a checkpoint file in it."""
+        path = Path(run_or_checkpoint)
+        return cls(path.parent if path.is_file() else path)
+
     @property
     def config_path(self) -> Path:
         return self.path / CONFIG_FILE
@@ -351,10 +357,24 @@ def run_state(run_dir: str | os.PathLike) -> str:
     return RunDir(run_dir).state()
 
 
+def run_folder(model: str, out_dir: str | os.PathLike | None = None, root: str | os.PathLike = "runs") -> Path:
+    """``out_dir``, or else a new :func:`new_run_dir` for ``model`` under ``root``. Every rank of a
+    data-parallel run must write to (rank 0: into) the same folder: rank 0 names it, the others get its name."""
+    if out_dir is not None:
+        return Path(out_dir)
+    from cifarzoo.train import distributed
+
+    is_main = distributed.current().is_main
+    return Path(distributed.broadcast_object(str(new_run_dir(model, root)) if is_main else None))
+
+
 def new_run_dir(model: str, root: str | os.PathLike = "runs") -> Path:
-    """``runs/<model>-<YYYYmmdd-HHMMSS>`` (a numeric suffix if that exists already)."""
+    """``runs/<model>-<YYYYmmdd-HHMMSS>`` (a numeric suffix if that exists already); a model given
+    from outside the zoo (``"pkg.nets:TinyNet"``) is named without its module."""
+    from cifarzoo.models.registry import short_name
+
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = Path(root) / f"{model}-{stamp}"
+    base = Path(root) / f"{short_name(model)}-{stamp}"
     path, n = base, 1
     while path.exists():
         n += 1

@@ -20,15 +20,20 @@ from cifarzoo.train.config import TrainConfig
 from cifarzoo.train.optim import DeviceEMA, Lookahead, make_optimizer, make_scheduler
 
 
-def model_loss(out, y: torch.Tensor, config: TrainConfig, outputs: str = "logits") -> tuple[torch.Tensor, torch.Tensor]:
+def model_loss(out, y: torch.Tensor, config: TrainConfig, outputs: str = "logits",
+               split_outputs=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss to optimize, main logits). Auxiliary heads (Inception, training only) add aux_weight x their loss.
 
     ``outputs`` is what the network returns (``models.as_written.output_kind``): the zoo's
     networks give logits; the original study's as-written ones are trained under Keras'
-    probability loss, as they were.
+    probability loss, as they were. ``split_outputs`` is the model's hook that separates
+    the logits from the auxiliary heads' (default: ``config.model``'s).
     """
-    logits = getattr(out, "logits", out)
-    aux = tuple(getattr(out, "aux_logits", ()) or ())
+    if split_outputs is None:
+        from cifarzoo.models import get_entry
+
+        split_outputs = get_entry(config.model).split_outputs
+    logits, aux = split_outputs(out)
     loss = output_loss(logits, y, outputs, config.label_smoothing)
     for a in aux:
         loss = loss + config.aux_weight * F.cross_entropy(a.float(), y, label_smoothing=config.label_smoothing)
@@ -37,23 +42,18 @@ def model_loss(out, y: torch.Tensor, config: TrainConfig, outputs: str = "logits
 
 def build_model(config: TrainConfig, num_classes: int, device: torch.device, *,
                 whiten_images: torch.Tensor | None = None) -> nn.Module:
-    """The recipe's model on ``device``: whitened stem (fastnet), frozen filters, channels_last.
+    """The recipe's model on ``device``: its data-dependent init (fastnet's whitening), channels_last.
 
-    ``whiten_images`` (normalized ``(N, 3, 32, 32)``) initializes a ``whiten`` conv from
-    data patches; without them (a resumed run, a benchmark) the filters are only frozen.
+    ``whiten_images`` (normalized ``(N, 3, 32, 32)``) go to the model's ``init_from_data``
+    hook when the recipe's ``whiten_init`` is set; without them (a resumed run, a
+    benchmark) the hook only prepares the model (fastnet: frozen filters).
     """
     from cifarzoo import models
 
-    model = models.create(config.model, num_classes=num_classes, width_mult=config.width_mult,
-                          **config.model_kwargs)
-    if config.whiten_init and hasattr(model, "whiten"):
-        from cifarzoo.models.fastnet import init_whitening
-
-        if whiten_images is not None:
-            init_whitening(model, whiten_images)
-        # The filters stay as the data made them (airbench); only the bias learns. Also on
-        # resume, so that the optimizer's parameter groups match the saved state.
-        model.whiten.weight.requires_grad_(False)
+    model = models.from_config(config, num_classes)
+    init = models.get_entry(config.model).init_from_data
+    if config.whiten_init and init is not None:
+        init(model, whiten_images)
     model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
