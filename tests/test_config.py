@@ -23,7 +23,7 @@ def test_every_setting_has_help_and_a_group_and_every_number_a_range():
         assert isinstance(f.metadata.get("help"), str) and f.metadata["help"].strip(), f.name
         assert f.metadata.get("group") in GROUPS, f.name
         assert (f.metadata["range"] is None) == (f.name not in _numbers() or f.name == "tta_level"), f.name
-    from cifarzoo.data.loader import AUGMENTATIONS
+    from cifarzoo.data.augment import AUGMENTATIONS
 
     augment_help = TrainConfig.__dataclass_fields__["augment"].metadata["help"]
     assert all(name in augment_help for name in AUGMENTATIONS)  # the copy in the CLI had lost altflip
