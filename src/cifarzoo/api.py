@@ -191,6 +191,7 @@ def fit(
     progress: Any = "auto",
     runs_root: str | os.PathLike = "runs",
     force: bool = False,
+    config: Any = None,
     **settings: Any,
 ) -> "Run":
     """Train ``model`` and return its :class:`Run` (the run folder, as ``cifarzoo train`` leaves it).
@@ -203,6 +204,8 @@ def fit(
     returned as it is (so re-running a notebook cell does not train again). ``resume=FOLDER`` continues an interrupted run with its
     saved settings (a run trained from arrays needs ``data=`` again). On Ctrl-C / a kernel
     interrupt, KeyboardInterrupt propagates after a resumable checkpoint is written.
+    ``config`` is a settings file (JSON or TOML, as ``cifarzoo train --config``), a dict of settings or
+    a TrainConfig: taken as it is, above the recipe and preset and below ``settings``.
     """
     from cifarzoo.progress import make_reporter
     from cifarzoo.train import fit, make_config
@@ -217,12 +220,17 @@ def fit(
         dataset = resume_dataset(run_dir, data, classes)
         kwargs = dict(resume=resume, dataset=dataset)
     else:
-        if model is None:
+        if model is None and config is None:
             raise CifarzooError("fit() needs a model name (see `cifarzoo models`), or resume=RUN_FOLDER")
         spec, dataset = resolve_data(data, classes)
         if dataset is not None and dataset.labelling and "labels" not in settings:
             settings["labels"] = dataset.labelling  # a CIFAR-100 Dataset: saved, so its path reloads the same
-        config = make_config(model, preset=preset, data=spec, **settings)
+        if config is None:
+            config = make_config(model, preset=preset, data=spec, **settings)
+        else:
+            from cifarzoo.config_file import given_config
+
+            config = given_config(config, model, preset, {"data": spec, **settings})
         if out is None:
             from cifarzoo.train.rundir import RunDir
 

@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cifarzoo: interrupted", file=sys.stderr)
         return 130
+    args._argv = sys.argv[1:] if argv is None else list(argv)  # parsed again under --config FILE
     try:
         return int(args._run(args) or 0)
     except CifarzooError as exc:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cifarzoo.cli.common import add_data_argument, add_labels_argument
+from cifarzoo.cli.common import CONFIG_HELP, add_data_argument, add_labels_argument, with_config_file
 from cifarzoo.progress import ConsoleStudyReporter
 from cifarzoo.train.config import DEVICES, PRESETS
 
@@ -59,6 +59,8 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="train every run again, replacing finished ones")
     p.add_argument("--report-only", action="store_true", help="only (re)build the report from the runs in --out")
     p.add_argument("--quiet", action="store_true", help="print only the final summary")
+    p.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    p.set_defaults(_benchmark_parser=p)
     return p
 
 
@@ -99,6 +101,7 @@ def run(args) -> int:
     from cifarzoo.errors import CifarzooError
     from cifarzoo.study import load_plan, plan_study, run_plan, write_report
 
+    args = with_config_file(args, args._benchmark_parser)
     out = args.out or f"study/{args.preset}"
     if args.report_only:
         plan = load_plan(out)

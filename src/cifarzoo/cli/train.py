@@ -20,6 +20,10 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_labels_argument(p, default_help="fine; with --resume, the run's own")
     p.add_argument("--preset", choices=list(PRESETS), help="start from a study preset's settings for this model")
     add_config_options(p)
+    p.add_argument("--config", metavar="FILE",
+                   help="settings file, JSON or TOML (*.toml): training settings by name (lr, batch_size, ...: a "
+                        "run's config.json 'config', or tune's best.json) and optionally model and preset; "
+                        "options given here win over the file")
     p.add_argument("--out", help="run folder (default runs/<model>-<time>); one that already holds a run is "
                                  "refused unless --force")
     p.add_argument("--force", action="store_true", help="overwrite the run already in --out")
@@ -36,6 +40,11 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def config_from_args(args) -> "TrainConfig":  # noqa: F821
     from cifarzoo.train import make_config
 
+    if args.config is not None:
+        from cifarzoo.config_file import config_with_file, train_settings
+
+        return config_with_file(args.model, args.preset, train_settings(args.config), config_overrides(args),
+                                where=args.config)
     return make_config(args.model, preset=args.preset, **config_overrides(args))
 
 
@@ -90,13 +99,13 @@ def check_arguments(args) -> None:
 
     if args.resume and args.model:
         raise CifarzooError("give either MODEL or --resume DIR, not both (a resumed run keeps its settings)")
-    if not (args.resume or args.model):
-        raise CifarzooError("missing MODEL (see `cifarzoo models`), or --resume DIR")
+    if not (args.resume or args.model or args.config):
+        raise CifarzooError("missing MODEL (see `cifarzoo models`), --config FILE, or --resume DIR")
     if args.resume:
         arrays = _trained_from_arrays(args.resume)
         given = [name for name, value in config_overrides(args).items()
                  if value is not None and not (name == "data" and arrays)]
-        given += [name for name in ("preset", "out") if getattr(args, name) is not None]
+        given += [name for name in ("preset", "out", "config") if getattr(args, name) is not None]
         given += ["force"] if args.force else []
         if given:
             flags = ", ".join("--" + name.replace("_", "-") for name in given)
