@@ -28,8 +28,9 @@ def test_train_config_round_trips_a_run_exactly(tmp_path, fake_batches_dir, caps
 
 
 def test_command_line_wins_over_the_file_and_toml_reads(tmp_path):
-    from cifarzoo.cli.train import config_from_args, register
     import argparse
+
+    from cifarzoo.cli.train import config_from_args, register
 
     (tmp_path / "s.toml").write_text('model = "resnet18"\npreset = "quick"\nlr = 0.3\nepochs = 4\n'
                                      '[model_kwargs]\n')
@@ -75,7 +76,7 @@ def test_benchmark_config_refuses_bad_keys_and_values(tmp_path, capsys, text, me
 
 def test_benchmark_config_file_below_the_command_line(tmp_path, monkeypatch):
     """The file's options are the defaults, the command line's win: what plan_study is asked for."""
-    import cifarzoo.study as study
+    from cifarzoo import study
 
     asked = {}
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import difflib
 import json
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from cifarzoo.errors import CifarzooError
 from cifarzoo.io import open_regular
