@@ -15,7 +15,7 @@ from cifarzoo import __version__
 from cifarzoo.errors import CifarzooError
 
 # Order is the order shown by --help.
-COMMANDS = ["data", "models", "train", "evaluate", "predict", "doctor", "benchmark", "export"]
+COMMANDS = ["data", "models", "train", "evaluate", "predict", "doctor", "benchmark", "tune", "export"]
 
 
 def build_parser() -> argparse.ArgumentParser:
