@@ -13,9 +13,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from conftest import make_fake_cifar, write_batches
 
 from cifarzoo.cli import main
-from conftest import make_fake_cifar, write_batches
 
 pytest.importorskip("ray.tune")
 pytest.importorskip("optuna")
@@ -150,3 +150,21 @@ def test_tune_refuses_bad_requests_in_one_line(tmp_path, data_dir, capsys, args,
     assert main(["tune", "resnet18", "--data", str(data_dir), "--out", str(tmp_path / "t"), *args]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_benchmark_tune_budget_tunes_each_model_and_the_report_says_so(tmp_path, ray_head, data_dir):
+    from cifarzoo.study import plan_study
+    from cifarzoo.study.plan import NOT_TUNED
+
+    assert plan_study(["resnet18"], preset="quick").tuning == NOT_TUNED  # untuned: said in every report
+    out = tmp_path / "study"
+    rc = main(["benchmark", "--models", "resnet18", "--preset", "quick", "--data", str(data_dir), "--epochs", "1",
+               "--width-mult", "0.0625", "--device", "cpu", "--tune-budget", "1m", "--tune-trials", "2",
+               "--executor", "ray", "--address", ray_head, "--out", str(out), "--quiet"])
+    assert rc == 0
+    best = json.loads((out / "tune" / "resnet18" / "best.json").read_text())
+    trained = json.loads((out / "runs" / "resnet18-s0" / "config.json").read_text())["config"]
+    assert trained["lr"] == best["lr"] and trained["weight_decay"] == best["weight_decay"]
+    report = (out / "report.md").read_text()
+    assert "each model tuned for 1m" in report and "on 20 validation images" in report
+    assert NOT_TUNED not in report

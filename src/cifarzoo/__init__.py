@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 
 from cifarzoo.errors import CifarzooError  # noqa: E402
 
-_API = ("fit", "load_run", "load_data", "benchmark", "load_study", "Run", "Study")
+_API = ("fit", "load_run", "load_data", "benchmark", "load_study", "tune", "Run", "Study")
 
 __all__ = ["CifarzooError", "__version__", *_API]
 

@@ -523,6 +523,16 @@ def benchmark(
     return Study(result.plan.out_dir)
 
 
+def tune(model: str | None = None, *, out: str | os.PathLike, progress: Any = "none", **kwargs: Any):
+    """Search ``model``'s training settings on the validation split with Ray Tune (as ``cifarzoo tune``);
+    returns a :class:`cifarzoo.tune.TuneResult`. ``progress`` shows the final run's; ``kwargs``: see
+    :func:`cifarzoo.tune.tune` (``trials``, ``budget``, ``search``, ``space``, training settings, ...)."""
+    from cifarzoo.progress import make_reporter
+    from cifarzoo.tune import tune as search
+
+    return search(model, out=out, reporter=make_reporter(progress), **kwargs)
+
+
 def load_study(path: str | os.PathLike) -> "Study":
     """Reopen a study folder (``cifarzoo benchmark --out DIR`` or :func:`benchmark`) as a :class:`Study`."""
     return Study(path)

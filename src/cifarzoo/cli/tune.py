@@ -4,7 +4,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cifarzoo.cli.common import add_config_options, add_data_argument, add_labels_argument, config_overrides
+from cifarzoo.cli.common import (
+    add_config_options,
+    add_data_argument,
+    add_labels_argument,
+    config_overrides,
+)
 from cifarzoo.progress import ConsoleReporter
 from cifarzoo.train.config import PRESETS
 

@@ -8,8 +8,15 @@ from typing import Any
 
 from cifarzoo.errors import CifarzooError
 from cifarzoo.io import read_json, write_json
-from cifarzoo.tune import (FINAL_FILE, FINAL_RUN, REQUEST_FILE, TuneResult, default_val_split, parse_budget,
-                           tuning_dataset)
+from cifarzoo.tune import (
+    FINAL_FILE,
+    FINAL_RUN,
+    REQUEST_FILE,
+    TuneResult,
+    default_val_split,
+    parse_budget,
+    tuning_dataset,
+)
 from cifarzoo.tune import results as res
 from cifarzoo.tune import space as sp
 from cifarzoo.tune.search import SEARCH_FOLDER, run_search
@@ -26,7 +33,7 @@ class Tuning:
 
     @classmethod
     def open(cls, model, *, out, preset, data, trials, budget, search, space, val_split, executor, address,
-             cpus_per_trial, gpus_per_trial, resume, settings) -> "Tuning":
+             cpus_per_trial, gpus_per_trial, resume, settings) -> Tuning:
         """A new tuning of ``model`` in ``out`` (refused where one is), or, with ``resume``, the one there."""
         from cifarzoo.api import resolve_data
 
