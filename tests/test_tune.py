@@ -5,6 +5,7 @@ import csv
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -34,8 +35,8 @@ def data_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
-    """A `ray start --head` on 127.0.0.1 for this module's tests: its HOST:PORT. Stopped at the end (its own
-    process only: `--block` makes that process own the head's processes)."""
+    """A `ray start --head` on 127.0.0.1 for this module's tests: its HOST:PORT. Stopped at the end: the
+    process group it was started in (`--block` keeps `ray start` beside the head's processes)."""
     ray_cli = Path(sys.executable).with_name("ray")
     if not ray_cli.exists():
         ray_cli = shutil.which("ray")
@@ -45,7 +46,8 @@ def ray_head(tmp_path_factory):
     env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
     head = subprocess.Popen([str(ray_cli), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
                              "--port", str(port), "--num-cpus", "2", "--num-gpus", "0", "--include-dashboard=false",
-                             "--disable-usage-stats"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "--disable-usage-stats"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # its own process group: stopped as one below
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -53,15 +55,15 @@ def ray_head(tmp_path_factory):
             break
         except OSError:
             if head.poll() is not None or time.monotonic() > deadline:
-                head.kill()
+                os.killpg(head.pid, signal.SIGKILL)
                 pytest.fail("ray start --head did not come up")
             time.sleep(0.2)
     yield f"127.0.0.1:{port}"
-    head.terminate()
+    os.killpg(head.pid, signal.SIGTERM)  # the head's processes, all started by this fixture
     try:
-        head.wait(timeout=30)
+        head.wait(timeout=10)
     except subprocess.TimeoutExpired:
-        head.kill()
+        os.killpg(head.pid, signal.SIGKILL)
 
 
 def _rows(folder: Path) -> list[dict]:

@@ -525,10 +525,10 @@ def benchmark(
 
 def tune(model: str | None = None, *, out: str | os.PathLike, progress: Any = "none", **kwargs: Any):
     """Search ``model``'s training settings on the validation split with Ray Tune (as ``cifarzoo tune``);
-    returns a :class:`cifarzoo.tune.TuneResult`. ``progress`` shows the final run's; ``kwargs``: see
-    :func:`cifarzoo.tune.tune` (``trials``, ``budget``, ``search``, ``space``, training settings, ...)."""
+    returns a :class:`cifarzoo.tuning.TuneResult`. ``progress`` shows the final run's; ``kwargs``: see
+    :func:`cifarzoo.tuning.tune` (``trials``, ``budget``, ``search``, ``space``, training settings, ...)."""
     from cifarzoo.progress import make_reporter
-    from cifarzoo.tune import tune as search
+    from cifarzoo.tuning import tune as search
 
     return search(model, out=out, reporter=make_reporter(progress), **kwargs)
 

@@ -106,7 +106,7 @@ def _tuned(plan, args):
     """``plan`` with each model's settings tuned for ``--tune-budget`` (a tuning already done is kept,
     an interrupted one continues)."""
     from cifarzoo.study.plan import TUNE_DIR, with_tuning
-    from cifarzoo.tune import tune
+    from cifarzoo.tuning import tune
 
     executor = dict(executor=args.executor, address=args.address, cpus_per_trial=args.cpus_per_run or 1,
                     gpus_per_trial=args.gpus_per_run or 0)

@@ -15,7 +15,7 @@ from cifarzoo.train.config import PRESETS
 
 
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from cifarzoo.tune.space import DEFAULT_SEARCH, SEARCHABLE
+    from cifarzoo.tuning.space import DEFAULT_SEARCH, SEARCHABLE
 
     p = sub.add_parser(
         "tune", help="search a model's training settings on the validation split (Ray Tune)",
@@ -57,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args) -> int:
     from cifarzoo.errors import CifarzooError
-    from cifarzoo.tune import tune
+    from cifarzoo.tuning import tune
 
     if args.resume and args.model:
         raise CifarzooError("give either MODEL or --resume DIR, not both (a resumed search keeps its settings)")

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from cifarzoo.io import atomic_write_bytes, figure_bytes, write_json
-from cifarzoo.tune.search import METRIC
+from cifarzoo.tuning.search import METRIC
 
 TRIALS_FILE, BEST_FILE, REPORT_FILE = "trials.csv", "best.json", "report.html"
 
@@ -44,7 +44,7 @@ class Trial:
 
 def trials_of(grid, *, start, batch_size: int, trial_cap_s: float) -> list[Trial]:
     """The trials of Ray Tune's ResultGrid, in the order the searcher proposed them."""
-    from cifarzoo.tune.space import trial_settings
+    from cifarzoo.tuning.space import trial_settings
 
     out = []
     for r in grid:

@@ -79,13 +79,13 @@ def tune(model: str | None = None, *, out: str | os.PathLike, preset: str | None
     """Search ``model``'s settings for ``budget`` on the validation split; see the module doc and README.
 
     ``settings`` (TrainConfig fields) and ``preset`` fix the starting point; ``search`` names the settings
-    searched with their default priors, ``space`` (a file or dict, see :mod:`cifarzoo.tune.space`) adds
+    searched with their default priors, ``space`` (a file or dict, see :mod:`cifarzoo.tuning.space`) adds
     or replaces priors. ``executor``: "local" (default: a Ray instance on 127.0.0.1) or "ray" (the cluster at
     ``address``, "auto" or HOST:PORT); with ``resume``, None continues where the search ran. ``resume=True`` continues the search in ``out`` (``data`` only for arrays).
     ``reporter`` shows the final run's progress. KeyboardInterrupt propagates after the finished trials
     are written (``resume=True`` continues).
     """
-    from cifarzoo.tune.run import Tuning
+    from cifarzoo.tuning.run import Tuning
 
     result = Tuning.open(model, out=out, preset=preset, data=data, trials=trials, budget=budget, search=search,
                          space=space, val_split=val_split, executor=executor, address=address,

@@ -8,7 +8,7 @@ from typing import Any
 
 from cifarzoo.errors import CifarzooError
 from cifarzoo.io import read_json, write_json
-from cifarzoo.tune import (
+from cifarzoo.tuning import (
     FINAL_FILE,
     FINAL_RUN,
     REQUEST_FILE,
@@ -17,9 +17,9 @@ from cifarzoo.tune import (
     parse_budget,
     tuning_dataset,
 )
-from cifarzoo.tune import results as res
-from cifarzoo.tune import space as sp
-from cifarzoo.tune.search import SEARCH_FOLDER, run_search
+from cifarzoo.tuning import results as res
+from cifarzoo.tuning import space as sp
+from cifarzoo.tuning.search import SEARCH_FOLDER, run_search
 
 MAX_TRIALS = 10_000
 
@@ -116,7 +116,7 @@ class Tuning:
     def _trainable(self, base, tuning):
         from ray import tune
 
-        from cifarzoo.tune.search import run_trial
+        from cifarzoo.tuning.search import run_trial
 
         # The trials' own settings: subset and validation split are already applied to `tuning` (whose "test"
         # split is the validation split),

@@ -42,7 +42,7 @@ def run_trial(sampled: dict[str, Any], *, base: dict[str, Any], batch_size: int,
 
     from cifarzoo.train import fit
     from cifarzoo.train.config import TrainConfig
-    from cifarzoo.tune.space import trial_settings
+    from cifarzoo.tuning.space import trial_settings
 
     start = TrainConfig.from_dict(base)
     config = TrainConfig.from_dict({**base, **trial_settings(sampled, start, batch_size)})
