@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 
 from cifarzoo.errors import CifarzooError  # noqa: E402
 
-_API = ("fit", "lr_find", "load_run", "load_data", "benchmark", "load_study", "Run", "Study")
+_API = ("fit", "lr_find", "load_run", "load_data", "benchmark", "load_study", "tune", "Run", "Study")
 _MODELS = ("register_model",)  # from cifarzoo.models
 _TRACKING = ("TensorBoardLogger", "MLflowLogger")  # tensorboard / mlflow imported only when one is made
 _CALLBACKS = ("Callback", "StopTraining", "EarlyStopping")  # cifarzoo.train.callbacks

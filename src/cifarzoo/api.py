@@ -109,6 +109,7 @@ def fit(
     callbacks: Sequence[Any] | None = None,
     runs_root: str | os.PathLike = "runs",
     force: bool = False,
+    config: Any = None,
     **settings: Any,
 ) -> "Run":
     """Train ``model`` and return its :class:`Run` (the run folder, as ``cifarzoo train`` leaves it).
@@ -127,6 +128,8 @@ def fit(
     interrupt, KeyboardInterrupt propagates after a resumable checkpoint is written.
     ``callbacks``: :class:`cifarzoo.Callback` objects (e.g. ``cifarzoo.EarlyStopping``) called beside
     the progress display, never instead of it (see :mod:`cifarzoo.train.callbacks`).
+    ``config`` is a settings file (JSON or TOML, as ``cifarzoo train --config``), a dict of settings or
+    a TrainConfig: taken as it is, above the recipe and preset and below ``settings``.
     """
     from cifarzoo.progress import make_reporter
     from cifarzoo.train.callbacks import check_callbacks
@@ -143,13 +146,18 @@ def fit(
         dataset = resume_dataset(run_dir, _read_info(run_dir), data, classes)
         kwargs = dict(resume=resume, dataset=dataset)
     else:
-        if model is None:
+        if model is None and config is None:
             raise CifarzooError("fit() needs a model name (see `cifarzoo models`), or resume=RUN_FOLDER")
-        model = _model_key(model)
+        model = _model_key(model) if model is not None else None
         spec, dataset = resolve_data(data, classes)
         if dataset is not None and dataset.labelling and "labels" not in settings:
             settings["labels"] = dataset.labelling  # a CIFAR-100 Dataset: saved, so its path reloads the same
-        config = make_config(model, preset=preset, data=spec, **settings)
+        if config is None:
+            config = make_config(model, preset=preset, data=spec, **settings)
+        else:
+            from cifarzoo.config_file import given_config
+
+            config = given_config(config, model, preset, {"data": spec, **settings})
         from cifarzoo.train.rundir import run_folder
 
         run_dir = run_folder(config.model, out, runs_root)
@@ -459,6 +467,16 @@ def benchmark(
     result = run_study(models, preset=preset, seeds=seeds, data=spec, out_dir=out, force=force,
                        reporter=reporter, dataset=dataset, executor=executor, callbacks=callbacks, **overrides)
     return Study(result.plan.out_dir)
+
+
+def tune(model: str | None = None, *, out: str | os.PathLike, progress: Any = "none", **kwargs: Any):
+    """Search ``model``'s training settings on the validation split with Ray Tune (as ``cifarzoo tune``);
+    returns a :class:`cifarzoo.tuning.TuneResult`. ``progress`` shows the final run's; ``kwargs``: see
+    :func:`cifarzoo.tuning.tune` (``trials``, ``budget``, ``search``, ``space``, training settings, ...)."""
+    from cifarzoo.progress import make_reporter
+    from cifarzoo.tuning import tune as search
+
+    return search(model, out=out, reporter=make_reporter(progress), **kwargs)
 
 
 def load_study(path: str | os.PathLike) -> "Study":

@@ -15,7 +15,7 @@ from cifarzoo import __version__
 from cifarzoo.errors import CifarzooError
 
 # Order is the order shown by --help.
-COMMANDS = ["data", "models", "train", "evaluate", "predict", "doctor", "benchmark", "export"]
+COMMANDS = ["data", "models", "train", "evaluate", "predict", "doctor", "benchmark", "tune", "export"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cifarzoo: interrupted", file=sys.stderr)
         return 130
+    args._argv = sys.argv[1:] if argv is None else list(argv)  # parsed again under --config FILE
     try:
         return int(args._run(args) or 0)
     except CifarzooError as exc:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cifarzoo.cli.common import add_data_argument, add_labels_argument, add_tracking_arguments
+from cifarzoo.cli.common import (CONFIG_HELP, add_data_argument, add_labels_argument, add_tracking_arguments,
+                                 with_config_file)
 from cifarzoo.progress import ConsoleStudyReporter
 from cifarzoo.train.config import DEVICES, PRESETS
 
@@ -60,6 +61,14 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--report-only", action="store_true", help="only (re)build the report from the runs in --out")
     p.add_argument("--quiet", action="store_true", help="print only the final summary")
     add_tracking_arguments(p)
+    p.add_argument("--tune-budget", metavar="DURATION",
+                   help="tune each model for this long (e.g. 20m) on the validation split with `cifarzoo tune` "
+                        "before training it with the best settings found (needs cifarzoo[tune]); the report says "
+                        "so. Tunings live in --out/tune/<model> and are kept across invocations")
+    p.add_argument("--tune-trials", type=int, default=8, metavar="N",
+                   help="with --tune-budget: trials per model at most (default 8)")
+    p.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    p.set_defaults(_benchmark_parser=p)
     return p
 
 
@@ -95,11 +104,33 @@ def _executor(args):
     return None if args.jobs is None else LocalExecutor(args.jobs)
 
 
+def _tuned(plan, args):
+    """``plan`` with each model's settings tuned for ``--tune-budget`` (a tuning already done is kept,
+    an interrupted one continues)."""
+    from cifarzoo.study.plan import TUNE_DIR, with_tuning
+    from cifarzoo.tuning import tune
+
+    executor = dict(executor=args.executor, address=args.address, cpus_per_trial=args.cpus_per_run or 1,
+                    gpus_per_trial=args.gpus_per_run or 0)
+    for model in plan.models:
+        folder = plan.out_dir / TUNE_DIR / model
+        if (folder / "best.json").exists():
+            continue
+        if not args.quiet:
+            print(f"tuning {model} for {args.tune_budget} on the validation split ({folder})", file=sys.stderr)
+        resume = (folder / "tune.json").exists()
+        tune(None if resume else model, out=folder, resume=resume, final=False, **executor,
+             **({} if resume else dict(preset=plan.preset, data=plan.data, trials=args.tune_trials,
+                                       budget=args.tune_budget, **plan.overrides)))
+    return with_tuning(plan)
+
+
 def run(args) -> int:
     from cifarzoo.cli.common import load_dataset
     from cifarzoo.errors import CifarzooError
     from cifarzoo.study import load_plan, plan_study, run_plan, write_report
 
+    args = with_config_file(args, args._benchmark_parser)
     out = args.out or f"study/{args.preset}"
     if args.report_only:
         plan = load_plan(out)
@@ -121,6 +152,8 @@ def run(args) -> int:
                       epochs=args.epochs, device=args.device, labels=args.labels,
                       threads=args.threads, width_mult=args.width_mult, as_written=args.as_written,
                       allow_stall=True if args.allow_stall else None)
+    if args.tune_budget is not None:
+        plan = _tuned(plan, args)
     dataset = load_dataset(plan.data, "benchmark", plan.labels)
     reporter = ConsoleStudyReporter(quiet=args.quiet)
     try:

@@ -128,3 +128,49 @@ def _count_or_fraction(text: str) -> int | float:
 def config_overrides(args: argparse.Namespace, fields: tuple[str, ...] | None = None) -> dict:
     """The TrainConfig fields given on the command line (None: not given), plus ``data`` and ``labels``."""
     return {name: getattr(args, name, None) for name in ("data", "labels", *(fields or config_option_fields()))}
+
+
+# --------------------------------------------------------------------------- --config FILE
+CONFIG_HELP = ("settings file, JSON or TOML (*.toml): keys are this command's options without -- and with _ "
+               "for - (see README, 'Settings files'); options given here win over the file")
+
+
+def with_config_file(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """``args`` parsed again with ``--config FILE``'s settings as ``parser``'s defaults (the command line wins).
+
+    ``parser`` is the sub-command's own; ``args._argv`` the command line (main keeps it). Each value is
+    checked as its option would check it (type, choices), so that a bad one is named with the file.
+    """
+    from cifarzoo.config_file import check_names, read_settings
+    from cifarzoo.errors import CifarzooError
+
+    if getattr(args, "config", None) is None:
+        return args
+    settings = read_settings(args.config)
+    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config") and a.default != argparse.SUPPRESS}
+    check_names(args.config, settings, actions)
+    for name, value in settings.items():
+        if name == "models" and isinstance(value, list) and all(isinstance(m, str) for m in value):
+            settings[name] = value = ",".join(value)  # a TOML/JSON list is the comma list
+        problem = _option_value_problem(actions[name], value)
+        if problem:
+            raise CifarzooError(f"{args.config}: invalid {name} {value!r}: expected {problem}")
+    parser.set_defaults(**settings)
+    again = parser.parse_args(args._argv[1:])  # argv[0] is the command's name: the top level has no options
+    again._argv = args._argv
+    return again
+
+
+def _option_value_problem(action: argparse.Action, value) -> str | None:
+    """What ``action``'s option expects, unless ``value`` (from a settings file) is such a value."""
+    if action.nargs == 0:  # a flag
+        return None if isinstance(value, bool) else "true or false"
+    if action.type in (int, float):
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or (action.type is int and not isinstance(value, int)):
+            return "an integer" if action.type is int else "a number"
+    elif not isinstance(value, str):
+        return "a string"
+    if action.choices is not None and value not in action.choices:
+        return " | ".join(map(str, action.choices))
+    return None

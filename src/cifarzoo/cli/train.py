@@ -26,6 +26,10 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     groups["Run folder"].add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR with its "
                                                                       "saved settings (no other training option "
                                                                       "may be given)")
+    p.add_argument("--config", metavar="FILE",
+                   help="settings file, JSON or TOML (*.toml): training settings by name (lr, batch_size, ...: a "
+                        "run's config.json 'config', or tune's best.json) and optionally model and preset; "
+                        "options given here win over the file")
     p.add_argument("--quiet", action="store_true", help="print only the final line")
     add_tracking_arguments(p)
     p.add_argument("--nproc-per-node", type=int, metavar="N",
@@ -38,6 +42,11 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def config_from_args(args) -> "TrainConfig":  # noqa: F821
     from cifarzoo.train import make_config
 
+    if args.config is not None:
+        from cifarzoo.config_file import config_with_file, train_settings
+
+        return config_with_file(args.model, args.preset, train_settings(args.config), config_overrides(args),
+                                where=args.config)
     return make_config(args.model, preset=args.preset, **config_overrides(args))
 
 
@@ -94,13 +103,13 @@ def check_arguments(args) -> None:
     parse_log(args.log, args.mlflow_uri)  # an unknown name is said before anything starts
     if args.resume and args.model:
         raise CifarzooError("give either MODEL or --resume DIR, not both (a resumed run keeps its settings)")
-    if not (args.resume or args.model):
-        raise CifarzooError("missing MODEL (see `cifarzoo models`), or --resume DIR")
+    if not (args.resume or args.model or args.config):
+        raise CifarzooError("missing MODEL (see `cifarzoo models`), --config FILE, or --resume DIR")
     if args.resume:
         arrays = _trained_from_arrays(args.resume)
         given = [name for name, value in config_overrides(args).items()
                  if value is not None and not (name == "data" and arrays)]
-        given += [name for name in ("preset", "out") if getattr(args, name) is not None]
+        given += [name for name in ("preset", "out", "config") if getattr(args, name) is not None]
         given += ["force"] if args.force else []
         if given:
             flags = ", ".join("--" + name.replace("_", "-") for name in given)

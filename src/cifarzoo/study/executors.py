@@ -476,3 +476,10 @@ def _host_port(address: str) -> bool:
 def _is_loopback(address: str) -> bool:
     host = address.rpartition(":")[0].strip("[]")
     return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def connect_ray(address: str | None = None, *, num_cpus: int | None = None):
+    """``(ray, connected_here)``: Ray imported and connected as a study connects (see RayExecutor: None starts
+    a local instance on 127.0.0.1 only); ``connected_here`` says whether the caller should ``ray.shutdown()``."""
+    ray = _import_ray(loopback=address is None or _is_loopback(address))
+    return ray, RayExecutor(address, num_cpus=num_cpus)._connect(ray)

@@ -27,6 +27,10 @@ from cifarzoo.train.config import MAX_SEEDS, PRESETS, TrainConfig, make_config
 
 STUDY_FILE = "study.json"
 RUNS_DIR = "runs"
+TUNE_DIR = "tune"  # DIR/tune/<model>/: `cifarzoo tune`'s folder of each model of a tuned study (--tune-budget)
+NOT_TUNED = ("the recipes were not tuned for this study: every model trains with its recipe and the preset's "
+             "hand-set settings (train/config.py); `cifarzoo benchmark --tune-budget 20m` tunes each model on "
+             "the validation split first, with the same budget")
 EVAL_FILE = "report_eval.json"
 
 # The five networks of the original study (the default of `cifarzoo benchmark`).
@@ -81,6 +85,7 @@ class StudyPlan:
     overrides: dict
     runs: tuple[RunSpec, ...]
     rule: str  # the budget rule, in words, as the report states it
+    tuning: str = NOT_TUNED  # how the models' settings were tuned for the study, in words (see with_tuning)
 
     @property
     def labels(self) -> str:
@@ -92,7 +97,7 @@ class StudyPlan:
             "format": "cifarzoo.study", "version": 1,
             "preset": self.preset, "preset_description": PRESETS[self.preset].get("description", ""),
             "models": list(self.models), "seeds": list(self.seeds), "data": self.data,
-            "overrides": dict(self.overrides), "rule": self.rule,
+            "overrides": dict(self.overrides), "rule": self.rule, "tuning": self.tuning,
             "runs": [{"name": s.name, "model": s.model, "seed": s.seed,
                       "run_dir": os.path.relpath(s.run_dir, self.out_dir)} for s in self.runs],
             "configs": {m: _config_for(self, m).to_dict() for m in self.models},
@@ -231,8 +236,8 @@ def load_plan(out_dir: str | os.PathLike) -> StudyPlan:
     if not isinstance(meta, dict):
         raise CifarzooError(f"{p}: not a cifarzoo study file (a JSON {type(meta).__name__}, not an object)")
     try:
-        return plan_study(meta["models"], preset=meta["preset"], seeds=len(meta["seeds"]), data=meta["data"],
-                          out_dir=out, **meta.get("overrides", {}))
+        return with_tuning(plan_study(meta["models"], preset=meta["preset"], seeds=len(meta["seeds"]),
+                                      data=meta["data"], out_dir=out, **meta.get("overrides", {})))
     except KeyError as exc:
         raise CifarzooError(f"{p}: not a cifarzoo study file (missing {exc})") from None
     except (TypeError, AttributeError) as exc:
@@ -253,11 +258,37 @@ def with_recorded_models(plan: StudyPlan) -> StudyPlan:
     if not extra:
         return plan
     models = [m for m in recorded if m in extra or m in plan.models] + [m for m in plan.models if m not in recorded]
-    return plan_study(models, preset=plan.preset, seeds=len(plan.seeds), data=plan.data, out_dir=plan.out_dir,
-                      **plan.overrides)
+    return with_tuning(plan_study(models, preset=plan.preset, seeds=len(plan.seeds), data=plan.data,
+                                  out_dir=plan.out_dir, **plan.overrides))
 
 
 def write_plan(plan: StudyPlan) -> None:
     """``DIR/study.json``: the plan, and when the study was first started (kept across invocations)."""
     make_folder(plan.out_dir, "study folder")
     write_json(plan.out_dir / STUDY_FILE, {**plan.to_dict(), "created": _created(plan.out_dir)})
+
+
+def with_tuning(plan: StudyPlan) -> StudyPlan:
+    """``plan`` with every model's tuned settings, where each has ``DIR/tune/<model>/best.json`` (written by
+    ``cifarzoo benchmark --tune-budget``), and the sentence saying how they were tuned; else ``plan``."""
+    import dataclasses
+
+    folders = {m: plan.out_dir / TUNE_DIR / m for m in plan.models}
+    if not plan.models or not all((f / "best.json").exists() and (f / "tune.json").exists()
+                                  for f in folders.values()):
+        return plan
+    best = {m: read_json(f / "best.json") for m, f in folders.items()}
+    asked = {m: read_json(f / "tune.json") for m, f in folders.items()}
+    runs = tuple(dataclasses.replace(r, config=TrainConfig.from_dict({**best[r.model], "seed": r.seed,
+                                                                        "data": plan.data}))
+                 for r in plan.runs)
+    a = next(iter(asked.values()))
+    names = sorted({n for q in asked.values() for n in q["space"]})
+    cpus = a["cpus"] * a.get("slots", 1)
+    tuning = (f"each model tuned for {a['budget']} of {cpus:g} CPU{'s' if cpus != 1 else ''}"
+              + (f" and {a['gpus'] * a.get('slots', 1):g} GPUs" if a["gpus"] else "")
+              + f" on {a['val_images']:,} validation images ({a['trials']} trials at most, Ray Tune's ASHA on "
+              f"the per-epoch validation accuracy, Optuna's TPE); search space {', '.join(names)} around each "
+              f"model's recipe ({TUNE_DIR}/<model>/tune.json); the test set was not used for tuning")
+    configs = {m: next(r.config for r in runs if r.model == m) for m in plan.models}
+    return dataclasses.replace(plan, runs=runs, rule=budget_rule(configs, plan.preset), tuning=tuning)

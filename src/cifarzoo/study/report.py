@@ -64,7 +64,7 @@ from cifarzoo import plots
 from cifarzoo.evaluate import top_confusions
 from cifarzoo.plots import MANY_CLASSES
 from cifarzoo.io import atomic_write_bytes, read_json_object, write_json
-from cifarzoo.study.plan import EVAL_FILE, ORIGINAL_STUDY, STUDY_FILE, StudyPlan, load_plan
+from cifarzoo.study.plan import EVAL_FILE, NOT_TUNED, ORIGINAL_STUDY, STUDY_FILE, StudyPlan, load_plan
 from cifarzoo.train.rundir import FAILED, FINISHED, FOREIGN, RESUMABLE, RunDir
 
 SCHEMA = "cifarzoo.study.results/1"
@@ -232,7 +232,7 @@ def build_results(plan: StudyPlan, records: list[RunRecord], dataset=None, creat
         "schema": SCHEMA,
         "study": {
             "preset": plan.preset, "preset_description": meta["preset_description"], "models": list(plan.models),
-            "seeds": list(plan.seeds), "rule": plan.rule, "data_spec": plan.data,
+            "seeds": list(plan.seeds), "rule": plan.rule, "tuning": plan.tuning, "data_spec": plan.data,
             "created": created, "report_date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cifarzoo": __version__,
             "configs": meta["configs"], "overrides": preset_overrides(plan),
         },
@@ -458,7 +458,7 @@ def build_blocks(out_dir: Path, results: dict, records: list[RunRecord], figs: d
                    f"Preset: {st['preset_description']}"
                    + (f"; overridden here: {'; '.join(st['overrides'])}" if st.get("overrides") else "")
                    + f". Report built {st['report_date']} by cifarzoo {st['cifarzoo']}."),
-        Block("kv", items=[("Budget rule", st["rule"])]),
+        Block("kv", items=[("Budget rule", st["rule"]), ("Tuning", st.get("tuning") or NOT_TUNED)]),
         Block("h2", "Results"),
         Block("p", "Test accuracy and loss are the final epoch's weights on the test split; mean ± sample standard "
                    "deviation over the finished seeds. Flip TTA averages each image's and its mirror's logits. "

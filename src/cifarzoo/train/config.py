@@ -185,7 +185,7 @@ class TrainConfig:
         unknown = sorted(set(d) - known, key=str)  # keys of a hand-edited file need not be strings
         if unknown:
             raise CifarzooError("unknown training settings: "
-                                + "; ".join(_unknown_setting_hint(k, known) for k in unknown))
+                                + "; ".join(unknown_setting_hint(k, known) for k in unknown))
         _check_types(d)
         return cls(**d)
 
@@ -222,7 +222,7 @@ NOT_SETTINGS = {
 }
 
 
-def _unknown_setting_hint(name: str, known: set[str]) -> str:
+def unknown_setting_hint(name: str, known: set[str]) -> str:
     """``name`` with what the user probably meant: a synonym, a close spelling, or where it lives."""
     import difflib
 

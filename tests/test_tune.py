@@ -1,0 +1,172 @@
+"""`cifarzoo tune` / cz.tune: Ray Tune search on the validation split, locally and on a Ray head."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from conftest import make_fake_cifar, write_batches
+
+from cifarzoo.cli import main
+
+pytest.importorskip("ray.tune")
+pytest.importorskip("optuna")
+
+TINY = ["--width-mult", "0.0625", "--epochs", "2", "--batch-size", "16", "--device", "cpu",
+        "--eval-batch-size", "64"]
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """200 training images (20 per class: 180 to train, 20 to validate) and 20 test images, official layout."""
+    folder = tmp_path_factory.mktemp("tune-data") / "cifar-10-batches-py"
+    return write_batches(folder, make_fake_cifar(train_per_class=20, test_per_class=2))
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """A `ray start --head` on 127.0.0.1 for this module's tests: its HOST:PORT. Stopped at the end: the
+    process group it was started in (`--block` keeps `ray start` beside the head's processes)."""
+    ray_cli = Path(sys.executable).with_name("ray")
+    if not ray_cli.exists():
+        ray_cli = shutil.which("ray")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    head = subprocess.Popen([str(ray_cli), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+                             "--port", str(port), "--num-cpus", "2", "--num-gpus", "0", "--include-dashboard=false",
+                             "--disable-usage-stats"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # its own process group: stopped as one below
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if head.poll() is not None or time.monotonic() > deadline:
+                os.killpg(head.pid, signal.SIGKILL)
+                pytest.fail("ray start --head did not come up")
+            time.sleep(0.2)
+    yield f"127.0.0.1:{port}"
+    os.killpg(head.pid, signal.SIGTERM)  # the head's processes, all started by this fixture
+    try:
+        head.wait(timeout=3)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+
+
+def _rows(folder: Path) -> list[dict]:
+    with open(folder / "trials.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_tune_local_writes_trials_best_report_and_a_final_run(tmp_path, data_dir, capsys):
+    out = tmp_path / "t"
+    rc = main(["tune", "resnet18", "--preset", "quick", "--data", str(data_dir), *TINY, "--trials", "8",
+               "--budget", "3m", "--out", str(out), "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    rows = _rows(out)
+    assert len(rows) == 8 and {r["trial"] for r in rows} == {str(i) for i in range(1, 9)}
+    assert all(r["status"] in ("finished", "stopped by ASHA") for r in rows)
+    assert all(r["seed"] == "0" and r["val_acc_1"] for r in rows)
+    assert {"lr", "weight_decay", "label_smoothing", "warmup_epochs"} <= set(rows[0])
+    request = json.loads((out / "tune.json").read_text())
+    assert (request["val_images"], request["train_images"]) == (20, 180)
+    # best.json is a settings file that `train --config` takes, on the full training set
+    best = json.loads((out / "best.json").read_text())
+    assert best["val_split"] == 0 and best["width_mult"] == 0.0625 and best["data"] == str(data_dir)
+    from cifarzoo.config_file import config_with_file, train_settings
+
+    assert config_with_file(None, None, train_settings(out / "best.json"), {}).to_dict() == best
+    final = json.loads((out / "final.json").read_text())
+    assert final["train_images"] == 200 and 0 <= final["test_acc"] <= 1
+    assert json.loads((out / "final" / "config.json").read_text())["config"] == best
+    report = (out / "report.html").read_text()
+    assert report.count("<img") == 3 and "Importance" in report and "test set" in report
+
+
+class Untouchable:
+    """Test arrays that fail the test on any use."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"the test set was touched ({name})")
+
+    def __len__(self):
+        raise AssertionError("the test set was touched (len)")
+
+    def __getitem__(self, key):
+        raise AssertionError("the test set was touched ([])")
+
+
+def test_search_on_a_ray_head_never_touches_the_test_set(tmp_path, ray_head, fake_files):
+    import cifarzoo as cz
+    from cifarzoo.data import build_dataset
+
+    f = fake_files.make(train_per_class=12, test_per_class=1)
+    ds = build_dataset(f.train_images, f.train_labels, f.test_images, f.test_labels, f.classes, "fake")
+    ds = replace(ds, test_images=Untouchable(), test_labels=Untouchable())
+    out = tmp_path / "t"
+    result = cz.tune("resnet18", data=ds, out=out, trials=2, budget="2m", executor="ray", address=ray_head,
+                     final=False, width_mult=0.0625, epochs=2, batch_size=16, device="cpu", search="lr,batch_size")
+    assert len(result.trials) == 2 and result.best is not None and result.final is None
+    assert "data" not in result.best  # arrays in memory: best.json cannot name them
+    assert all(t.status in ("finished", "stopped by ASHA") for t in result.trials)
+    for t in result.trials:  # the lr drawn is per starting batch (16), scaled with the batch trained with
+        assert t.settings["lr"] == pytest.approx(t.sampled["lr"] * t.settings["batch_size"] / 16)
+
+
+def test_cli_on_a_ray_head_records_failures_and_resumes(tmp_path, ray_head, data_dir, capsys):
+    (tmp_path / "space.toml").write_text("[batch_size]\nchoice = [50000]\n")  # more than the training images
+    out = tmp_path / "t"
+    args = ["tune", "resnet18", "--data", str(data_dir), *TINY, "--trials", "2", "--budget", "2m",
+            "--executor", "ray", "--address", ray_head, "--space", str(tmp_path / "space.toml"), "--out", str(out),
+            "--quiet"]
+    assert main(args) == 1  # no trial trained: said, not a crash
+    rows = _rows(out)
+    assert [r["status"][:7] for r in rows] == ["failed:", "failed:"] and "exceeds" in rows[0]["status"]
+    assert main(["tune", "--resume", str(out), "--epochs", "3"]) == 2
+    assert "drop the other settings" in capsys.readouterr().err
+    # restored (on the head it ran on, saved in tune.json): the same two failed trials, none added
+    assert main(["tune", "--resume", str(out), "--quiet"]) == 1
+    assert len(_rows(out)) == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--budget", "soon"], "--budget 'soon': expected a duration"),
+    (["--search", "lr,momentum"], "--search 'lr,momentum'"),
+    (["--trials", "0"], "--trials 0"),
+    (["--address", "127.0.0.1:1"], "--address: only with --executor ray"),
+])
+def test_tune_refuses_bad_requests_in_one_line(tmp_path, data_dir, capsys, args, message):
+    assert main(["tune", "resnet18", "--data", str(data_dir), "--out", str(tmp_path / "t"), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_benchmark_tune_budget_tunes_each_model_and_the_report_says_so(tmp_path, ray_head, data_dir):
+    from cifarzoo.study import plan_study
+    from cifarzoo.study.plan import NOT_TUNED
+
+    assert plan_study(["resnet18"], preset="quick").tuning == NOT_TUNED  # untuned: said in every report
+    out = tmp_path / "study"
+    rc = main(["benchmark", "--models", "resnet18", "--preset", "quick", "--data", str(data_dir), "--epochs", "1",
+               "--width-mult", "0.0625", "--device", "cpu", "--tune-budget", "1m", "--tune-trials", "1",
+               "--executor", "ray", "--address", ray_head, "--out", str(out), "--quiet"])
+    assert rc == 0
+    best = json.loads((out / "tune" / "resnet18" / "best.json").read_text())
+    trained = json.loads((out / "runs" / "resnet18-s0" / "config.json").read_text())["config"]
+    assert trained["lr"] == best["lr"] and trained["weight_decay"] == best["weight_decay"]
+    report = (out / "report.md").read_text()
+    assert "each model tuned for 1m" in report and "on 20 validation images" in report
+    assert NOT_TUNED not in report
