@@ -127,7 +127,7 @@ def test_train_logs_to_tensorboard_and_mlflow(in_tmp, capsys):
 def test_a_resumed_run_continues_its_mlflow_run(in_tmp, sample_subset, stop_at):
     from mlflow import MlflowClient
 
-    from cifarzoo.tracking import Chain, MLflowLogger
+    from cifarzoo.tracking import MLflowLogger
     from cifarzoo.train import TrainConfig, fit
 
     data = sample_subset(20, 10)  # 200 training images: 4 steps of 50 per epoch
@@ -135,12 +135,12 @@ def test_a_resumed_run_continues_its_mlflow_run(in_tmp, sample_subset, stop_at):
                          precision="fp32", compile="off", data="sample", allow_stall=True)
     first = MLflowLogger(artifacts=False)
     with pytest.raises(KeyboardInterrupt):  # Ctrl-C in the second epoch
-        fit(config, dataset=data, out_dir=in_tmp / "run", reporter=Chain(first, stop_at(6)))
+        fit(config, dataset=data, out_dir=in_tmp / "run", callbacks=[first], reporter=stop_at(6))
     first.close()  # what the process's exit does: KILLED
     client = MlflowClient()
     (run,) = client.search_runs([client.get_experiment_by_name("cifarzoo").experiment_id])
     assert run.info.status == "KILLED"
-    fit(resume=in_tmp / "run", dataset=data, reporter=MLflowLogger(artifacts=False))
+    fit(resume=in_tmp / "run", dataset=data, callbacks=[MLflowLogger(artifacts=False)])
     (again,) = client.search_runs([run.info.experiment_id])
     assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1, 2]

@@ -1,7 +1,7 @@
 """Experiment tracking with the real tools: a TensorBoard writer and an MLflow logger, as training callbacks.
 
-    fit(config, reporter=TensorBoardLogger())           # RUN_DIR/tensorboard: `tensorboard --logdir runs`
-    fit(config, reporter=MLflowLogger())                # MLflow's default store, or MLflowLogger("http://host:5000")
+    fit(config, callbacks=[TensorBoardLogger()])         # RUN_DIR/tensorboard: `tensorboard --logdir runs`
+    fit(config, callbacks=[MLflowLogger()])           # MLflow's default store, or MLflowLogger("http://host:5000")
     cifarzoo train resnet18 --log tensorboard,mlflow [--mlflow-uri URI]
 
 Both see the run through the callback methods only (on_start: config.json's content; on_epoch_end:
@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cifarzoo.errors import CifarzooError
-from cifarzoo.train.loop import Reporter as Callback
+from cifarzoo.train.callbacks import Callback
 
 LOGGERS = ("tensorboard", "mlflow")  # the names --log takes, each also the name of its extra
 TENSORBOARD_DIR = "tensorboard"  # inside the run folder
@@ -400,30 +400,3 @@ def close_all(callbacks, status: str) -> None:
         close = getattr(cb, "close", None)
         if close is not None:
             close(status)
-
-
-class Chain(Callback):
-    """Several callbacks as one reporter, called in order (until ``fit`` takes ``callbacks=[...]``)."""
-
-    def __init__(self, *callbacks):
-        self.callbacks = [c for c in callbacks if c is not None]
-
-    def on_start(self, info: dict) -> None:
-        for c in self.callbacks:
-            c.on_start(info)
-
-    def on_epoch_start(self, epoch: int, steps: int) -> None:
-        for c in self.callbacks:
-            c.on_epoch_start(epoch, steps)
-
-    def on_step(self, epoch: int, step: int, steps: int, global_step: int) -> None:
-        for c in self.callbacks:
-            c.on_step(epoch, step, steps, global_step)
-
-    def on_epoch_end(self, row: dict) -> None:
-        for c in self.callbacks:
-            c.on_epoch_end(row)
-
-    def on_end(self, summary: dict) -> None:
-        for c in self.callbacks:
-            c.on_end(summary)

@@ -159,10 +159,10 @@ def _run(args) -> int:
 
     is_main = current().is_main
     check_arguments(args)
-    from cifarzoo.tracking import Chain, make_loggers
+    from cifarzoo.tracking import make_loggers
 
     loggers = make_loggers(args.log, args.mlflow_uri) if is_main else []  # a missing extra is said here
-    reporter = Chain(ConsoleReporter(quiet=args.quiet or not is_main), *loggers)
+    callbacks = [*loggers, ConsoleReporter(quiet=args.quiet or not is_main)]  # the display last
     if args.resume:
         out_dir = args.resume
         dataset = None
@@ -173,7 +173,7 @@ def _run(args) -> int:
             folder = RunDir.of(args.resume)
             dataset = resume_dataset(folder.path, folder.read_info() or {}, args.data, labels=args.labels)
         try:
-            result = fit(resume=args.resume, dataset=dataset, callbacks=[reporter])
+            result = fit(resume=args.resume, dataset=dataset, callbacks=callbacks)
         except KeyboardInterrupt:
             return _interrupted(out_dir, is_main, args.data)
     else:
@@ -182,7 +182,7 @@ def _run(args) -> int:
 
         out_dir = run_folder(config.model, args.out)  # here, to say where an interrupted run is
         try:
-            result = fit(config, out_dir=out_dir, callbacks=[reporter], force=args.force)
+            result = fit(config, out_dir=out_dir, callbacks=callbacks, force=args.force)
         except KeyboardInterrupt:
             return _interrupted(out_dir, is_main, args.data)
     if args.quiet and is_main:

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from cifarzoo.errors import CifarzooError
-from cifarzoo.train.loop import Reporter
+from cifarzoo.train.callbacks import Callback
 
 METRIC = "val_acc"  # the validation accuracy of the epoch just trained, 0..1
 SEARCH_FOLDER = "search"  # Ray Tune's experiment folder under the tuning folder
 
 
-class TrialReport(Reporter):
+class TrialReport(Callback):
     """Reports each evaluated epoch of a trial's fit to Ray Tune (a callback: it never changes the run).
 
     ASHA and the per-trial time cap stop a trial between two reports (Ray ends its worker)."""
@@ -47,7 +47,7 @@ def run_trial(sampled: dict[str, Any], *, base: dict[str, Any], batch_size: int,
     start = TrainConfig.from_dict(base)
     config = TrainConfig.from_dict({**base, **trial_settings(sampled, start, batch_size)})
     out = Path(tune.get_context().get_trial_dir()) / "run"
-    fit(config, dataset=dataset, out_dir=out, reporter=TrialReport(config.seed), force=True)
+    fit(config, dataset=dataset, out_dir=out, callbacks=[TrialReport(config.seed)], force=True)
 
 
 def import_tune():
