@@ -24,6 +24,14 @@ def _text(cell) -> str:
     return "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
 
 
+def run_acc(work: Path) -> float:
+    """The notebook's first run's test accuracy, from its summary.json."""
+    import json
+
+    (run_dir,) = (work / "runs").iterdir()
+    return json.loads((run_dir / "summary.json").read_text())["test_acc"]
+
+
 def _mimes(cell) -> set[str]:
     return {m for o in cell.outputs if o.output_type in ("display_data", "execute_result") for m in o.data}
 
@@ -69,6 +77,22 @@ def test_quickstart_notebook_runs_in_a_kernel(tmp_path, monkeypatch):
     # Five predictions with two classes each.
     lines = _text(_cell(nb, "predict")).strip().splitlines()
     assert len(lines) == 5 and all(re.search(r"predicted \w+ \d+%, \w+ \d+%", ln) for ln in lines), lines
+    # Arrays out: probabilities (N, C) whose rows sum to 1, labels, the history as a DataFrame (HTML table).
+    arrays = _cell(nb, "arrays")
+    assert re.search(r"probabilities \(1000, 10\), rows sum to 1\.000\.\.1\.000", _text(arrays)), _text(arrays)
+    m = re.search(r"accuracy from the labels: (\d+\.\d+)%", _text(arrays))
+    assert m and abs(float(m.group(1)) / 100 - run_acc(work)) <= 0.002, _text(arrays)  # = test_acc, up to ties
+    assert "text/html" in _mimes(arrays)  # pandas' table of run.history
+    # Callbacks: the user's own sees every evaluated epoch; early stopping and keep-best on the validation
+    # split; TensorBoard's scalars read back with TensorBoard's own reader.
+    text = _text(_cell(nb, "callbacks"))
+    epochs = [int(e) for e in re.findall(r"epoch (\d): validation accuracy \d+\.\d%", text)]
+    assert epochs == list(range(1, len(epochs) + 1)) and 2 <= len(epochs) <= 4, text
+    assert re.search(r"(finished|stopped) after \d epochs, weights of epoch \d, test accuracy", text), text
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(work / "early-stopping" / "tensorboard")).Reload()
+    assert [e.step for e in events.Scalars("val/acc")] == epochs
     # The run's HTML representation: summary table and inline curves.
     html = next(o.data["text/html"] for o in _cell(nb, "run").outputs if "text/html" in o.get("data", {}))
     assert 'class="cifarzoo-run"' in html and "test accuracy" in html and "data:image/png;base64," in html
