@@ -116,24 +116,18 @@ def fit(
 
     ``model``: a registered name, ``"package.module:name"``, a factory (class or function taking
     ``num_classes``; recorded by import path) or an ``nn.Module`` (a copy is trained; this process only).
-
-    ``settings`` are any :class:`~cifarzoo.train.TrainConfig` fields (``epochs=3,
-    width_mult=0.25, lr=0.1, ...``) over the model's recipe and ``preset``; unknown or
-    invalid ones raise CifarzooError. ``out`` is the run folder (default
-    ``runs_root/<model>-<time>``); one that holds another run is refused unless
-    ``force=True``, except that a finished run made with the same settings and data is
-    returned as it is (so re-running a notebook cell does not train again). ``resume=FOLDER`` continues an
-    interrupted run with its
-    saved settings (a run trained from arrays needs ``data=`` again). On Ctrl-C / a kernel
-    interrupt, KeyboardInterrupt propagates after a resumable checkpoint is written.
-    ``callbacks``: :class:`cifarzoo.Callback` objects (e.g. ``cifarzoo.EarlyStopping``) called beside
-    the progress display, never instead of it (see :mod:`cifarzoo.train.callbacks`).
-    ``config`` is a settings file (JSON or TOML, as ``cifarzoo train --config``), a dict of settings or
-    a TrainConfig: taken as it is, above the recipe and preset and below ``settings``.
+    ``settings``: any :class:`~cifarzoo.train.TrainConfig` fields over the model's recipe, ``preset`` and
+    ``config`` (a JSON/TOML settings file, a dict or a TrainConfig); unknown or invalid ones raise
+    CifarzooError. ``out`` (default ``runs_root/<model>-<time>``) holding another run is refused unless
+    ``force=True``; one holding a finished run with the same settings and data is returned as it is (a
+    re-run notebook cell does not train again). ``resume=FOLDER`` continues an interrupted run (one
+    trained from arrays needs ``data=`` again); on Ctrl-C, KeyboardInterrupt propagates after a resumable
+    checkpoint is written. ``callbacks``: :class:`cifarzoo.Callback` objects, called beside the progress
+    display, never instead of it.
     """
     from cifarzoo.progress import make_reporter
     from cifarzoo.train.callbacks import check_callbacks
-    from cifarzoo.train import fit, make_config
+    from cifarzoo.train import fit
 
     reporter = make_reporter(progress)
     callbacks = [*check_callbacks(callbacks, "val"), reporter]  # the split is checked by fit; the display last
@@ -146,18 +140,7 @@ def fit(
         dataset = resume_dataset(run_dir, _read_info(run_dir), data, classes)
         kwargs = dict(resume=resume, dataset=dataset)
     else:
-        if model is None and config is None:
-            raise CifarzooError("fit() needs a model name (see `cifarzoo models`), or resume=RUN_FOLDER")
-        model = _model_key(model) if model is not None else None
-        spec, dataset = resolve_data(data, classes)
-        if dataset is not None and dataset.labelling and "labels" not in settings:
-            settings["labels"] = dataset.labelling  # a CIFAR-100 Dataset: saved, so its path reloads the same
-        if config is None:
-            config = make_config(model, preset=preset, data=spec, **settings)
-        else:
-            from cifarzoo.config_file import given_config
-
-            config = given_config(config, model, preset, {"data": spec, **settings})
+        config, dataset = _new_config(model, data, classes, preset, config, settings)
         from cifarzoo.train.rundir import run_folder
 
         run_dir = run_folder(config.model, out, runs_root)
@@ -174,6 +157,23 @@ def fit(
         raise
     return Run(result.run_dir, dataset=dataset)
 
+
+
+def _new_config(model: Any, data: Any, classes, preset: str | None, config: Any, settings: dict):
+    """(the TrainConfig, the in-memory Dataset or None) of a new run of :func:`fit`."""
+    from cifarzoo.train import make_config
+
+    if model is None and config is None:
+        raise CifarzooError("fit() needs a model name (see `cifarzoo models`), or resume=RUN_FOLDER")
+    model = _model_key(model) if model is not None else None
+    spec, dataset = resolve_data(data, classes)
+    if dataset is not None and dataset.labelling and "labels" not in settings:
+        settings["labels"] = dataset.labelling  # a CIFAR-100 Dataset: saved, so its path reloads the same
+    if config is None:
+        return make_config(model, preset=preset, data=spec, **settings), dataset
+    from cifarzoo.config_file import given_config
+
+    return given_config(config, model, preset, {"data": spec, **settings}), dataset
 
 def _model_key(model: Any) -> str:
     """A model name as given, or the key that a factory or an ``nn.Module`` instance is recorded under."""
