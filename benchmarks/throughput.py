@@ -339,7 +339,8 @@ def main(argv=None) -> int:
         names.insert(0, "fp32")  # the baseline every ratio is against
     baselines = earlier_baselines(args.baseline_from, device)
 
-    result = {**start_result("throughput", device, argv), "preset": preset, "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "models": []}
+    result = {**start_result("throughput", device, argv), "preset": preset, "steps": args.steps,
+              "warmup": args.warmup, "repeats": args.repeats, "models": []}
     for name in comma_list(args.models):
         rec = {"model": name, **attempt(measure, device, name, preset, names, device, args, baselines)}
         if rec["status"] != "finished":

@@ -220,7 +220,8 @@ def main(argv=None) -> int:
     first = make_config(models[0], preset=args.preset, data=args.data)
     dataset = data_mod.load(first.data if args.data is None else args.data)
     device = resolve_device(args.device or first.device)
-    result = {**start_result("time_to_accuracy", device, argv), "preset": args.preset, "data_source": dataset.source, "thresholds": thresholds,
+    result = {**start_result("time_to_accuracy", device, argv), "preset": args.preset,
+              "data_source": dataset.source, "thresholds": thresholds,
               "schedule": "truncated" if args.truncate_schedule and args.epochs else "recipe", "runs": []}
     for model in models:
         for seed in range(args.first_seed, args.first_seed + args.seeds):

@@ -206,7 +206,8 @@ def test_cli_early_stopping_and_keep_best(tmp_path, capsys):
     assert main([*args, "--early-stopping", "1", "--keep-best", "--out", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip()
     assert "--val-split" in err and "\n" not in err
-    assert main([*args, "--val-split", "40", "--early-stopping", "1", "--keep-best", "--out", str(tmp_path / "run")]) == 0
+    assert main([*args, "--val-split", "40", "--early-stopping", "1", "--keep-best",
+                 "--out", str(tmp_path / "run")]) == 0
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
     info = json.loads((tmp_path / "run" / "config.json").read_text())
     assert info["config"]["early_stopping"] == 1 and info["config"]["keep_best"] is True

@@ -9,7 +9,6 @@ import ast
 from functools import cache
 from pathlib import Path
 
-import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "cifarzoo"
@@ -262,7 +261,8 @@ def test_the_checks_see_what_they_look_for(tmp_path, monkeypatch):
         assert mutual_imports() == [f"cifarzoo.a (src/{PACKAGE}/a.py:1) <-> cifarzoo.b (src/{PACKAGE}/b.py:1)"]
         assert private_imports() == [f"src/{PACKAGE}/b.py:2 cifarzoo.b imports _hidden from cifarzoo.a"]
         assert model_builds_outside_models() == [f"src/{PACKAGE}/b.py:7 cifarzoo.b calls models.create(...)",
-                                                 f"src/{PACKAGE}/c.py:{MAX_FUNCTION_LINES + 5} cifarzoo.c calls make(...)"]
+                                                 f"src/{PACKAGE}/c.py:{MAX_FUNCTION_LINES + 5} "
+                                                 "cifarzoo.c calls make(...)"]
         assert too_long_functions() == [f"src/{PACKAGE}/c.py:4 long: {MAX_FUNCTION_LINES + 2} lines"]
     finally:
         modules.cache_clear()

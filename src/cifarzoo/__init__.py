@@ -54,4 +54,5 @@ def __getattr__(name: str):
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_API) | set(_MODELS) | set(_CALLBACKS) | set(_TRACKING) | {"register_augmentation"})
+    return sorted(set(globals()) | set(_API) | set(_MODELS) | set(_CALLBACKS) | set(_TRACKING)
+                  | {"register_augmentation"})

@@ -147,7 +147,8 @@ def with_config_file(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     if getattr(args, "config", None) is None:
         return args
     settings = read_settings(args.config)
-    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config") and a.default != argparse.SUPPRESS}
+    actions = {a.dest: a for a in parser._actions
+               if a.dest not in ("help", "config") and a.default != argparse.SUPPRESS}
     check_names(args.config, settings, actions)
     for name, value in settings.items():
         if name == "models" and isinstance(value, list) and all(isinstance(m, str) for m in value):

@@ -188,8 +188,8 @@ class DeviceLoader:
 
     ``train=True`` turns on augmentation (``augment``: comma list of crop, flip or
     altflip, cutout, any augmentation registered with
-    :func:`~cifarzoo.data.augment.register_augmentation`, or "none"; a crop is taken from a ``crop_pad``-pixel reflect-padded
-    frame, a shift of at most ``crop_pad`` pixels each way), and by default shuffling
+    :func:`~cifarzoo.data.augment.register_augmentation`, or "none"; a crop is taken from a
+    ``crop_pad``-pixel reflect-padded frame, a shift of at most ``crop_pad`` pixels each way), and by default shuffling
     and dropping the last incomplete global batch. ``train=False`` never augments and by default keeps the data order
     and every image. Call :meth:`set_epoch` before each epoch, as with
     ``DistributedSampler``: the epoch's order and augmentation depend only on

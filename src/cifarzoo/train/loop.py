@@ -376,7 +376,8 @@ def finish(trainer: Trainer) -> dict:
         n_images=len(labels))
     if config.tta_level == 2:  # multi-crop TTA, from the same pass
         summary["tta_level"] = 2
-        summary["test_loss_tta_level"], summary["test_acc_tta_level"] = loss_and_accuracy(final[2], labels, trainer.step.outputs)
+        summary["test_loss_tta_level"], summary["test_acc_tta_level"] = loss_and_accuracy(final[2], labels,
+                                                                                          trainer.step.outputs)
     with DeferredInterrupt():  # checkpoint, summary and curves are written together (a Ctrl-C waits)
         trainer.save(trainer.epoch, finished=True)
         if trainer.dist.is_main:

@@ -81,7 +81,8 @@ def tune(model: str | None = None, *, out: str | os.PathLike, preset: str | None
     ``settings`` (TrainConfig fields) and ``preset`` fix the starting point; ``search`` names the settings
     searched with their default priors, ``space`` (a file or dict, see :mod:`cifarzoo.tuning.space`) adds
     or replaces priors. ``executor``: "local" (default: a Ray instance on 127.0.0.1) or "ray" (the cluster at
-    ``address``, "auto" or HOST:PORT); with ``resume``, None continues where the search ran. ``resume=True`` continues the search in ``out`` (``data`` only for arrays).
+    ``address``, "auto" or HOST:PORT); with ``resume``, None continues where the search ran.
+    ``resume=True`` continues the search in ``out`` (``data`` only for arrays).
     ``reporter`` shows the final run's progress. KeyboardInterrupt propagates after the finished trials
     are written (``resume=True`` continues).
     """

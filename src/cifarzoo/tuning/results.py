@@ -157,7 +157,8 @@ def write_report(path: Path, trials: list[Trial], space: dict[str, dict], reques
                   f"and evaluated once on the test set: <b>{100 * final['test_acc']:.2f}%</b> "
                   f"(flip TTA {100 * final['test_acc_tta']:.2f}%), run folder <code>{html.escape(final['run_dir'])}"
                   "</code>.</p>")
-    text = f"""<!doctype html><html><head><meta charset="utf-8"><title>cifarzoo tune: {html.escape(request['model'])}</title>
+    title = f"cifarzoo tune: {html.escape(request['model'])}"
+    text = f"""<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>
 <style>body{{font-family:sans-serif;max-width:60em;margin:auto}} td,th{{padding:2px 8px}}</style></head><body>
 <h1>Tuning {html.escape(request['model'])}</h1>
 <p>{html.escape(describe(request))}</p>

@@ -47,7 +47,8 @@ class Tuning:
             spec, dataset = resolve_data(data) if data is not None else (request["data"], None)
             return cls(out, request, dataset or _load(spec, request["base"]["labels"]), True)
         if (out / REQUEST_FILE).exists():
-            raise CifarzooError(f"{out} already holds a tuning; continue it with --resume {out}, or choose another --out")
+            raise CifarzooError(f"{out} already holds a tuning; continue it with --resume {out}, "
+                                "or choose another --out")
         executor = executor or "local"
         if executor not in ("local", "ray"):
             raise CifarzooError(f"--executor {executor!r}: expected local or ray")
