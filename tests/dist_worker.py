@@ -65,18 +65,18 @@ def digest(module: nn.Module) -> str:
 
 
 class Capture:
-    """Keeps the first model ``models.create`` builds and the training loader ``fit`` makes."""
+    """Keeps the first model ``models.from_config`` builds and the training loader ``fit`` makes."""
 
     def __init__(self):
         import cifarzoo.data.loader as loader_mod
         import cifarzoo.models as models_mod
 
         self.models, self.loaders = [], []
-        real_create, RealLoader = models_mod.create, loader_mod.DeviceLoader
+        real_from_config, RealLoader = models_mod.from_config, loader_mod.DeviceLoader
         cap = self
 
-        def create(*a, **k):
-            m = real_create(*a, **k)
+        def from_config(*a, **k):
+            m = real_from_config(*a, **k)
             cap.models.append(m)
             return m
 
@@ -86,7 +86,7 @@ class Capture:
                 if self.train:
                     cap.loaders.append(self)
 
-        models_mod.create, loader_mod.DeviceLoader = create, Loader
+        models_mod.from_config, loader_mod.DeviceLoader = from_config, Loader
 
     def clear(self):
         self.models.clear()

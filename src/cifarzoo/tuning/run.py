@@ -1,7 +1,9 @@
 """One tuning from request to record: the request (tune.json), Ray, the search, the tables, the final run."""
 from __future__ import annotations
 
+
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,6 +102,7 @@ class Tuning:
                 r["trial_cap_seconds"] = r["budget_seconds"] * min(slots, r["trials"]) / r["trials"]
                 r["slots"] = slots
                 write_json(self.out / REQUEST_FILE, r)
+            started_at = time.monotonic()
             grid = run_search(self._trainable(base, tuning), folder=self.out, space=sp.to_ray(r["space"]),
                               trials=r["trials"], budget_s=r["budget_seconds"], trial_cap_s=r["trial_cap_seconds"],
                               max_epochs=self._max_epochs(base), cpus=r["cpus"], gpus=r["gpus"],
@@ -109,8 +112,10 @@ class Tuning:
             if started:
                 ray.shutdown()
         trials = res.trials_of(grid, start=base, batch_size=r["batch_size"], trial_cap_s=r["trial_cap_seconds"])
-        interrupted = grid.num_terminated + grid.num_errors < len(grid) or len(grid) < r["trials"] and \
-            _budget_left(trials, r)
+        # Fewer trials than asked is an interruption only while budget was left: Ray Tune's own time budget
+        # (wall time, Ray's start-up included) ends a search quietly.
+        budget_left = time.monotonic() - started_at < 0.95 * r["budget_seconds"]
+        interrupted = grid.num_terminated + grid.num_errors < len(grid) or (len(grid) < r["trials"] and budget_left)
         return self._record(trials, base, final=final and not interrupted, reporter=reporter,
                             interrupted=interrupted)
 
@@ -193,9 +198,3 @@ def _slots(ray, cpus: float, gpus: float) -> int:
         raise CifarzooError(f"the Ray cluster has {have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs: "
                             f"too few for one trial of --cpus-per-trial {cpus:g} --gpus-per-trial {gpus:g}")
     return n
-
-
-def _budget_left(trials, request) -> bool:
-    spent = sum(t.seconds or 0 for t in trials) / max(1, request.get("slots", 1))
-    return spent < 0.9 * request["budget_seconds"]
-
