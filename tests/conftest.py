@@ -42,6 +42,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
+
+def pytest_configure(config):
+    """Python's own Ctrl-C handler, as in a terminal: a suite started in the background (or a test
+    worker process) may inherit SIGINT ignored, and the Ctrl-C tests, their subprocesses included,
+    need it delivered."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, signal.SIG_DFL, None):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
 CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                  "dog", "frog", "horse", "ship", "truck")
 

@@ -83,7 +83,9 @@ def run_search(trainable, *, folder: Path, space: dict | None, trials: int, budg
             trainable, param_space=space,
             tune_config=tune.TuneConfig(
                 metric=METRIC, mode="max", num_samples=trials, time_budget_s=budget_s,
-                reuse_actors=True,  # one worker process per slot: torch imported once, not once per trial
+                # A worker process per trial: a reused one syncs the previous trial's run folder while a trial
+                # stopped by ASHA still releases its lock file there (the copy then fails on the vanished file).
+                reuse_actors=False,
                 search_alg=OptunaSearch(sampler=sampler),
                 scheduler=ASHAScheduler(time_attr="training_iteration", max_t=max_epochs, grace_period=1,
                                         reduction_factor=2)),
