@@ -404,3 +404,16 @@ def stop_at():
                 raise KeyboardInterrupt
 
     return StopAt
+
+
+@pytest.fixture
+def images():
+    """50 random uint8 NHWC images (every pixel distinct enough that a wrong index shows): the loader's
+    and the augmentations' tests."""
+    return np.random.default_rng(1).integers(0, 256, size=(50, 32, 32, 3), dtype=np.uint8)
+
+
+@pytest.fixture
+def labels():
+    """Labels of :func:`images`: 5 of each of 10 classes."""
+    return np.arange(50, dtype=np.int64) % 10

@@ -2,7 +2,6 @@
 registering or turning one on leaves every other augmentation's numbers unchanged."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -14,16 +13,6 @@ from cifarzoo.train.config import TrainConfig
 
 MEAN, STD = (125.3, 123.0, 113.9), (63.0, 62.1, 66.7)
 KW = dict(batch_size=10, mean=MEAN, std=STD, train=True, seed=3)
-
-
-@pytest.fixture
-def images():
-    return np.random.default_rng(1).integers(0, 256, size=(50, 32, 32, 3), dtype=np.uint8)
-
-
-@pytest.fixture
-def labels():
-    return np.arange(50, dtype=np.int64) % 10
 
 
 def _draw_gain(generator, n, image_size):

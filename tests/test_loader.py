@@ -13,17 +13,6 @@ MEAN = (125.3, 123.0, 113.9)
 STD = (63.0, 62.1, 66.7)
 
 
-@pytest.fixture
-def images():
-    """50 random uint8 NHWC images (every pixel distinct enough that a wrong index shows)."""
-    return np.random.default_rng(1).integers(0, 256, size=(50, 32, 32, 3), dtype=np.uint8)
-
-
-@pytest.fixture
-def labels():
-    return np.arange(50, dtype=np.int64) % 10
-
-
 def collect(loader, start=0):
     xs, ys = zip(*loader.iter_from(start)) if len(loader) > start else ((), ())
     return list(xs), list(ys)
