@@ -63,3 +63,39 @@ def test_range_and_choice_checks_come_from_the_metadata(name, value, message):
         TrainConfig(**{name: value})
     assert str(error.value) == message
     assert TrainConfig(optimizer="AdamW").optimizer == "adamw"  # a word is matched case-insensitively
+
+
+def test_a_models_recipe_and_preset_entries_live_in_its_decorator():
+    """Registering a model, its recipe and its preset entries is one decorator: the package's presets
+    name no model, every model's entries name a known preset, and make_config layers them as documented
+    (defaults < recipe < the preset's "all" < the model's entry < the caller's settings)."""
+    from torch import nn
+
+    from cifarzoo.models import get_entry, list_models, register_model
+    from cifarzoo.models.registry import unregister
+    from cifarzoo.recipe_kit import CoreBudget
+    from cifarzoo.train.config import PRESETS, equal_budgets, make_config
+
+    shared = {"description", "data", "one_run_per_core", "all", "epoch_factor"}
+    assert all(set(p) <= shared for p in PRESETS.values()), {n: set(p) - shared for n, p in PRESETS.items()}
+    for name in list_models(as_written=True):
+        assert set(get_entry(name).presets) <= set(PRESETS), name
+    assert set(equal_budgets("cpu")) == {"vgg16", "vgg19", "resnet50", "inception", "xception"}
+
+    @register_model("test", recipe=dict(epochs=7, lr=0.3, label_smoothing=0.2),
+                    presets={"quick": dict(epochs=3, lr=0.01), "cpu": CoreBudget(0.5, 64, 0.02, img_s=1000.0)})
+    def decorated_net(*, num_classes: int = 10, width_mult: float = 1.0, **kwargs) -> nn.Module:
+        return nn.Linear(3, num_classes)
+
+    try:
+        plain = make_config("decorated_net")
+        assert (plain.epochs, plain.lr, plain.label_smoothing) == (7, 0.3, 0.2)
+        quick = make_config("decorated_net", preset="quick", epochs=5)
+        assert (quick.epochs, quick.lr, quick.label_smoothing, quick.batch_size) == (5, 0.01, 0.2, 32)
+        cpu = make_config("decorated_net", preset="cpu")  # 20 core-minutes at 1,000 img/s: 24 epochs of 50,000
+        assert (cpu.width_mult, cpu.batch_size, cpu.lr, cpu.epochs, cpu.eval_every) == (0.5, 64, 0.02, 24, 6)
+        PRESETS["quick"]["decorated_net"] = dict(lr=0.04)  # a preset's own entry for it wins over the decorator's
+        assert make_config("decorated_net", preset="quick").lr == 0.04
+    finally:
+        PRESETS["quick"].pop("decorated_net", None)
+        unregister("decorated_net")

@@ -108,7 +108,10 @@ def test_cpu_preset_gives_every_study_model_the_same_core_minutes(tmp_path):
     CPU_CORE_MINUTES of one reference core fill at its measured training throughput, and the
     study's report says so in one sentence."""
     from cifarzoo.study import plan_study
-    from cifarzoo.train.config import CPU_BUDGET, CPU_CORE_MINUTES, CPU_TRAIN_IMAGES, budget_epochs
+    from cifarzoo.recipe_kit import CPU_CORE_MINUTES, CPU_TRAIN_IMAGES, budget_epochs
+    from cifarzoo.train.config import equal_budgets
+
+    CPU_BUDGET = {m: (b.width, b.batch, b.lr, b.img_s) for m, b in equal_budgets("cpu").items()}
 
     assert set(CPU_BUDGET) == {"vgg16", "vgg19", "resnet50", "inception", "xception"}
     for model, (width, batch, lr, img_s) in CPU_BUDGET.items():

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cifarzoo.models.registry import register_model, scale_width
+from cifarzoo.recipe_kit import AS_WRITTEN_RECIPE
 from cifarzoo.models.vgg import CONFIGS
 from cifarzoo.models.xception import ENTRY, EXIT, HEAD, MIDDLE, SeparableConv2d, XceptionBlock
 
@@ -252,28 +253,28 @@ _STUDY = "the original Keras study, as written (issue 24)"
 
 
 @register_model(paper=_STUDY + ": VGG16 without BN, ReLU'd Dense(10) then softmax", aliases=("as-written-vgg16",),
-                as_written=True)
+                as_written=True, recipe=AS_WRITTEN_RECIPE)
 def as_written_vgg16(*, num_classes: int = 10, width_mult: float = 1.0, **kwargs) -> nn.Module:
     """The study's VGG16; kwargs (fixes): ``batch_norm``, ``relu_head``, ``softmax``."""
     return AsWrittenVGG(CONFIGS["D"], num_classes=num_classes, width_mult=width_mult, **kwargs)
 
 
 @register_model(paper=_STUDY + ": VGG19 without BN, ReLU'd Dense(10) then softmax", aliases=("as-written-vgg19",),
-                as_written=True)
+                as_written=True, recipe=AS_WRITTEN_RECIPE)
 def as_written_vgg19(*, num_classes: int = 10, width_mult: float = 1.0, **kwargs) -> nn.Module:
     """The study's VGG19; kwargs (fixes): ``batch_norm``, ``relu_head``, ``softmax``."""
     return AsWrittenVGG(CONFIGS["E"], num_classes=num_classes, width_mult=width_mult, **kwargs)
 
 
 @register_model(paper=_STUDY + ": shortcut never added, shared BN, stride-2 1x1 ends, Dense(10) without softmax",
-                aliases=("as-written-resnet",), as_written=True)
+                aliases=("as-written-resnet",), as_written=True, recipe=AS_WRITTEN_RECIPE)
 def as_written_resnet(*, num_classes: int = 10, width_mult: float = 1.0, **kwargs) -> nn.Module:
     """The study's ResNet; kwargs (fixes): ``imagenet_strides``, ``shared_bn``, ``add_shortcut``, ``softmax``."""
     return AsWrittenResNet(num_classes=num_classes, width_mult=width_mult, **kwargs)
 
 
 @register_model(paper=_STUDY + ": Xception with ImageNet strides, softmax head", aliases=("as-written-xception",),
-                as_written=True)
+                as_written=True, recipe=AS_WRITTEN_RECIPE)
 def as_written_xception(*, num_classes: int = 10, width_mult: float = 1.0, **kwargs) -> nn.Module:
     """The study's Xception."""
     return AsWrittenXception(num_classes=num_classes, width_mult=width_mult, **kwargs)

@@ -30,6 +30,8 @@ when ``whiten_init`` is on, so a run that resumes freezes them too).
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -173,8 +175,27 @@ def _whiten_bias_group(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     return {"whiten_bias": [model.whiten.bias]}
 
 
+# airbench94_muon's recipe (94.01% mean of 200 runs in its paper's setting) in this trainer's units, for the
+# `airbench` and `cpu` presets; the conversion of each number: docs/recipes.md, "fastnet with airbench94_muon's
+# recipe". Needs the loop to build the "muon" optimizer (train/muon.py).
+FASTNET_MUON: dict[str, Any] = dict(
+    epochs=8, batch_size=2000, optimizer="muon", lr=1.5, momentum=0.85, muon_lr=0.24, muon_momentum=0.6,
+    weight_decay=2.67e-3, bn_bias_decay=4.2e-5, bias_lr_scale=64.0, label_smoothing=0.2, warmup_epochs=0.04,
+    augment="crop,altflip", crop_pad=2, whiten_init=True, whiten_bias_epochs=3, lookahead=False, tta_level=2,
+)
+
+
+# Recipe: airbench94's hyperparameters in this trainer's units (docs/recipes.md, "fastnet's SGD recipe");
+# expect 2.5-4 s of training per run on one GPU (not measured). quick: half width, batch and lr scaled
+# to 128, flips only (docs/recipes.md).
 @register_model(paper="Jordan 2024, 94% on CIFAR-10 in 3.29 Seconds on a Single GPU (airbench94)",
-                init_from_data=_whiten_from_data, param_groups=_whiten_bias_group)
+                init_from_data=_whiten_from_data, param_groups=_whiten_bias_group,
+                recipe=dict(epochs=10, lr=1.5, batch_size=1024, momentum=0.85, weight_decay=1.33e-3,
+                            label_smoothing=0.2, bias_lr_scale=64.0, lookahead=True, whiten_init=True,
+                            warmup_epochs=2.3),
+                presets={"quick": dict(width_mult=0.5, epochs=10, batch_size=128, lr=0.1875, warmup_epochs=2.3,
+                                       lookahead=True, augment="flip"),
+                         "cpu": FASTNET_MUON, "airbench": FASTNET_MUON})
 def fastnet(*, num_classes: int = 10, width_mult: float = 1.0, **kwargs) -> nn.Module:
     """airbench94's network; kwargs: ``scale`` (1/9), ``bn_momentum`` (0.4). See :func:`init_whitening`."""
     return _build(num_classes=num_classes, width_mult=width_mult, **kwargs)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import importlib
 import math
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -55,6 +55,12 @@ class ModelEntry:
     # (fastnet's whitening bias: "whiten_bias"); BN shifts are found by type.
     param_groups: Callable[[nn.Module], dict[str, list]] | None = None
     takes_width: bool = True  # the builder takes width_mult (every registered one does)
+    # Settings. recipe: what `cifarzoo train MODEL` uses unless told otherwise (the base of the
+    # `standard` preset); presets: {preset name: this model's entry in it}, a dict of settings or a
+    # recipe_kit.CoreBudget (an equal-compute preset's width, batch, lr and measured throughput).
+    # Precedence: TrainConfig defaults < recipe < preset's "all" < this entry < overrides.
+    recipe: Mapping[str, Any] = field(default_factory=dict)
+    presets: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         if not self.key:
@@ -87,14 +93,16 @@ _ALIASES: dict[str, str] = {}
 
 
 def register_model(paper: str | Callable | None = None, aliases: tuple[str, ...] = (), as_written: bool = False,
-                   **hooks):
+                   recipe: Mapping[str, Any] | None = None, presets: Mapping[str, Any] | None = None, **hooks):
     """Decorator: register a builder under its own name (and any aliases), as timm's ``@register_model``.
 
     The builder takes ``num_classes`` (and, for the zoo's own, ``width_mult``) and returns an
     ``nn.Module`` mapping normalized ``(B, 3, 32, 32)`` batches to ``(B, num_classes)`` logits.
     Use it bare (``@register_model``) or with a citation and the hooks of :class:`ModelEntry`
-    (``init_from_data``, ``split_outputs``, ``param_groups``). A builder defined outside this
-    package is recorded in a run's config by its import path, ``"package.module:name"``, so
+    (``init_from_data``, ``split_outputs``, ``param_groups``), and with its settings: ``recipe``
+    (what ``cifarzoo train MODEL`` uses) and ``presets`` (its entry in each preset, by preset name),
+    so a model, its recipe and its preset entries are one decorator in one file. A builder defined
+    outside this package is recorded in a run's config by its import path, ``"package.module:name"``, so
     ``evaluate``, ``predict``, ``--resume`` and ``export`` rebuild it in a new process by
     importing it. ``as_written``: see ModelEntry.
     """
@@ -120,7 +128,7 @@ def register_model(paper: str | Callable | None = None, aliases: tuple[str, ...]
                 )
         _REGISTRY[name] = ModelEntry(name, fn, paper or "", fn.__module__.rsplit(".", 1)[-1], aliases, as_written,
                                      key=key_here, takes_width=ours or _takes_width(fn),
-                                     **hooks)
+                                     recipe=dict(recipe or {}), presets=dict(presets or {}), **hooks)
         for alias in aliases:
             _ALIASES[alias] = name
         return fn

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 from cifarzoo import __version__
 from cifarzoo.errors import CifarzooError
 from cifarzoo.io import make_folder, read_json, read_json_object, write_json
-from cifarzoo.train.config import MAX_SEEDS, PRESETS, TrainConfig, make_config
+from cifarzoo.train.config import MAX_SEEDS, PRESETS, TrainConfig, equal_budgets, make_config
 
 STUDY_FILE = "study.json"
 RUNS_DIR = "runs"
@@ -139,15 +139,18 @@ def _equal_budget(configs: dict[str, TrainConfig], preset: str | None) -> str | 
     """The preset's equal-compute rule in words ("each network trained for 20 core-minutes of ... at
     its width: vgg16 w0.25 30 epochs, ..."), where the preset has one (cpu) and every model of the
     study trains at its settings; else None."""
-    budget = PRESETS.get(preset or "", {}).get("budget")
-    if not budget or not set(configs) <= set(budget["models"]):
+    budgets = equal_budgets(preset)
+    if not configs or not set(configs) <= set(budgets):
         return None
+    if len({(budgets[m].core_minutes, budgets[m].reference) for m in configs}) != 1:
+        return None  # not one budget
     for m, c in configs.items():
-        want = PRESETS[preset][m]
-        if (c.width_mult, c.batch_size, c.epochs) != (want["width_mult"], want["batch_size"], want["epochs"]):
+        b = budgets[m]
+        if (c.width_mult, c.batch_size, c.epochs) != (b.width, b.batch, b.epochs):
             return None
     per_model = ", ".join(f"{m} w{c.width_mult:g} {c.epochs} epochs" for m, c in configs.items())
-    return (f"each network trained for {budget['core_minutes']:g} core-minutes of {budget['reference']} at its "
+    b = budgets[next(iter(configs))]
+    return (f"each network trained for {b.core_minutes:g} core-minutes of {b.reference} at its "
             f"width ({per_model}: the epochs its measured training throughput there fills)")
 
 

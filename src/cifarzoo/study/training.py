@@ -110,13 +110,13 @@ def run_cost(config: TrainConfig, num_classes: int = 10) -> float:
 
 def reference_seconds(config: TrainConfig) -> float | None:
     """Seconds of training ``config`` takes on one core of the cpu preset's reference CPU, where its
-    throughput was measured at this width and batch (CPU_BUDGET); else None."""
-    from cifarzoo.train.config import CPU_BUDGET, CPU_TRAIN_IMAGES
+    throughput was measured at this width and batch (its CoreBudget entry); else None."""
+    from cifarzoo.train.config import equal_budgets
 
-    width, batch, _, img_s = CPU_BUDGET.get(config.model, (None, None, None, None))
-    if (width, batch) != (config.width_mult, config.batch_size):
+    budget = equal_budgets("cpu").get(config.model)
+    if budget is None or (budget.width, budget.batch) != (config.width_mult, config.batch_size):
         return None
-    return config.epochs * CPU_TRAIN_IMAGES / img_s
+    return budget.seconds(config.epochs)
 
 
 class RunProgress(Reporter):

@@ -5,9 +5,9 @@
     make_step(model, config, device, ...) -> TrainStep; step(x, y) -> (loss, logits)
 """
 from cifarzoo.train.callbacks import Callback, EarlyStopping, StopTraining
-from cifarzoo.train.config import PRESETS, RECIPES, TrainConfig, make_config
+from cifarzoo.train.config import PRESETS, TrainConfig, make_config, preset_entry, recipe
 from cifarzoo.train.loop import Reporter, RunResult, fit
 from cifarzoo.train.step import TrainStep, build_model, make_step, model_loss
 
-__all__ = ["PRESETS", "RECIPES", "Callback", "EarlyStopping", "Reporter", "RunResult", "StopTraining", "TrainConfig",
-           "TrainStep", "build_model", "fit", "make_config", "make_step", "model_loss"]
+__all__ = ["PRESETS", "Callback", "EarlyStopping", "Reporter", "RunResult", "StopTraining", "TrainConfig",
+           "TrainStep", "build_model", "fit", "make_config", "make_step", "model_loss", "preset_entry", "recipe"]

@@ -1,10 +1,11 @@
-"""Training configuration, per-model recipes and study presets — all as data, in one place.
+"""Training configuration and study presets, as data.
 
 ``TrainConfig`` is frozen: a run is described by one value that is saved into
-``config.json``, every checkpoint and every report. Recipes and presets are
-dictionaries of overrides applied in this order (later wins)::
+``config.json``, every checkpoint and every report. A model's recipe and its entry in
+each preset live in its ``@register_model`` (models/*.py); they are dictionaries of
+overrides applied in this order (later wins)::
 
-    TrainConfig defaults  <  RECIPES[model]  <  PRESETS[preset]["all"]  <  PRESETS[preset][model]  <  user flags
+    TrainConfig defaults  <  recipe(model)  <  PRESETS[preset]["all"]  <  preset_entry(model, preset)  <  user flags
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from cifarzoo.errors import CifarzooError, DataError
+from cifarzoo.recipe_kit import CPU_CORE_MINUTES, STUDY_SETTINGS, CoreBudget
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "muon")
 SCHEDULES = ("onecycle", "cosine", "step", "constant")
@@ -335,89 +337,17 @@ def _validate_numbers(c: TrainConfig, bad) -> None:
                 hi is not None and not (value <= hi if hi_ok else value < hi)):
             bad(_flag(name), value, expected)
 
-# Per-model recipes: what `cifarzoo train MODEL` uses unless told otherwise, and the base of the `standard`
-# preset: SGD + Nesterov, one-cycle with ~20% warm-up, label smoothing 0.1, crop + flip, lookahead; epochs
-# sized to each model's time target on one H100; "expect" is read from the literature, NOT measured.
-# Why each number: docs/recipes.md, "The per-model recipes".
-
-# The original study's settings (Adam 1e-3, batch 32, no augmentation, 50 epochs, nothing else): the
-# seed preset's, and the recipe of its networks as written (models/as_written.py), which also keep
-# its normalization mismatch and Keras' fp32.
-STUDY_SETTINGS: dict[str, Any] = dict(
-    optimizer="adam", lr=1e-3, batch_size=32, augment="none", epochs=50, schedule="constant", warmup_epochs=0.0,
-    label_smoothing=0.0, weight_decay=0.0, momentum=0.9, ema=False, whiten_init=False, lookahead=False,
-    bias_lr_scale=1.0)
-AS_WRITTEN_RECIPE: dict[str, Any] = dict(STUDY_SETTINGS, normalize="study", precision="fp32")
-
-RECIPES: dict[str, dict[str, Any]] = {
-    # expect 89.6-90.4% (target 91.0)
-    "vgg16": dict(epochs=60, warmup_epochs=12, lr=0.1, lookahead=True, model_kwargs={"dropout": 0.0}),
-    # expect ~0.2 below vgg16: 89.4-90.2% (target 91.0)
-    "vgg19": dict(epochs=58, warmup_epochs=12, lr=0.1, lookahead=True, model_kwargs={"dropout": 0.0}),
-    # expect 91.0-91.7% (target 92.0)
-    "resnet18": dict(epochs=42, warmup_epochs=8, lr=0.2, lookahead=True),
-    # expect 90-91% (target 92.0)
-    "resnet50": dict(epochs=28, warmup_epochs=6, lr=0.2, lookahead=True, model_kwargs={"zero_init_residual": True}),
-    # expect 89-90% (target 92.0)
-    "inception": dict(epochs=17, warmup_epochs=3.5, lr=0.1, lookahead=True, model_kwargs={"aux_logits": True}),
-    # expect 87.5-89% (target 91.5)
-    "xception": dict(epochs=24, warmup_epochs=5, lr=0.1, lookahead=True),
-    # airbench94's hyperparameters in this trainer's units (docs/recipes.md, "fastnet's SGD recipe");
-    # expect 2.5-4 s of training per run on one GPU (not measured)
-    "fastnet": dict(epochs=10, lr=1.5, batch_size=1024, momentum=0.85, weight_decay=1.33e-3,
-                    label_smoothing=0.2, bias_lr_scale=64.0, lookahead=True, whiten_init=True,
-                    warmup_epochs=2.3),
-    **{name: AS_WRITTEN_RECIPE for name in ("as_written_vgg16", "as_written_vgg19", "as_written_resnet",
-                                            "as_written_xception")},
-}
-
-# airbench94_muon's recipe (94.01% mean of 200 runs in its paper's setting) in this trainer's units, for the
-# `airbench` and `cpu` presets; the conversion of each number: docs/recipes.md, "fastnet with airbench94_muon's
-# recipe". Needs the loop to build the "muon" optimizer (train/muon.py).
-FASTNET_MUON: dict[str, Any] = dict(
-    epochs=8, batch_size=2000, optimizer="muon", lr=1.5, momentum=0.85, muon_lr=0.24, muon_momentum=0.6,
-    weight_decay=2.67e-3, bn_bias_decay=4.2e-5, bias_lr_scale=64.0, label_smoothing=0.2, warmup_epochs=0.04,
-    augment="crop,altflip", crop_pad=2, whiten_init=True, whiten_bias_epochs=3, lookahead=False, tta_level=2,
-)
+# A model's recipe (what `cifarzoo train MODEL` uses) and its entry in each preset are written in its
+# @register_model, beside the network (models/*.py); recipe_kit holds what they are written with.
+# Why each number: docs/recipes.md.
 
 # GPU presets: an epoch takes about a second, so evaluate every 10th epoch and the last, checkpoint only at the
 # end and on Ctrl-C (docs/recipes.md, "Evaluation and checkpoint cadence").
 GPU_CADENCE: dict[str, Any] = dict(eval_every=10, checkpoint_every=0)
 
-# The cpu preset's equal budget: every study model trains for CPU_CORE_MINUTES of one core at its own width
-# and batch, for the epochs its measured img/s on one reference core fills (budget_epochs). 20 minutes, not
-# 24: five runs on two cores are two rounds of two, then one alone (docs/recipes.md, "The `cpu` preset").
-CPU_CORE_MINUTES = 20
-CPU_REFERENCE = "one core of an AMD EPYC (Zen 4, AVX512-BF16)"
-# model: (width, batch, peak lr, fit's training img/s of a 2-epoch run on one reference core with the other
-# busy). Batch 128: more steps per second than 512 or 64; VGGs at the quick preset's lr 0.05, the others at their
-# recipes'. Measured in benchmarks/RESULTS.md, "Tuning the cpu preset".
-# -> epochs: vgg16 28, vgg19 23, resnet50 11, inception 5, xception 10.
-CPU_BUDGET: dict[str, tuple[float, int, float, float]] = {
-    "vgg16": (0.25, 128, 0.05, 1185.0),
-    "vgg19": (0.25, 128, 0.05, 973.0),
-    "resnet50": (0.125, 128, 0.2, 484.0),
-    "inception": (0.125, 128, 0.1, 228.0),
-    "xception": (0.125, 128, 0.1, 438.0),
-}
-CPU_TRAIN_IMAGES = 50_000
 
-
-def budget_epochs(img_s: float, minutes: float = CPU_CORE_MINUTES, images: int = CPU_TRAIN_IMAGES) -> int:
-    """Whole epochs of ``images`` that ``minutes`` of training at ``img_s`` images per second fill (at least 1)."""
-    return max(1, int(minutes * 60 * img_s // images))
-
-
-def _cpu_budget(model: str) -> dict[str, Any]:
-    """The cpu preset's settings of a study model under the equal budget; warm-up 20% of the run. Evaluated
-    about four times per run, not every epoch: evaluation is time the budget does not count (docs/recipes.md)."""
-    width, batch, lr, img_s = CPU_BUDGET[model]
-    epochs = budget_epochs(img_s)
-    return dict(width_mult=width, batch_size=batch, lr=lr, epochs=epochs, warmup_epochs=round(0.2 * epochs, 1),
-                eval_every=-(-epochs // 4))
-
-
-# Study presets. "all" applies to every model; a model's own entry wins over "all".
+# Study presets. "all" applies to every model; a model's own entry (its @register_model's ``presets``, then
+# an entry named after it here, for a preset defined outside the model's file) wins over "all".
 PRESETS: dict[str, dict[str, Any]] = {
     # 2-core CPU or laptop: narrow models on the bundled 5k/1k sample, a few epochs.
     "quick": {
@@ -432,16 +362,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "all": dict(width_mult=0.125, epochs=12, batch_size=32, lr=0.05, warmup_epochs=1.0,
                     precision="auto", compile="off", channels_last=True,
                     eval_batch_size=128, lookahead=False),
-        "vgg16": dict(width_mult=0.25, epochs=26, batch_size=128),
-        "vgg19": dict(width_mult=0.25, epochs=26, batch_size=128),
-        "resnet50": dict(lr=0.1), "inception": dict(epochs=9), "xception": dict(epochs=11),
-        # fastnet: its recipe at half width, batch and lr scaled to 128, flips only (docs/recipes.md).
-        "fastnet": dict(width_mult=0.5, epochs=10, batch_size=128, lr=0.1875, warmup_epochs=2.3, lookahead=True,
-                        augment="flip"),
     },
-    # Full CIFAR-10 on a laptop or desktop CPU: fastnet with airbench94_muon's recipe (FASTNET_MUON) at full
-    # width; the study models side by side under one equal budget (CPU_BUDGET; docs/recipes.md, "The `cpu`
-    # preset"). precision auto: bf16 where the CPU multiplies bf16 natively (device.py).
+    # Full CIFAR-10 on a laptop or desktop CPU: fastnet with airbench94_muon's recipe (models/fastnet.py) at
+    # full width; the study models side by side under one equal budget (each one's CoreBudget entry;
+    # docs/recipes.md, "The `cpu` preset"). precision auto: bf16 where the CPU multiplies bf16 natively.
     "cpu": {
         "description": "full CIFAR-10 on a CPU in minutes: fastnet with airbench94_muon's recipe (~6 min on 2 "
                        "AMX cores, 18 on 2 Zen 4 cores), the study models side by side, each for the same "
@@ -449,10 +373,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "data": None,
         "one_run_per_core": True,
         "all": dict(precision="auto", channels_last=True, compile="off", eval_batch_size=256),
-        "budget": dict(core_minutes=CPU_CORE_MINUTES, reference=CPU_REFERENCE, models=tuple(CPU_BUDGET)),
-        **{m: _cpu_budget(m) for m in CPU_BUDGET},
-        "resnet18": dict(width_mult=0.25, epochs=8, warmup_epochs=1.6),
-        "fastnet": FASTNET_MUON,
     },
     # One GPU: full widths, full CIFAR-10, each model's tuned recipe.
     "standard": {
@@ -460,13 +380,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "data": None,
         "all": dict(precision="auto", channels_last=True, compile="auto", **GPU_CADENCE),
     },
-    # fastnet with airbench94_muon's recipe (FASTNET_MUON); every other model as in standard.
+    # fastnet with airbench94_muon's recipe (its entry, models/fastnet.py); every other model as in standard.
     "airbench": {
         "description": "standard, but fastnet with airbench94_muon's recipe: Muon, alternating flip, 2-pixel "
                        "shifts, 6-view TTA",
         "data": None,
         "all": dict(precision="auto", channels_last=True, compile="auto", **GPU_CADENCE),
-        "fastnet": FASTNET_MUON,
     },
     # Longer schedules for the best accuracy.
     "full": {
@@ -484,9 +403,28 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 def recipe(model: str) -> dict[str, Any]:
-    from cifarzoo.models import resolve
+    """``model``'s recipe: what `cifarzoo train MODEL` uses unless told otherwise (its @register_model's)."""
+    from cifarzoo.models import get_entry
 
-    return dict(RECIPES.get(resolve(model), {}))
+    return dict(get_entry(model).recipe)
+
+
+def preset_entry(model: str, preset: str) -> dict[str, Any]:
+    """``model``'s own settings in ``preset`` (over its "all"): its @register_model's entry (a CoreBudget
+    gives its settings), then an entry named after it in ``PRESETS[preset]``."""
+    from cifarzoo.models import get_entry
+
+    entry = get_entry(model).presets.get(preset, {})
+    own = entry.settings() if isinstance(entry, CoreBudget) else dict(entry)
+    return {**own, **PRESETS[preset].get(get_entry(model).name, {})}
+
+
+def equal_budgets(preset: str | None) -> dict[str, CoreBudget]:
+    """The models whose entry in ``preset`` is an equal-compute budget (the cpu preset's study models)."""
+    from cifarzoo.models import get_entry, list_models
+
+    found = {m: get_entry(m).presets.get(preset or "") for m in list_models()}
+    return {m: b for m, b in found.items() if isinstance(b, CoreBudget)}
 
 
 def make_config(model: str, preset: str | None = None, **overrides) -> TrainConfig:
@@ -501,7 +439,7 @@ def make_config(model: str, preset: str | None = None, **overrides) -> TrainConf
         p = PRESETS[preset]
         values["data"] = p.get("data")
         values.update(p.get("all", {}))
-        values.update(p.get(name, {}))
+        values.update(preset_entry(name, preset))
         if "epoch_factor" in p:
             values["epochs"] = max(1, int(round(values.get("epochs", TrainConfig.epochs) * p["epoch_factor"])))
     values.update({k: v for k, v in overrides.items() if v is not None})
