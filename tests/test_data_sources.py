@@ -735,7 +735,6 @@ def test_special_files_given_as_data_are_refused(fifo, no_hang, tmp_path, specia
         sources.load_archive(path)
 
 
-
 def _meta_with(names) -> dict:
     return {"batches.meta": {b"label_names": [n.encode() for n in names]}}
 

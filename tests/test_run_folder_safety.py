@@ -29,8 +29,6 @@ def config(**kw) -> TrainConfig:
     return TrainConfig(**{**base, **kw})
 
 
-
-
 def test_a_finished_run_is_not_overwritten_without_force(tiny, tmp_path):
     out = tmp_path / "run"
     first = fit(config(seed=1), dataset=tiny, out_dir=out)

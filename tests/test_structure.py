@@ -266,3 +266,18 @@ def test_the_checks_see_what_they_look_for(tmp_path, monkeypatch):
         assert too_long_functions() == [f"src/{PACKAGE}/c.py:4 long: {MAX_FUNCTION_LINES + 2} lines"]
     finally:
         modules.cache_clear()
+
+
+def test_make_tests_lint_is_also_the_format_check(tmp_path):
+    """`ruff check` with the project's rule set (pyproject.toml) refuses what a layout change brings:
+    blank lines, whitespace, indentation and long lines, besides pyflakes' findings."""
+    import json
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.py"
+    bad.write_text("import os\nx = 1\ndef f( a ):\n  return a\ny = '" + "z" * 130 + "'\n")
+    done = subprocess.run([sys.executable, "-m", "ruff", "check", "--config", str(SRC.parent / "pyproject.toml"),
+                           "--output-format", "json", "--no-cache", str(bad)], capture_output=True, text=True)
+    codes = {finding["code"] for finding in json.loads(done.stdout)}
+    assert {"F401", "E302", "E201", "E202", "E111", "E305", "E501"} <= codes, codes

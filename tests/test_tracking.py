@@ -222,4 +222,3 @@ def test_a_study_is_a_parent_run_with_a_child_per_run(tmp_path, mlflow_server, s
         assert [m.step for m in history] == [r["epoch"] for r in rows]
         assert [m.value for m in history] == pytest.approx([r["eval_acc"] for r in rows], rel=1e-5)
         assert "summary.json" in {a.path for a in client.list_artifacts(child.info.run_id)}
-

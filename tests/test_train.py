@@ -31,8 +31,6 @@ def tiny_config(**kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
-
-
 def test_run_folder_has_every_record(tiny, tmp_path):
     result = fit(tiny_config(), dataset=tiny, out_dir=tmp_path / "run")
     run = result.run_dir

@@ -158,7 +158,6 @@ def fit(
     return Run(result.run_dir, dataset=dataset)
 
 
-
 def _new_config(model: Any, data: Any, classes, preset: str | None, config: Any, settings: dict):
     """(the TrainConfig, the in-memory Dataset or None) of a new run of :func:`fit`."""
     from cifarzoo.train import make_config
@@ -174,6 +173,7 @@ def _new_config(model: Any, data: Any, classes, preset: str | None, config: Any,
     from cifarzoo.config_file import given_config
 
     return given_config(config, model, preset, {"data": spec, **settings}), dataset
+
 
 def _model_key(model: Any) -> str:
     """A model name as given, or the key that a factory or an ``nn.Module`` instance is recorded under."""

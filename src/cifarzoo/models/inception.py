@@ -41,6 +41,7 @@ from cifarzoo.models.init import init_weights
 from cifarzoo.models.registry import register_model, scale_width
 from cifarzoo.recipe_kit import CoreBudget
 
+
 class InceptionOutputs(NamedTuple):
     """Training-mode output with auxiliary heads; each ``(B, num_classes)``."""
 

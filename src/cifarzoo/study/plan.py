@@ -222,7 +222,6 @@ def plan_study(
                      budget_rule(configs, preset))
 
 
-
 def _created(out_dir: Path) -> str:
     """When this study folder was first started (kept across invocations)."""
     created = (read_json_object(out_dir / STUDY_FILE) or {}).get("created")

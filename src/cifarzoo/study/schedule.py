@@ -76,7 +76,6 @@ def run_rest(epochs_done: int, epochs: int, last_epoch_seconds: float, since_las
     return max(0.0, last_epoch_seconds * (epochs - epochs_done) - since_last_epoch)
 
 
-
 # A run training now, as seconds_left reads it: (epochs done, epochs, seconds of its latest epoch,
 # seconds since that epoch ended, seconds since the run started, cost).
 Running = tuple[int, int, float, float, float, float]

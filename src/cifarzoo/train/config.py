@@ -289,7 +289,6 @@ def validate(c: TrainConfig) -> None:
         bad("--tta-level", c.tta_level, "0 (none), 1 (flip) or 2 (flip and 1-pixel translations)")
 
 
-
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -336,6 +335,7 @@ def _validate_numbers(c: TrainConfig, bad) -> None:
         if not math.isfinite(value) or not (value >= lo if lo_ok else value > lo) or (
                 hi is not None and not (value <= hi if hi_ok else value < hi)):
             bad(_flag(name), value, expected)
+
 
 # A model's recipe (what `cifarzoo train MODEL` uses) and its entry in each preset are written in its
 # @register_model, beside the network (models/*.py); recipe_kit holds what they are written with.
@@ -401,6 +401,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "all": dict(STUDY_SETTINGS, model_kwargs={}, **GPU_CADENCE),
     },
 }
+
 
 def recipe(model: str) -> dict[str, Any]:
     """``model``'s recipe: what `cifarzoo train MODEL` uses unless told otherwise (its @register_model's)."""
