@@ -17,6 +17,7 @@ import pytest
 from conftest import make_fake_cifar, write_batches
 
 from cifarzoo.cli import main
+from cifarzoo.train.config import make_config
 
 pytest.importorskip("ray.tune")
 pytest.importorskip("optuna")
@@ -81,6 +82,10 @@ def test_tune_local_writes_trials_best_report_and_a_final_run(tmp_path, data_dir
     assert all(r["status"] in ("finished", "stopped by ASHA") for r in rows)
     assert all(r["seed"] == "0" and r["val_acc_1"] for r in rows)
     assert {"lr", "weight_decay", "label_smoothing", "warmup_epochs"} <= set(rows[0])
+    start = make_config("resnet18", preset="quick")  # the first trial trains the starting settings
+    first = next(r for r in rows if r["trial"] == "1")
+    assert [float(first[n]) for n in ("lr", "weight_decay", "label_smoothing")] == pytest.approx(
+        [start.lr, start.weight_decay, start.label_smoothing])
     request = json.loads((out / "tune.json").read_text())
     assert (request["val_images"], request["train_images"]) == (20, 180)
     # best.json is a settings file that `train --config` takes, on the full training set
@@ -94,6 +99,28 @@ def test_tune_local_writes_trials_best_report_and_a_final_run(tmp_path, data_dir
     assert json.loads((out / "final" / "config.json").read_text())["config"] == best
     report = (out / "report.html").read_text()
     assert report.count("<img") == 3 and "Importance" in report and "test set" in report
+
+
+def test_the_search_starts_from_the_starting_settings_where_the_priors_hold_them():
+    from cifarzoo.tuning.space import default_space, start_point
+
+    base = make_config("resnet50", preset="quick")
+    space = default_space(base, 32, 4500, ("lr", "weight_decay", "batch_size", "epochs"))
+    assert start_point(space, base, 32) == {"lr": base.lr, "weight_decay": base.weight_decay, "batch_size": 32,
+                                           "epochs": base.epochs}
+    narrowed = dict(space, lr={"log_uniform": [1.0, 2.0]})  # a --space without the starting lr: no start
+    assert start_point(narrowed, base, 32) is None
+    fixed = dict(space, lr={"uniform": [0.3, 0.3]})  # a setting searched at one value is the search's
+    assert "lr" not in start_point(fixed, base, 32)
+
+
+def test_asha_compares_trials_only_after_the_longest_warm_up():
+    from cifarzoo.tuning.search import grace_epochs
+    from cifarzoo.tuning.space import default_space
+
+    warmup_end = default_space(make_config("vgg16", preset="quick"), 128, 4500, ("warmup_epochs",))
+    assert warmup_end["warmup_epochs"]["uniform"][1] <= grace_epochs(26) == 8  # 26 epochs: 7.8 of warm-up at most
+    assert grace_epochs(9) == 3 and grace_epochs(2) == 1 and grace_epochs(1) == 1
 
 
 class Untouchable:

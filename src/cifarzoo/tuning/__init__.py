@@ -1,7 +1,8 @@
 """Tuning: a search over a model's training settings on the validation split, on Ray Tune.
 
 Every trial is an ordinary ``fit`` on the training images less a validation split, evaluated on that
-split after every epoch; the test set is not looked at during the search. The trials' data is a
+split after every epoch; the test set is not looked at during the search. The first trial trains the
+starting settings (recipe < preset < options) where they lie inside the priors. The trials' data is a
 Dataset whose evaluation ("test") split *is* the validation split, so not even the final pass of a
 trial's fit (which evaluates its "test" split) can reach the test images. Then, apart from the search,
 the best settings train once on the whole training set and are evaluated once on the test set.

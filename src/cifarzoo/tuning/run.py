@@ -107,7 +107,7 @@ class Tuning:
                               trials=r["trials"], budget_s=r["budget_seconds"], trial_cap_s=r["trial_cap_seconds"],
                               max_epochs=self._max_epochs(base), cpus=r["cpus"], gpus=r["gpus"],
                               seed=base.seed, resume=self.resume and (self.out / SEARCH_FOLDER).exists(),
-                              verbose=verbose)
+                              start=sp.start_point(r["space"], base, r["batch_size"]), verbose=verbose)
         finally:
             if started:
                 ray.shutdown()

@@ -14,9 +14,17 @@ from typing import Any
 
 from cifarzoo.errors import CifarzooError
 from cifarzoo.train.callbacks import Callback
+from cifarzoo.tuning.space import WARMUP_SHARE
 
 METRIC = "val_acc"  # the validation accuracy of the epoch just trained, 0..1
 SEARCH_FOLDER = "search"  # Ray Tune's experiment folder under the tuning folder
+
+
+def grace_epochs(max_epochs: int) -> int:
+    """The first epoch at which ASHA compares trials: after the longest warm-up the default prior draws
+    (30% of the epochs). Earlier, a one-cycle run's accuracy says how far its warm-up has got, not how
+    good its settings are: at epoch 1 a short warm-up always leads."""
+    return max(1, math.ceil(WARMUP_SHARE * max_epochs))
 
 
 class TrialReport(Callback):
@@ -63,9 +71,10 @@ def import_tune():
 
 
 def run_search(trainable, *, folder: Path, space: dict | None, trials: int, budget_s: float, trial_cap_s: float,
-               max_epochs: int, cpus: float, gpus: float, seed: int, resume: bool, verbose: int = 0):
-    """Ray Tune's ResultGrid of a new search (``space``: Ray's sampling objects) or of the one in
-    ``folder`` continued (``resume``). Ray must be connected."""
+               max_epochs: int, cpus: float, gpus: float, seed: int, resume: bool, start: dict | None = None,
+               verbose: int = 0):
+    """Ray Tune's ResultGrid of a new search (``space``: Ray's sampling objects; ``start``: the point tried
+    first) or of the one in ``folder`` continued (``resume``). Ray must be connected."""
     import optuna
 
     tune, ASHAScheduler, OptunaSearch = import_tune()
@@ -86,8 +95,9 @@ def run_search(trainable, *, folder: Path, space: dict | None, trials: int, budg
                 # A worker process per trial: a reused one syncs the previous trial's run folder while a trial
                 # stopped by ASHA still releases its lock file there (the copy then fails on the vanished file).
                 reuse_actors=False,
-                search_alg=OptunaSearch(sampler=sampler),
-                scheduler=ASHAScheduler(time_attr="training_iteration", max_t=max_epochs, grace_period=1,
+                search_alg=OptunaSearch(sampler=sampler, points_to_evaluate=[start] if start else None),
+                scheduler=ASHAScheduler(time_attr="training_iteration", max_t=max_epochs,
+                                        grace_period=grace_epochs(max_epochs),
                                         reduction_factor=2)),
             run_config=tune.RunConfig(
                 name=SEARCH_FOLDER, storage_path=str(folder.resolve()), stop={"time_total_s": trial_cap_s},

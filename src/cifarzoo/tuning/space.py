@@ -34,6 +34,7 @@ from cifarzoo.train.config import TrainConfig
 SEARCHABLE = ("lr", "weight_decay", "label_smoothing", "warmup_epochs", "batch_size", "width_mult", "epochs")
 DEFAULT_SEARCH = ("lr", "weight_decay", "label_smoothing", "warmup_epochs")
 KINDS = ("log_uniform", "uniform", "int", "choice")
+WARMUP_SHARE = 0.3  # the warm-up prior's upper end, as a share of the epochs
 # Settings a trial fixes itself (its data, its evaluation cadence, where it runs): not searchable.
 NOT_SEARCHABLE = ("model", "data", "labels", "subset", "val_split", "eval_every", "checkpoint_every", "device",
                   "threads", "seed", "model_kwargs")
@@ -58,7 +59,7 @@ def default_space(base: TrainConfig, batch_size: int, n_train: int, names: tuple
         "lr": {"log_uniform": [base.lr / 5, min(10.0, base.lr * 5)]},
         "weight_decay": {"log_uniform": [1e-5, 1e-2]},
         "label_smoothing": {"uniform": [0.0, 0.3]},
-        "warmup_epochs": {"uniform": [0.0, round(0.3 * e, 2)]},
+        "warmup_epochs": {"uniform": [0.0, round(WARMUP_SHARE * e, 2)]},
         "batch_size": {"choice": sorted({max(1, batch_size // 2), batch_size, min(n_train, 2 * batch_size)})},
         "width_mult": {"choice": sorted({base.width_mult / 2, base.width_mult, min(2.0, base.width_mult * 2)})},
         "epochs": {"int": [max(1, e // 2), max(2, 2 * e)]},
@@ -120,6 +121,23 @@ def to_ray(space: dict[str, dict]) -> dict[str, Any]:
                      tune.randint(b[0], b[1] + 1) if kind == "int" and b[0] < b[1] else
                      tune.choice(list(b)) if kind == "choice" else b[0])  # a point: searched at that value only
     return out
+
+
+def start_point(space: dict[str, dict], base: TrainConfig, batch_size: int) -> dict[str, Any] | None:
+    """The settings the search starts from as a point of ``space``, trained as its first trial (so the best
+    found is never one the start beat on the validation split), or None where a starting value lies outside
+    its prior (a narrowed --space). Settings searched at one value are left to the search."""
+    point = {}
+    for name, spec in space.items():
+        kind, bounds = next(iter(spec.items()))
+        value = batch_size if name == "batch_size" else getattr(base, name)
+        searched = len(bounds) > 1 if kind == "choice" else bounds[0] < bounds[1]
+        inside = value in bounds if kind == "choice" else bounds[0] <= value <= bounds[1]
+        if searched and not inside:
+            return None
+        if searched:
+            point[name] = value
+    return point or None
 
 
 def trial_settings(sampled: dict[str, Any], base: TrainConfig, batch_size: int) -> dict[str, Any]:
