@@ -143,11 +143,13 @@ def resnet18(*, num_classes: int = 10, width_mult: float = 1.0, **kwargs) -> nn.
     return _build(BasicBlock, (2, 2, 2, 2), num_classes=num_classes, width_mult=width_mult, **kwargs)
 
 
-# expect 90-91% (target 92.0); quick: lr 0.1 at the quick preset's batch 32
+# expect 90-91% (target 92.0); quick: tuned with `cifarzoo benchmark --preset quick --tune-budget 8m` (batch 32;
+# benchmarks/RESULTS.md, "Retuning the quick preset")
 @register_model(paper=_PAPER,
                 recipe=dict(epochs=28, warmup_epochs=6, lr=0.2, lookahead=True,
                             model_kwargs={"zero_init_residual": True}),
-                presets={"quick": dict(lr=0.1), "cpu": CoreBudget(width=0.125, batch=128, lr=0.2, img_s=484.0)})
+                presets={"quick": dict(lr=0.445, warmup_epochs=1.9, weight_decay=1.41e-4, label_smoothing=0.238),
+                         "cpu": CoreBudget(width=0.125, batch=128, lr=0.2, img_s=484.0)})
 def resnet50(*, num_classes: int = 10, width_mult: float = 1.0, **kwargs) -> nn.Module:
     """ResNet-50, CIFAR stem; kwargs: ``zero_init_residual`` (False)."""
     return _build(Bottleneck, (3, 4, 6, 3), num_classes=num_classes, width_mult=width_mult, **kwargs)
