@@ -15,7 +15,7 @@ The default priors are centred on the settings the search starts from (model rec
 lr                 log-uniform over [lr/5, lr*5], at the starting batch size (see batch_size)
 weight_decay       log-uniform over [1e-5, 1e-2] (wide: the recipes use 5e-4 to 1.3e-3)
 label_smoothing    uniform over [0, 0.3]
-warmup_epochs      uniform over [0, 30% of the epochs]
+warmup_epochs      uniform over [0, 30% of the epochs], or to the starting warm-up where that is longer
 batch_size         half, the same or twice the starting batch (at most the training images); the lr
                    drawn is scaled with it linearly (Goyal et al. 2017), so it is the lr per starting batch
 width_mult         half, the same or twice the starting width (at most 2)
@@ -59,7 +59,7 @@ def default_space(base: TrainConfig, batch_size: int, n_train: int, names: tuple
         "lr": {"log_uniform": [base.lr / 5, min(10.0, base.lr * 5)]},
         "weight_decay": {"log_uniform": [1e-5, 1e-2]},
         "label_smoothing": {"uniform": [0.0, 0.3]},
-        "warmup_epochs": {"uniform": [0.0, round(WARMUP_SHARE * e, 2)]},
+        "warmup_epochs": {"uniform": [0.0, max(round(WARMUP_SHARE * e, 2), base.warmup_epochs)]},
         "batch_size": {"choice": sorted({max(1, batch_size // 2), batch_size, min(n_train, 2 * batch_size)})},
         "width_mult": {"choice": sorted({base.width_mult / 2, base.width_mult, min(2.0, base.width_mult * 2)})},
         "epochs": {"int": [max(1, e // 2), max(2, 2 * e)]},
