@@ -28,9 +28,9 @@ from cifarzoo.train.config import MAX_SEEDS, PRESETS, TrainConfig, equal_budgets
 STUDY_FILE = "study.json"
 RUNS_DIR = "runs"
 TUNE_DIR = "tune"  # DIR/tune/<model>/: `cifarzoo tune`'s folder of each model of a tuned study (--tune-budget)
-NOT_TUNED = ("the recipes were not tuned for this study: every model trains with its recipe and the preset's "
-             "hand-set settings (train/config.py); `cifarzoo benchmark --tune-budget 20m` tunes each model on "
-             "the validation split first, with the same budget")
+NOT_TUNED = ("the recipes were not tuned for this study: every model trains with its recipe and its entry in the "
+             "preset, as set in the package (docs/recipes.md says how each was chosen); `cifarzoo benchmark "
+             "--tune-budget 20m` tunes each model on the validation split first, with the same budget")
 EVAL_FILE = "report_eval.json"
 
 # The five networks of the original study (the default of `cifarzoo benchmark`).
