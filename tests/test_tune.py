@@ -110,8 +110,10 @@ def test_the_search_starts_from_the_starting_settings_where_the_priors_hold_them
                                            "epochs": base.epochs}
     narrowed = dict(space, lr={"log_uniform": [1.0, 2.0]})  # a --space without the starting lr: no start
     assert start_point(narrowed, base, 32) is None
-    fixed = dict(space, lr={"uniform": [0.3, 0.3]})  # a setting searched at one value is the search's
+    fixed = dict(space, lr={"uniform": [0.3, 0.3]})  # a range of one value is a constant to Ray, not a dimension
     assert "lr" not in start_point(fixed, base, 32)
+    assert start_point(dict(space, batch_size={"choice": [32]}), base, 32)["batch_size"] == 32  # a dimension
+    assert start_point(dict(space, batch_size={"choice": [50000]}), base, 32) is None
 
 
 def test_asha_compares_trials_only_after_the_longest_warm_up():

@@ -126,17 +126,17 @@ def to_ray(space: dict[str, dict]) -> dict[str, Any]:
 def start_point(space: dict[str, dict], base: TrainConfig, batch_size: int) -> dict[str, Any] | None:
     """The settings the search starts from as a point of ``space``, trained as its first trial (so the best
     found is never one the start beat on the validation split), or None where a starting value lies outside
-    its prior (a narrowed --space). Settings searched at one value are left to the search."""
+    its prior (a narrowed --space). The point names every dimension of the search (Ray Tune requires it):
+    each choice, one of one value included, and each range but those of one value (constants to Ray)."""
     point = {}
     for name, spec in space.items():
         kind, bounds = next(iter(spec.items()))
+        if kind != "choice" and bounds[0] == bounds[1]:
+            continue  # a constant, not a dimension of the search
         value = batch_size if name == "batch_size" else getattr(base, name)
-        searched = len(bounds) > 1 if kind == "choice" else bounds[0] < bounds[1]
-        inside = value in bounds if kind == "choice" else bounds[0] <= value <= bounds[1]
-        if searched and not inside:
+        if not (value in bounds if kind == "choice" else bounds[0] <= value <= bounds[1]):
             return None
-        if searched:
-            point[name] = value
+        point[name] = value
     return point or None
 
 
