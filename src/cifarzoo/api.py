@@ -21,7 +21,6 @@ default CIFAR-10 cache), a :class:`~cifarzoo.data.Dataset`, or arrays in memory
 """
 from __future__ import annotations
 
-import base64
 import html
 import os
 from pathlib import Path
@@ -427,7 +426,9 @@ def _kv_table(items: list[tuple[str, str]]) -> str:
 
 
 def _img(png: bytes, alt: str) -> str:
-    return (f'<img src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}" '
+    from cifarzoo.io import png_data_uri
+
+    return (f'<img src="{png_data_uri(png)}" '
             f'alt="{html.escape(alt)}" style="max-width:100%">')
 
 

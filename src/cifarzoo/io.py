@@ -204,6 +204,13 @@ def save_figure(fig, path: str | os.PathLike, *, format: str = "png", dpi: float
     atomic_write_bytes(path, figure_bytes(fig, format=format, dpi=dpi, **kwargs))
 
 
+def png_data_uri(png: bytes) -> str:
+    """``png`` as a ``data:`` URI, for self-contained HTML (the study, run and tuning reports)."""
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
 def figure_bytes(fig, *, format: str = "png", dpi: float | None = None, **kwargs) -> bytes:
     """A matplotlib ``Figure`` rendered in memory (PNG by default), e.g. for inline HTML.
 

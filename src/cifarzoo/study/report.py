@@ -43,7 +43,6 @@ a value that does not exist is null)::
 """
 from __future__ import annotations
 
-import base64
 import csv
 import html
 import io
@@ -63,7 +62,7 @@ from cifarzoo.errors import CifarzooError
 from cifarzoo import plots
 from cifarzoo.evaluate import top_confusions
 from cifarzoo.plots import MANY_CLASSES
-from cifarzoo.io import atomic_write_bytes, read_json_object, write_json
+from cifarzoo.io import atomic_write_bytes, png_data_uri, read_json_object, write_json
 from cifarzoo.study.plan import EVAL_FILE, NOT_TUNED, ORIGINAL_STUDY, STUDY_FILE, StudyPlan, load_plan
 from cifarzoo.train.rundir import FAILED, FINISHED, FOREIGN, RESUMABLE, RunDir
 
@@ -742,7 +741,7 @@ pre{background:#f6f8fa;border:1px solid #d0d7de;border-radius:6px;padding:10px 1
 
 
 def _data_uri(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return png_data_uri(Path(path).read_bytes())
 
 
 def _html_table(b: Block) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from cifarzoo.io import atomic_write_bytes, figure_bytes, write_json
+from cifarzoo.io import atomic_write_bytes, figure_bytes, png_data_uri, write_json
 from cifarzoo.tuning.search import METRIC
 
 TRIALS_FILE, BEST_FILE, REPORT_FILE = "trials.csv", "best.json", "report.html"
@@ -122,12 +122,10 @@ def _ranks(x: np.ndarray) -> np.ndarray:
 def write_report(path: Path, trials: list[Trial], space: dict[str, dict], request: dict,
                  final: dict | None) -> None:
     """report.html: the search's curves, best-so-far, importance, the trials and the final test result apart."""
-    import base64
-
     from matplotlib.figure import Figure
 
     def img(fig) -> str:
-        return f'<img src="data:image/png;base64,{base64.b64encode(figure_bytes(fig)).decode()}">'
+        return f'<img src="{png_data_uri(figure_bytes(fig))}">'
 
     curves = Figure(figsize=(6.4, 4))
     ax = curves.subplots()
