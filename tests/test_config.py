@@ -94,6 +94,11 @@ def test_a_models_recipe_and_preset_entries_live_in_its_decorator():
         assert (quick.epochs, quick.lr, quick.label_smoothing, quick.batch_size) == (5, 0.01, 0.2, 32)
         cpu = make_config("decorated_net", preset="cpu")  # 20 core-minutes at 1,000 img/s: 24 epochs of 50,000
         assert (cpu.width_mult, cpu.batch_size, cpu.lr, cpu.epochs, cpu.eval_every) == (0.5, 64, 0.02, 24, 6)
+        tuned = CoreBudget(0.5, 64, 0.02, img_s=1000.0, extra=dict(warmup_epochs=1.5, weight_decay=1e-4))
+        assert {k: tuned.settings()[k] for k in ("epochs", "warmup_epochs", "weight_decay", "lr")} == dict(
+            epochs=24, warmup_epochs=1.5, weight_decay=1e-4, lr=0.02)  # its extra settings, the budget unchanged
+        with pytest.raises(ValueError, match="epochs"):
+            CoreBudget(0.5, 64, 0.02, img_s=1000.0, extra=dict(epochs=40))  # compute is the budget's own
         PRESETS["quick"]["decorated_net"] = dict(lr=0.04)  # a preset's own entry for it wins over the decorator's
         assert make_config("decorated_net", preset="quick").lr == 0.04
     finally:

@@ -5,12 +5,13 @@ model zoo can both read it without importing each other or torch).
 - ``STUDY_SETTINGS``: the original study's training settings (the ``seed`` preset, and the recipe of its
   networks as written).
 - ``CoreBudget``: a model's entry in an equal-compute preset (``cpu``): its width, batch and peak lr,
-  and the training throughput measured there, from which the epochs that fill the budget follow.
+  the training throughput measured there, from which the epochs that fill the budget follow, and any
+  further settings of its own (those ``cifarzoo tune`` chose).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 # The original study's settings (Adam 1e-3, batch 32, no augmentation, 50 epochs, nothing else): the
 # seed preset's, and the recipe of its networks as written (models/as_written.py), which also keep
@@ -40,7 +41,9 @@ class CoreBudget:
     training images per second of a 2-epoch run at that width and batch on one reference core with the
     other busy (benchmarks/RESULTS.md, "Tuning the cpu preset"). The epochs are what
     ``core_minutes`` fill at that rate; warm-up 20% of the run; evaluated about four times per run,
-    since evaluation is time the budget does not count (docs/recipes.md)."""
+    since evaluation is time the budget does not count (docs/recipes.md). ``extra``: further settings
+    of the entry (weight decay, label smoothing, a warm-up other than 20%: what ``cifarzoo tune``
+    chose); never what sets the budget's compute (width, batch, epochs: their own fields)."""
     width: float
     batch: int
     lr: float
@@ -48,6 +51,12 @@ class CoreBudget:
     core_minutes: float = CPU_CORE_MINUTES
     reference: str = CPU_REFERENCE
     images: int = CPU_TRAIN_IMAGES
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        owned = {"width_mult", "batch_size", "epochs", "lr"} & set(self.extra)
+        if owned:
+            raise ValueError(f"CoreBudget extra={sorted(owned)}: set by the budget's own fields (width, batch, lr)")
 
     @property
     def epochs(self) -> int:
@@ -56,8 +65,8 @@ class CoreBudget:
     def settings(self) -> dict[str, Any]:
         """The TrainConfig settings this budget gives."""
         epochs = self.epochs
-        return dict(width_mult=self.width, batch_size=self.batch, lr=self.lr, epochs=epochs,
-                    warmup_epochs=round(0.2 * epochs, 1), eval_every=-(-epochs // 4))
+        return {**dict(width_mult=self.width, batch_size=self.batch, lr=self.lr, epochs=epochs,
+                       warmup_epochs=round(0.2 * epochs, 1), eval_every=-(-epochs // 4)), **self.extra}
 
     def seconds(self, epochs: int) -> float:
         """Seconds of training ``epochs`` at this width and batch take on one reference core."""
