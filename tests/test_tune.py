@@ -199,3 +199,31 @@ def test_benchmark_tune_budget_tunes_each_model_and_the_report_says_so(tmp_path,
     report = (out / "report.md").read_text()
     assert "each model tuned for 1m" in report and "on 20 validation images" in report
     assert NOT_TUNED not in report
+
+
+def test_an_interrupted_search_writes_its_trials_but_no_best_json(tmp_path, data_dir, monkeypatch):
+    """Ctrl-C during a search: trials.csv and the report keep what was done, but no best.json, whose
+    presence tells `benchmark --tune-budget` that a model's tuning is done (it would skip the rest)."""
+    from types import SimpleNamespace
+
+    from cifarzoo.study import executors
+    from cifarzoo.tuning import run as tune_run
+    from cifarzoo.tuning.results import Trial
+
+    class Grid(list):  # Ray Tune's ResultGrid as Tuning.run reads it: one of two trials still running
+        num_terminated, num_errors = 1, 0
+
+    done = Trial(1, "a", {"lr": 0.1}, {"lr": 0.1}, [0.5, 0.6], 3.0, "finished", 0)
+    running = Trial(2, "b", {"lr": 0.2}, {"lr": 0.2}, [0.4], 1.0, "stopped by ASHA", 0)
+    monkeypatch.setattr(executors, "connect_ray", lambda address=None: (SimpleNamespace(), False))
+    monkeypatch.setattr(tune_run, "_slots", lambda ray, cpus, gpus: 2)
+    monkeypatch.setattr(tune_run, "run_search", lambda trainable, **kw: Grid([None, None]))
+    monkeypatch.setattr(tune_run.res, "trials_of", lambda grid, **kw: [done, running])
+    monkeypatch.setattr(tune_run.Tuning, "_trainable", lambda self, base, tuning: None)
+    from cifarzoo.tuning import tune
+
+    out = tmp_path / "t"
+    with pytest.raises(KeyboardInterrupt):
+        tune("resnet18", out=out, data=data_dir, trials=2, budget="1m", final=False, search="lr", epochs=2)
+    assert [r["status"] for r in _rows(out)] == ["finished", "stopped by ASHA"] and (out / "report.html").exists()
+    assert not (out / "best.json").exists()

@@ -12,7 +12,8 @@ The tuning folder ``DIR``::
     tune.json     what was asked (model, budget, space, validation images, ...): --resume reads it
     search/       Ray Tune's experiment (its state, each trial's folder and run folder)
     trials.csv    one row per trial: settings, validation accuracy per epoch, seconds, status, seed
-    best.json     the best settings as a settings file (`cifarzoo train --config DIR/best.json`)
+    best.json     the best settings as a settings file (`cifarzoo train --config DIR/best.json`), written
+                  once the search is done (an interrupted one has none until it is resumed and ends)
     report.html   the search's curves, each setting's importance, the trials, the final result
     final/        the best settings trained on the full training set (a run folder); final.json its result
 """

@@ -151,7 +151,8 @@ class Tuning:
 
             if best_config["data"] == ARRAYS_SPEC:  # arrays in memory: a file cannot name them
                 del best_config["data"]
-            res.write_best(self.out / res.BEST_FILE, best_config)
+            if not interrupted:  # best.json says the search is done (a study's --tune-budget skips it then)
+                res.write_best(self.out / res.BEST_FILE, best_config)
         result = None
         if final and best is not None:
             result = self._final(base.replace(**best.settings, val_split=0), reporter)
