@@ -227,3 +227,14 @@ def test_an_interrupted_search_writes_its_trials_but_no_best_json(tmp_path, data
         tune("resnet18", out=out, data=data_dir, trials=2, budget="1m", final=False, search="lr", epochs=2)
     assert [r["status"] for r in _rows(out)] == ["finished", "stopped by ASHA"] and (out / "report.html").exists()
     assert not (out / "best.json").exists()
+
+
+def test_the_search_sentence_says_how_many_trials_ran_side_by_side():
+    from cifarzoo.tuning.results import describe
+
+    request = dict(trials=6, budget="64m", budget_seconds=3840.0, cpus=1.0, gpus=0.0, slots=2, trial_cap_seconds=1280,
+                   val_images=5000, train_images=45000, space={"lr": {"log_uniform": [0.01, 0.25]}})
+    said = describe(request)
+    assert "6 trials within 64m (3840 s) on 1 CPU per trial, 2 trials side by side, each trial capped at 1280 s" in said
+    assert "5,000 validation images held out of 50,000" in said
+    assert "on 1 CPU and 0.25 GPUs, each trial capped" in describe({**request, "gpus": 0.25, "slots": 1})

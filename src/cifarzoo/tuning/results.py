@@ -177,9 +177,10 @@ def _short(v):
 def describe(request: dict) -> str:
     """One sentence saying what the search was: budget, trials, validation images, space, where it ran."""
     space = ", ".join(f"{n} {k.replace('_', '-')} {b}" for n, s in request["space"].items() for k, b in s.items())
-    return (f"{request['trials']} trials within {request['budget']} ({request['budget_seconds']:.0f} s) on "
-            f"{request['cpus']:g} CPU{'s' if request['cpus'] != 1 else ''}"
-            + (f" and {request['gpus']:g} GPU{'s' if request['gpus'] != 1 else ''}" if request['gpus'] else "")
+    cpus, gpus, slots = request["cpus"], request["gpus"], request.get("slots", 1)
+    each = (f"{cpus:g} CPU{'s' if cpus != 1 else ''}" + (f" and {gpus:g} GPU{'s' if gpus != 1 else ''}" if gpus else "")
+            + (f" per trial, {slots} trials side by side" if slots > 1 else ""))
+    return (f"{request['trials']} trials within {request['budget']} ({request['budget_seconds']:.0f} s) on {each}"
             + f", each trial capped at {request['trial_cap_seconds']:.0f} s, on {request['val_images']:,} "
               f"validation images held out of {request['train_images'] + request['val_images']:,} training "
               f"images; ASHA on the per-epoch validation accuracy, Optuna's TPE; search space: {space}")
