@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -99,6 +100,14 @@ def test_tune_local_writes_trials_best_report_and_a_final_run(tmp_path, data_dir
     assert json.loads((out / "final" / "config.json").read_text())["config"] == best
     report = (out / "report.html").read_text()
     assert report.count("<img") == 3 and "Importance" in report and "test set" in report
+    # Each trial's record is Ray's (every epoch's whole metrics row); its run folder was scratch, gone
+    for progress in (out / "search").glob("*/progress.csv"):
+        with open(progress, newline="") as f:
+            epochs = list(csv.DictReader(f))
+        assert epochs and {"val_acc", "train_acc", "eval_loss", "lr", "images_per_second"} <= set(epochs[0])
+        assert not (progress.parent / "run").exists()
+    assert len(list((out / "search").glob("*/progress.csv"))) == 8
+    assert not list(Path(tempfile.gettempdir()).glob("cifarzoo-trial-*"))
 
 
 def test_the_search_starts_from_the_starting_settings_where_the_priors_hold_them():

@@ -9,11 +9,13 @@ and keeps the experiment's state in ``DIR/search`` so that an interrupted search
 from __future__ import annotations
 
 import math
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from cifarzoo.errors import CifarzooError
 from cifarzoo.train.callbacks import Callback
+from cifarzoo.train.rundir import METRIC_COLUMNS
 from cifarzoo.tuning.space import WARMUP_SHARE
 
 METRIC = "val_acc"  # the validation accuracy of the epoch just trained, 0..1
@@ -39,23 +41,25 @@ class TrialReport(Callback):
         from ray import tune
 
         if not math.isnan(row["eval_acc"]):
-            tune.report({METRIC: row["eval_acc"], "epoch": row["epoch"], "train_loss": row["train_loss"],
-                         "epoch_seconds": row["epoch_seconds"], "seed": self.seed})
+            # The epoch's whole metrics row: Ray keeps it as the trial's record (progress.csv, result.json).
+            tune.report({METRIC: row["eval_acc"], **{k: row[k] for k in METRIC_COLUMNS if k != "eval_acc"},
+                         "seed": self.seed})
 
 
 def run_trial(sampled: dict[str, Any], *, base: dict[str, Any], batch_size: int, dataset) -> None:
     """One trial (in a Ray worker): ``sampled`` over ``base``, trained on ``dataset`` (whose "test" split is the
-    validation images) into the trial's own folder."""
-    from ray import tune
-
+    validation images), each evaluated epoch reported to Ray Tune."""
     from cifarzoo.train import fit
     from cifarzoo.train.config import TrainConfig
     from cifarzoo.tuning.space import trial_settings
 
     start = TrainConfig.from_dict(base)
     config = TrainConfig.from_dict({**base, **trial_settings(sampled, start, batch_size)})
-    out = Path(tune.get_context().get_trial_dir()) / "run"
-    fit(config, dataset=dataset, out_dir=out, callbacks=[TrialReport(config.seed)], force=True)
+    # The run folder is scratch, outside the trial's folder: Ray copies trial folders while trials run, and a
+    # run's lock and temporary checkpoint files come and go (a copy that meets a vanished file fails). What
+    # the trial learns reaches Ray through TrialReport; its checkpoints are of no use after the search.
+    with tempfile.TemporaryDirectory(prefix="cifarzoo-trial-", ignore_cleanup_errors=True) as scratch:
+        fit(config, dataset=dataset, out_dir=Path(scratch) / "run", callbacks=[TrialReport(config.seed)], force=True)
 
 
 def import_tune():
@@ -92,15 +96,12 @@ def run_search(trainable, *, folder: Path, space: dict | None, trials: int, budg
             trainable, param_space=space,
             tune_config=tune.TuneConfig(
                 metric=METRIC, mode="max", num_samples=trials, time_budget_s=budget_s,
-                # A worker process per trial: a reused one syncs the previous trial's run folder while a trial
-                # stopped by ASHA still releases its lock file there (the copy then fails on the vanished file).
-                reuse_actors=False,
+                reuse_actors=False,  # a fresh worker process per trial: its threads and memory start clean
                 search_alg=OptunaSearch(sampler=sampler, points_to_evaluate=[start] if start else None),
                 scheduler=ASHAScheduler(time_attr="training_iteration", max_t=max_epochs,
                                         grace_period=grace_epochs(max_epochs),
                                         reduction_factor=2)),
             run_config=tune.RunConfig(
                 name=SEARCH_FOLDER, storage_path=str(folder.resolve()), stop={"time_total_s": trial_cap_s},
-                failure_config=tune.FailureConfig(max_failures=0), verbose=verbose,
-                sync_config=tune.SyncConfig(sync_artifacts=True)))  # each trial's run folder into DIR/search
+                failure_config=tune.FailureConfig(max_failures=0), verbose=verbose))
     return tuner.fit()
