@@ -65,8 +65,8 @@ class CoreBudget:
     def settings(self) -> dict[str, Any]:
         """The TrainConfig settings this budget gives."""
         epochs = self.epochs
-        return {**dict(width_mult=self.width, batch_size=self.batch, lr=self.lr, epochs=epochs,
-                       warmup_epochs=round(0.2 * epochs, 1), eval_every=-(-epochs // 4)), **self.extra}
+        return dict(width_mult=self.width, batch_size=self.batch, lr=self.lr, epochs=epochs,
+                    warmup_epochs=round(0.2 * epochs, 1), eval_every=-(-epochs // 4)) | dict(self.extra)
 
     def seconds(self, epochs: int) -> float:
         """Seconds of training ``epochs`` at this width and batch take on one reference core."""
