@@ -10,7 +10,7 @@ the best settings train once on the whole training set and are evaluated once on
 The tuning folder ``DIR``::
 
     tune.json     what was asked (model, budget, space, validation images, ...): --resume reads it
-    search/       Ray Tune's experiment (its state, each trial's folder and run folder)
+    search/       Ray Tune's experiment (its state; each trial's folder, its progress.csv every epoch's metrics)
     trials.csv    one row per trial: settings, validation accuracy per epoch, seconds, status, seed
     best.json     the best settings as a settings file (`cifarzoo train --config DIR/best.json`), written
                   once the search is done (an interrupted one has none until it is resumed and ends)
